@@ -1,0 +1,36 @@
+# Two set-up commands: `make demo` and `make test`. Both build .venv on first use and reuse it after.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.eagle-align-installed
+
+.PHONY: demo test test-fast lint install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Torch first (these versions resolve from this machine's disk), then the package with its dev extras.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/eagle-align demo
+
+test: $(STAMP)
+	@start=$$(date +%s); \
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --timeout 900 tests; rc=$$?; \
+	echo "make test: $$(( $$(date +%s) - start ))s"; exit $$rc
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 -m "not slow" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) outputs

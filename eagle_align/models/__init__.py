@@ -1,0 +1,26 @@
+"""Model families, loading and tiny offline checkpoints."""
+
+from eagle_align.models.loading import (
+    family_of,
+    load_model_and_processor,
+    load_processor,
+    pixel_limits,
+    quantization_config,
+    set_pixel_limits,
+)
+from eagle_align.models.registry import FAMILIES, ModelFamily, detect_family, get_family
+from eagle_align.models.tiny import build_tiny_checkpoint
+
+__all__ = [
+    "FAMILIES",
+    "ModelFamily",
+    "build_tiny_checkpoint",
+    "detect_family",
+    "family_of",
+    "get_family",
+    "load_model_and_processor",
+    "load_processor",
+    "pixel_limits",
+    "quantization_config",
+    "set_pixel_limits",
+]

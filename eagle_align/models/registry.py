@@ -1,0 +1,182 @@
+"""Facts about each supported Qwen-VL family, in one place.
+
+Everything downstream (masking in pixel_values space, coordinate conversion, tiny checkpoints) reads these
+numbers from here instead of hard-coding them, so adding a family is one entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Chat templates written for eagle-align: they render the same prompt layout as each family's published
+# template for the messages a GUI agent uses (optional system, user turns with images and text, assistant
+# text), which is what training and inference must agree on.
+_QWEN2_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif 'text' in part %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Qwen3-VL: no default system turn.
+_QWEN3_TEMPLATE = _QWEN2_TEMPLATE.replace(
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}",
+    "",
+)
+
+SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One Qwen-VL generation: its classes, vision geometry and coordinate convention."""
+
+    name: str
+    model_type: str
+    model_class: str
+    processor_class: str
+    video_processor_class: str
+    patch_size: int
+    merge_size: int
+    temporal_patch_size: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    coordinate_convention: str  # "relative_1000" | "absolute_resized" | "relative_999"
+    default_action_format: str
+    default_min_pixels: int
+    default_max_pixels: int
+    chat_template: str
+    special_tokens: tuple[str, ...] = SPECIAL_TOKENS
+
+    @property
+    def factor(self) -> int:
+        """Side of one merged cell (one LLM image token) in resized pixels."""
+        return self.patch_size * self.merge_size
+
+    @property
+    def row_width(self) -> int:
+        """Columns of one pixel_values row: channels · temporal copies · patch · patch."""
+        return 3 * self.temporal_patch_size * self.patch_size * self.patch_size
+
+
+FAMILIES: dict[str, ModelFamily] = {
+    "qwen2_vl": ModelFamily(
+        name="qwen2_vl",
+        model_type="qwen2_vl",
+        model_class="Qwen2VLForConditionalGeneration",
+        processor_class="Qwen2VLProcessor",
+        video_processor_class="Qwen2VLVideoProcessor",
+        patch_size=14,
+        merge_size=2,
+        temporal_patch_size=2,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        coordinate_convention="relative_1000",
+        default_action_format="qwen2_vl",
+        default_min_pixels=56 * 56,
+        default_max_pixels=28 * 28 * 1280,
+        chat_template=_QWEN2_TEMPLATE,
+    ),
+    "qwen2_5_vl": ModelFamily(
+        name="qwen2_5_vl",
+        model_type="qwen2_5_vl",
+        model_class="Qwen2_5_VLForConditionalGeneration",
+        processor_class="Qwen2_5_VLProcessor",
+        video_processor_class="Qwen2VLVideoProcessor",
+        patch_size=14,
+        merge_size=2,
+        temporal_patch_size=2,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        coordinate_convention="absolute_resized",
+        default_action_format="qwen2_5_vl",
+        default_min_pixels=56 * 56,
+        default_max_pixels=28 * 28 * 1280,
+        chat_template=_QWEN2_TEMPLATE,
+    ),
+    "qwen3_vl": ModelFamily(
+        name="qwen3_vl",
+        model_type="qwen3_vl",
+        model_class="Qwen3VLForConditionalGeneration",
+        processor_class="Qwen3VLProcessor",
+        video_processor_class="Qwen3VLVideoProcessor",
+        patch_size=16,
+        merge_size=2,
+        temporal_patch_size=2,
+        image_mean=(0.5, 0.5, 0.5),
+        image_std=(0.5, 0.5, 0.5),
+        coordinate_convention="relative_999",
+        default_action_format="qwen3_vl",
+        default_min_pixels=65536,
+        default_max_pixels=16777216,
+        chat_template=_QWEN3_TEMPLATE,
+    ),
+}
+
+
+def get_family(name: str) -> ModelFamily:
+    """Return the family registered under `name`, or fail listing the known ones."""
+    if name not in FAMILIES:
+        raise ValueError(f"Unknown model family {name!r}; supported: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def detect_family(config_or_path) -> ModelFamily:
+    """Family of a checkpoint, from a `PretrainedConfig`, a config dict, or a local directory.
+
+    Hub ids are resolved through `AutoConfig` (which uses the local cache when offline).
+    """
+    if isinstance(config_or_path, dict):
+        model_type = config_or_path.get("model_type")
+    elif isinstance(config_or_path, (str, os.PathLike)):
+        config_file = Path(config_or_path) / "config.json"
+        if config_file.is_file():
+            model_type = json.loads(config_file.read_text()).get("model_type")
+        else:
+            from transformers import AutoConfig
+
+            model_type = AutoConfig.from_pretrained(str(config_or_path)).model_type
+    else:
+        model_type = getattr(config_or_path, "model_type", None)
+    for family in FAMILIES.values():
+        if family.model_type == model_type:
+            return family
+    raise ValueError(
+        f"Checkpoint model_type {model_type!r} is not a supported Qwen-VL family "
+        f"(supported: {', '.join(f.model_type for f in FAMILIES.values())})"
+    )
