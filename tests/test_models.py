@@ -184,6 +184,6 @@ def test_quantization_config_skips_vision_and_head():
     pytest.importorskip("bitsandbytes")
     cfg = quantization_config("4bit")
     assert cfg.load_in_4bit and cfg.bnb_4bit_quant_type == "nf4"
-    assert set(cfg.llm_int8_skip_modules) == {"visual", "lm_head"}
+    assert set(cfg.llm_int8_skip_modules) == {"model.visual", "lm_head"}
     with pytest.raises(ValueError, match="quantization"):
         quantization_config("3bit")

@@ -8,7 +8,7 @@ from eagle_align.models.registry import ModelFamily, detect_family
 
 QUANTIZATION_CHOICES = (None, "4bit", "8bit")
 # Vision tower and LM head stay in full precision: quantising them costs grounding accuracy for little memory.
-QUANTIZATION_SKIP_MODULES = ["visual", "lm_head"]
+QUANTIZATION_SKIP_MODULES = ["model.visual", "lm_head"]
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
