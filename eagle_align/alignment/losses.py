@@ -1,0 +1,151 @@
+"""Alignment losses on decision-token probabilities (DESIGN.md §2).
+
+Everything here is a pure function of probability tensors, so the losses can be checked by hand and reused
+outside the trainer. Inputs are P(x_S) ("insertion": only the regions of S kept) and P(x_¬S) ("deletion":
+S removed) for one or many examples; outputs are one loss value per example.
+
+Three variants share the same gates (deviation when rank 1 is off-prior, redundancy for every off-prior rank
+r >= 2):
+
+- ``paper``: the terms of the paper, linear in the probabilities.
+- ``log``: the same terms in log space, which keep a useful gradient when the model is confident on a shortcut
+  (the linear terms' gradient p(1-p) vanishes there).
+- ``adaptive_log``: a log penalty on how much an off-prior gain exceeds the best on-prior gain, zero (with zero
+  gradient) when it does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+LOSS_VARIANTS = ("paper", "log", "adaptive_log")
+# Probabilities are clamped into [PROB_EPS, 1 - PROB_EPS] before taking logs.
+PROB_EPS = 1e-4
+
+
+def set_score(
+    p_insert: torch.Tensor, p_delete: torch.Tensor, insertion_weight: float = 2.0, deletion_weight: float = 1.0
+) -> torch.Tensor:
+    """EAGLE's set function F(S) = a·P(x_S) + b·(1 − P(x_¬S)).
+
+    High when S alone supports the answer and removing S destroys it.
+    """
+    return insertion_weight * p_insert + deletion_weight * (1.0 - p_delete)
+
+
+def log_set_score(
+    p_insert: torch.Tensor, p_delete: torch.Tensor, insertion_weight: float = 2.0, deletion_weight: float = 1.0
+) -> torch.Tensor:
+    """Log-space set function ℓ(S) = a·log P(x_S) + b·log(1 − P(x_¬S)), probabilities clamped."""
+    p_insert = p_insert.clamp(PROB_EPS, 1.0 - PROB_EPS)
+    p_delete = p_delete.clamp(PROB_EPS, 1.0 - PROB_EPS)
+    return insertion_weight * torch.log(p_insert) + deletion_weight * torch.log1p(-p_delete)
+
+
+def normalised_gains(
+    prefix_scores: Sequence[float] | torch.Tensor, insertion_weight: float = 2.0, deletion_weight: float = 1.0
+) -> torch.Tensor:
+    """Per-rank gains of a greedy ranking: g_1 = F(S_1)/Z, g_r = (F(S_r) − F(S_{r−1}))/Z, Z = a + b.
+
+    Dividing by Z = max F puts gains on a [−1, 1] scale that does not depend on the weights.
+    """
+    scores = torch.as_tensor(prefix_scores, dtype=torch.float64).detach().flatten()
+    return torch.diff(scores, prepend=scores.new_zeros(1)) / (insertion_weight + deletion_weight)
+
+
+def best_on_prior_gain(gains: torch.Tensor, on_prior: Sequence[bool] | torch.Tensor) -> torch.Tensor:
+    """h = max over on-prior ranks of ReLU(g_r), 0 when no ranked region is on-prior (detached)."""
+    gains = torch.as_tensor(gains).detach().flatten()
+    mask = torch.as_tensor(on_prior, dtype=torch.bool).flatten()
+    if mask.shape != gains.shape:
+        raise ValueError(f"on_prior has {mask.numel()} entries but there are {gains.numel()} gains")
+    if not bool(mask.any()):
+        return gains.new_zeros(())
+    return torch.relu(gains[mask]).max()
+
+
+def adaptive_log_penalty(
+    gain: torch.Tensor, best_on_prior: torch.Tensor | float, full_prob: torch.Tensor | float, beta: float = 2.0
+) -> torch.Tensor:
+    """(2/β)·log(1 + (q/r)^β) with q = ReLU(g − h) and r = max(h, 1 − P(x), ε) detached.
+
+    The penalty only acts on the part of an off-prior gain that exceeds the best on-prior gain h; dividing by
+    r makes it scale-free (a gain is large relative to what the on-prior evidence or the model's remaining
+    uncertainty explains). Exactly zero, with zero gradient, when q = 0.
+    """
+    if beta <= 0:
+        raise ValueError(f"adaptive_beta must be > 0, got {beta}")
+    h = torch.as_tensor(best_on_prior, dtype=gain.dtype, device=gain.device).detach()
+    p_full = torch.as_tensor(full_prob, dtype=gain.dtype, device=gain.device).detach()
+    r = torch.maximum(torch.maximum(h, 1.0 - p_full), torch.full_like(p_full, PROB_EPS))
+    q = torch.relu(gain - h)
+    active = q > 0
+    # Evaluate the power only where q > 0 so that (q/r)^β with β < 1 cannot produce 0·inf in the backward.
+    ratio = torch.where(active, q / r, torch.ones_like(q))
+    return torch.where(active, (2.0 / beta) * torch.log1p(ratio**beta), torch.zeros_like(q))
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in LOSS_VARIANTS:
+        raise ValueError(f"loss_variant must be one of {LOSS_VARIANTS}, got {variant!r}")
+
+
+def deviation_loss(
+    p_insert: torch.Tensor,
+    p_delete: torch.Tensor,
+    variant: str = "paper",
+    insertion_weight: float = 2.0,
+    deletion_weight: float = 1.0,
+    best_on_prior: torch.Tensor | float = 0.0,
+    full_prob: torch.Tensor | float = 1.0,
+    beta: float = 2.0,
+) -> torch.Tensor:
+    """Loss for an off-prior top-1 region π_1, from P(x_{π_1}) and P(x_¬{π_1}) (both with gradient).
+
+    Minimising it lowers the answer's probability from the off-prior region alone and raises it when that
+    region is removed. ``best_on_prior`` and ``full_prob`` are only used by ``adaptive_log``.
+    """
+    _check_variant(variant)
+    if variant == "paper":
+        return set_score(p_insert, p_delete, insertion_weight, deletion_weight)
+    if variant == "log":
+        p_insert = p_insert.clamp(PROB_EPS, 1.0 - PROB_EPS)
+        p_delete = p_delete.clamp(PROB_EPS, 1.0 - PROB_EPS)
+        return -insertion_weight * torch.log1p(-p_insert) - deletion_weight * torch.log(p_delete)
+    gain = set_score(p_insert, p_delete, insertion_weight, deletion_weight) / (insertion_weight + deletion_weight)
+    return adaptive_log_penalty(gain, best_on_prior, full_prob, beta)
+
+
+def redundancy_loss(
+    p_insert: torch.Tensor,
+    p_delete: torch.Tensor,
+    prev_p_insert: torch.Tensor,
+    prev_p_delete: torch.Tensor,
+    variant: str = "paper",
+    insertion_weight: float = 2.0,
+    deletion_weight: float = 1.0,
+    best_on_prior: torch.Tensor | float = 0.0,
+    full_prob: torch.Tensor | float = 1.0,
+    beta: float = 2.0,
+) -> torch.Tensor:
+    """Loss for an off-prior region π_r at rank r ≥ 2: its marginal gain F(S_r) − sg[F(S_{r−1})], hinged.
+
+    ``p_insert``/``p_delete`` are P(x_{S_r}) and P(x_¬{S_r}) with gradient; the previous prefix S_{r−1} enters
+    under stop-gradient (its probabilities are detached here), so the gradient only pushes on S_r.
+    """
+    _check_variant(variant)
+    prev_p_insert, prev_p_delete = prev_p_insert.detach(), prev_p_delete.detach()
+    if variant == "paper":
+        after = set_score(p_insert, p_delete, insertion_weight, deletion_weight)
+        before = set_score(prev_p_insert, prev_p_delete, insertion_weight, deletion_weight)
+        return torch.relu(after - before)
+    if variant == "log":
+        after = log_set_score(p_insert, p_delete, insertion_weight, deletion_weight)
+        before = log_set_score(prev_p_insert, prev_p_delete, insertion_weight, deletion_weight)
+        return torch.relu(after - before)
+    delta = set_score(p_insert, p_delete, insertion_weight, deletion_weight) - set_score(
+        prev_p_insert, prev_p_delete, insertion_weight, deletion_weight
+    )
+    return adaptive_log_penalty(delta / (insertion_weight + deletion_weight), best_on_prior, full_prob, beta)

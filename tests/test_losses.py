@@ -1,0 +1,123 @@
+"""Alignment losses against hand-computed values and gradients (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from eagle_align.alignment import (
+    adaptive_log_penalty,
+    best_on_prior_gain,
+    deviation_loss,
+    log_set_score,
+    normalised_gains,
+    redundancy_loss,
+    set_score,
+)
+
+
+def leaf(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64, requires_grad=True)
+
+
+def test_set_score_and_gains_by_hand():
+    assert set_score(torch.tensor(0.6), torch.tensor(0.3), 2.0, 1.0).item() == pytest.approx(1.9)
+    assert set_score(torch.tensor(0.6), torch.tensor(0.3), 1.0, 1.0).item() == pytest.approx(1.3)
+    gains = normalised_gains([1.5, 2.1, 2.4], 2.0, 1.0)
+    assert gains.tolist() == pytest.approx([0.5, 0.2, 0.1])
+    assert log_set_score(torch.tensor(0.5), torch.tensor(0.5), 2.0, 1.0).item() == pytest.approx(3 * math.log(0.5))
+
+
+def test_best_on_prior_gain():
+    gains = torch.tensor([0.5, -0.1, 0.2, 0.05])
+    assert best_on_prior_gain(gains, [False, True, True, True]).item() == pytest.approx(0.2)
+    assert best_on_prior_gain(gains, [False, True, False, False]).item() == 0.0  # ReLU of a negative gain
+    assert best_on_prior_gain(gains, [False] * 4).item() == 0.0
+    with pytest.raises(ValueError, match="on_prior"):
+        best_on_prior_gain(gains, [True, False])
+
+
+def test_deviation_paper_value_and_gradient():
+    p_ins, p_del = leaf(0.6), leaf(0.3)
+    loss = deviation_loss(p_ins, p_del, "paper", 2.0, 1.0)
+    assert loss.item() == pytest.approx(1.9)
+    loss.sum().backward()
+    assert p_ins.grad.item() == pytest.approx(2.0)  # minimising lowers P(x_π1)
+    assert p_del.grad.item() == pytest.approx(-1.0)  # ... and raises P(x_¬π1)
+
+
+def test_deviation_log_value_gradient_and_clamp():
+    p_ins, p_del = leaf(0.6), leaf(0.3)
+    loss = deviation_loss(p_ins, p_del, "log", 2.0, 1.0)
+    assert loss.item() == pytest.approx(-2 * math.log(0.4) - math.log(0.3))
+    loss.sum().backward()
+    assert p_ins.grad.item() == pytest.approx(2 / 0.4)
+    assert p_del.grad.item() == pytest.approx(-1 / 0.3)
+    saturated = deviation_loss(leaf(1.0), leaf(0.0), "log", 1.0, 1.0)
+    assert torch.isfinite(saturated).all() and saturated.item() == pytest.approx(-2 * math.log(1e-4))
+
+
+@pytest.mark.parametrize("variant", ["paper", "log", "adaptive_log"])
+def test_redundancy_gradient_flows_only_through_after(variant):
+    after_ins, after_del = leaf(0.7), leaf(0.2)
+    prev_ins, prev_del = leaf(0.5), leaf(0.4)
+    loss = redundancy_loss(after_ins, after_del, prev_ins, prev_del, variant, 2.0, 1.0, best_on_prior=0.0, full_prob=0.9)
+    assert loss.item() > 0
+    loss.sum().backward()
+    assert prev_ins.grad is None and prev_del.grad is None  # stop-gradient on S_{r-1}
+    assert after_ins.grad.item() > 0 and after_del.grad.item() < 0
+
+
+def test_redundancy_paper_and_log_values():
+    after, prev = (leaf(0.7), leaf(0.2)), (leaf(0.5), leaf(0.4))
+    paper = redundancy_loss(*after, *prev, "paper", 2.0, 1.0)
+    assert paper.item() == pytest.approx((1.4 + 0.8) - (1.0 + 0.6))
+    paper.sum().backward()
+    assert after[0].grad.item() == pytest.approx(2.0) and after[1].grad.item() == pytest.approx(-1.0)
+    log = redundancy_loss(*after, *prev, "log", 2.0, 1.0)
+    expected = (2 * math.log(0.7) + math.log(0.8)) - (2 * math.log(0.5) + math.log(0.6))
+    assert log.item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("variant", ["paper", "log", "adaptive_log"])
+def test_redundancy_hinge_is_zero_with_zero_gradient(variant):
+    after_ins, after_del = leaf(0.4), leaf(0.6)  # adding π_r lowered the set score
+    loss = redundancy_loss(after_ins, after_del, torch.tensor([0.5]), torch.tensor([0.4]), variant, 2.0, 1.0)
+    assert loss.item() == 0.0
+    loss.sum().backward()
+    assert after_ins.grad.item() == 0.0 and after_del.grad.item() == 0.0
+
+
+def test_adaptive_log_value_and_gradient_by_hand():
+    p_ins, p_del, full = leaf(0.6), leaf(0.3), leaf(0.9)
+    loss = deviation_loss(p_ins, p_del, "adaptive_log", 2.0, 1.0, best_on_prior=0.2, full_prob=full, beta=2.0)
+    g = 1.9 / 3
+    q, r = g - 0.2, max(0.2, 1 - 0.9, 1e-4)
+    assert loss.item() == pytest.approx(math.log1p((q / r) ** 2))
+    loss.sum().backward()
+    dloss_dg = 2 * (q / r) / (r * (1 + (q / r) ** 2))
+    assert p_ins.grad.item() == pytest.approx(dloss_dg * 2 / 3)
+    assert p_del.grad.item() == pytest.approx(-dloss_dg * 1 / 3)
+    assert full.grad is None  # r is detached
+
+
+@pytest.mark.parametrize("beta", [0.5, 2.0])
+def test_adaptive_log_zero_when_gain_does_not_exceed_best_on_prior(beta):
+    p_ins, p_del = leaf(0.3, 0.6), leaf(0.5, 0.3)
+    # gains 0.3667 and 0.6333 against h = 0.7 and exactly h = 0.6333...
+    h = torch.tensor([0.7, 1.9 / 3], dtype=torch.float64)
+    loss = deviation_loss(p_ins, p_del, "adaptive_log", 2.0, 1.0, best_on_prior=h, full_prob=0.95, beta=beta)
+    assert loss.tolist() == [0.0, 0.0]
+    loss.sum().backward()
+    assert p_ins.grad.tolist() == [0.0, 0.0] and p_del.grad.tolist() == [0.0, 0.0]
+    gain = leaf(0.0)
+    assert adaptive_log_penalty(gain, 0.0, 0.5, beta).item() == 0.0
+
+
+def test_bad_variant_and_beta_name_the_option():
+    with pytest.raises(ValueError, match="loss_variant"):
+        deviation_loss(torch.tensor(0.5), torch.tensor(0.5), "squared")
+    with pytest.raises(ValueError, match="adaptive_beta"):
+        adaptive_log_penalty(torch.tensor(0.5), 0.0, 0.5, beta=0.0)
