@@ -83,7 +83,7 @@ def load_model_and_processor(
     """
     from transformers import AutoModelForImageTextToText
 
-    family = detect_family(path_or_id)
+    detect_family(path_or_id)  # a clear error for checkpoints that are not a supported Qwen-VL family
     torch_dtype = resolve_dtype(dtype)
     compute_dtype = torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.bfloat16
     kwargs = {"dtype": torch_dtype}
