@@ -131,23 +131,25 @@ def push_adapter(
 
     Checkpoint folders and files starting with "_" are left out, like the Trainer does.
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     folder = Path(adapter_dir)
     if not (folder / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{folder} is not an adapter directory (no adapter_config.json)")
-    if not (folder / "README.md").is_file():
+    if (folder / "README.md").is_file():
+        read_card_header(folder / "README.md")  # a broken card fails here, before anything is sent
+    else:
         logger.warning("%s has no model card (README.md); pushing without one", folder)
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(("_", "checkpoint-")) for part in p.relative_to(folder).parts)
+    )
+    operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p)) for p in files]
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(folder),
-            commit_message=commit_message,
-            revision=revision,
-            ignore_patterns=["_*", "checkpoint-*", "checkpoint-*/**"],
-        )
+        info = api.create_commit(repo_id, operations=operations, commit_message=commit_message, revision=revision)
     except Exception as err:  # network, auth, quota: the local files stay where they are
         raise PushError(f"push of {folder} to {repo_id} failed ({err}); the local adapter is intact") from err
     return str(getattr(info, "commit_url", info))
