@@ -1,0 +1,157 @@
+"""Teacher-forced decision-token probabilities of masked screenshot variants, batched.
+
+One sample's prompt + target answer is repeated B times with B masked copies of its image; only the logits
+that predict decision tokens are computed (`logits_to_keep` as a position tensor), so the LM head — the
+largest matmul for a big vocabulary — runs on a handful of positions instead of the whole sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from eagle_align.attribution.masking import baseline_row, image_row_offsets, mask_image_rows
+
+REDUCTIONS = ("mean", "logmean")
+_TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+
+
+def slice_sample(batch: dict[str, Any], index: int) -> dict[str, Any]:
+    """One sample of a collated batch, without padding: text tensors [1, L], its image rows, grid [1, 3].
+
+    `offset` is the padded position of the sample's first token, so decision positions recorded against the
+    padded row (left-padded inference batches included) map to `position − offset` here.
+    """
+    n_samples = batch["input_ids"].shape[0]
+    if not 0 <= index < n_samples:
+        raise IndexError(f"sample index {index} out of range for a batch of {n_samples}")
+    grids = batch["image_grid_thw"].view(-1, 3)
+    if grids.shape[0] != n_samples:
+        raise ValueError(f"attribution needs one image per sample; batch has {grids.shape[0]} images for {n_samples} samples")
+    mask = batch["attention_mask"][index].bool()
+    kept = mask.nonzero().view(-1)
+    start, end = int(kept[0]), int(kept[-1]) + 1
+    offsets = image_row_offsets(grids)
+    sample = {key: batch[key][index : index + 1, start:end] for key in _TEXT_KEYS}
+    sample["pixel_values"] = batch["pixel_values"][offsets[index] : offsets[index + 1]]
+    sample["image_grid_thw"] = grids[index : index + 1]
+    sample["offset"] = start
+    return sample
+
+
+@contextlib.contextmanager
+def attribution_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (dropout off) and no gradient for the duration; the previous train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _input_device(model: torch.nn.Module) -> torch.device:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None:
+        return embeddings.weight.device
+    return next(model.parameters()).device
+
+
+class DecisionScorer:
+    """Scores keep-masks on the merged grid of one sample by p(target decision tokens | masked image).
+
+    `meta` needs `decision_positions` and `decision_token_ids` (torch.long, positions in the padded batch
+    row) and `grid_hw`; a collator `SampleMeta` has them. `baseline` is "black", "mean", "background" or a
+    ready row. `forwards` counts masked inputs scored. With `grad=False` (attribution) every call runs under
+    no_grad in chunks of `batch_size`; with `grad=True` (the trainer's loss) it is one forward with gradient
+    and the caller chooses the chunk size and train/eval mode.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        sample: dict[str, Any],
+        meta: Any,
+        baseline: str | torch.Tensor = "black",
+        batch_size: int = 16,
+        reduction: str = "mean",
+    ) -> None:
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"score_reduction={reduction!r}; choose one of {', '.join(REDUCTIONS)}")
+        if batch_size < 1:
+            raise ValueError(f"attribution batch_size={batch_size} must be at least 1")
+        self.model, self.batch_size, self.reduction = model, batch_size, reduction
+        self.device = _input_device(model)
+        self.sample = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in sample.items()}
+        self.grid_hw = (int(meta.grid_hw[0]), int(meta.grid_hw[1]))
+        positions = torch.as_tensor(meta.decision_positions).long().view(-1) - int(sample.get("offset", 0))
+        length = self.sample["input_ids"].shape[1]
+        if positions.numel() == 0:
+            raise ValueError(f"sample {getattr(meta, 'id', '?')!r} has no decision tokens to attribute")
+        if int(positions.min()) < 1 or int(positions.max()) >= length:
+            raise ValueError(f"decision positions {positions.tolist()} fall outside the sample (length {length})")
+        self.logit_positions = (positions - 1).to(self.device)
+        self.target_ids = torch.as_tensor(meta.decision_token_ids).long().view(-1).to(self.device)
+        if not torch.equal(self.sample["input_ids"][0, positions.to(self.device)], self.target_ids):
+            raise ValueError("decision_token_ids do not match input_ids at decision_positions")
+        if isinstance(baseline, str):
+            baseline = baseline_row(
+                model, baseline, self.sample["pixel_values"].cpu(), self.sample["image_grid_thw"].cpu()
+            )
+        self.baseline = baseline.to(self.device)
+        self.forwards = 0
+        self._full_prob: float | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.target_ids.numel())
+
+    def _forward(self, keep_cells: torch.Tensor) -> torch.Tensor:
+        n = keep_cells.shape[0]
+        pixel_values = mask_image_rows(
+            self.sample["pixel_values"], self.sample["image_grid_thw"][0], keep_cells, self.baseline
+        )
+        inputs = {key: self.sample[key].expand(n, -1) for key in _TEXT_KEYS}
+        outputs = self.model(
+            **inputs,
+            pixel_values=pixel_values,
+            image_grid_thw=self.sample["image_grid_thw"].repeat(n, 1),
+            logits_to_keep=self.logit_positions,
+            use_cache=False,
+        )
+        log_probs = outputs.logits.float().log_softmax(-1)
+        self.forwards += n
+        return log_probs.gather(-1, self.target_ids.view(1, -1, 1).expand(n, -1, 1)).squeeze(-1).exp()
+
+    def token_probs(self, keep_cells: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """p(y_t | x_keep, y_<t) at every decision token, float32 [B, T]; keep_cells is Bool [B, rows, cols]."""
+        keep_cells = torch.as_tensor(keep_cells, device=self.device).bool()
+        if keep_cells.dim() == 2:
+            keep_cells = keep_cells.unsqueeze(0)
+        if tuple(keep_cells.shape[1:]) != self.grid_hw:
+            raise ValueError(f"keep_cells grid {tuple(keep_cells.shape[1:])} != sample grid {self.grid_hw}")
+        if grad:
+            return self._forward(keep_cells)
+        with torch.no_grad():
+            chunks = [self._forward(chunk) for chunk in keep_cells.split(self.batch_size)]
+        return torch.cat(chunks) if chunks else torch.empty(0, self.n_tokens, device=self.device)
+
+    def reduce(self, token_probs: torch.Tensor) -> torch.Tensor:
+        """Sample score from token probabilities: mean, or exp(mean log p) for "logmean"."""
+        if self.reduction == "mean":
+            return token_probs.mean(-1)
+        return token_probs.clamp_min(1e-12).log().mean(-1).exp()
+
+    def score(self, keep_cells: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """P(x_keep) per keep-mask, float32 [B]."""
+        return self.reduce(self.token_probs(keep_cells, grad=grad))
+
+    def full_prob(self) -> float:
+        """P(x) of the unmasked screenshot (cached after the first call)."""
+        if self._full_prob is None:
+            self._full_prob = float(self.score(torch.ones(1, *self.grid_hw, dtype=torch.bool))[0])
+        return self._full_prob
