@@ -1,0 +1,33 @@
+"""Prior alignment: from an attribution and the target box to deviation / redundancy losses."""
+
+from eagle_align.alignment.examples import (
+    AlignmentExample,
+    AlignmentExamples,
+    build_alignment_examples,
+    on_prior_regions,
+)
+from eagle_align.alignment.losses import (
+    LOSS_VARIANTS,
+    adaptive_log_penalty,
+    best_on_prior_gain,
+    deviation_loss,
+    log_set_score,
+    normalised_gains,
+    redundancy_loss,
+    set_score,
+)
+
+__all__ = [
+    "LOSS_VARIANTS",
+    "AlignmentExample",
+    "AlignmentExamples",
+    "adaptive_log_penalty",
+    "best_on_prior_gain",
+    "build_alignment_examples",
+    "deviation_loss",
+    "log_set_score",
+    "normalised_gains",
+    "on_prior_regions",
+    "redundancy_loss",
+    "set_score",
+]

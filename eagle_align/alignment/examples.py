@@ -1,0 +1,114 @@
+"""Turn one attribution into the alignment examples the losses train on (DESIGN.md §2).
+
+A ranked region is *on-prior* when the target box covers at least ``prior_overlap`` of it (coverage, not IoU,
+so a small region wholly inside a large box counts). Rank 1 off-prior gives a deviation example; every
+off-prior rank r >= 2 gives a redundancy example, independently of rank 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from eagle_align.alignment.losses import best_on_prior_gain, normalised_gains
+from eagle_align.attribution.regions import RegionPartition
+from eagle_align.attribution.search import Attribution
+
+
+@dataclass(frozen=True)
+class AlignmentExample:
+    """One loss term: the region set whose insertion/deletion forwards carry the gradient.
+
+    ``regions`` is {π_1} for a deviation example and the prefix S_r = {π_1..π_r} for a redundancy example;
+    ``prev_p_insert``/``prev_p_delete`` are the attribution's P(x_{S_{r−1}}) and P(x_¬{S_{r−1}}) (redundancy
+    only), reused under stop-gradient instead of re-running those forwards.
+    """
+
+    kind: str
+    rank: int
+    regions: tuple[int, ...]
+    prev_p_insert: float | None = None
+    prev_p_delete: float | None = None
+
+
+@dataclass
+class AlignmentExamples:
+    """Everything the trainer needs from one attributed sample."""
+
+    ranking: list[int]
+    on_prior: list[bool]
+    gains: torch.Tensor
+    best_on_prior_gain: float
+    full_prob: float
+    examples: list[AlignmentExample] = field(default_factory=list)
+    partition: RegionPartition | None = None
+
+    @property
+    def deviation(self) -> list[AlignmentExample]:
+        return [e for e in self.examples if e.kind == "deviation"]
+
+    @property
+    def redundancy(self) -> list[AlignmentExample]:
+        return [e for e in self.examples if e.kind == "redundancy"]
+
+    def keep_cells(self, examples: list[AlignmentExample] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cell keep-masks (insertion, deletion), each Bool[E, rows, cols], for ``examples`` (default: all)."""
+        if self.partition is None:
+            raise ValueError("this AlignmentExamples has no region partition to turn region sets into cells")
+        examples = self.examples if examples is None else examples
+        sets = torch.zeros(len(examples), self.partition.n_regions, dtype=torch.bool)
+        for i, example in enumerate(examples):
+            sets[i, list(example.regions)] = True
+        cells = self.partition.cells_of(sets)
+        return cells, ~cells
+
+
+def on_prior_regions(attribution: Attribution, prior_mask: torch.Tensor, prior_overlap: float = 0.15) -> list[bool]:
+    """On-prior flag of each ranked region: coverage |v ∩ B| / |v| ≥ ``prior_overlap``."""
+    if attribution.partition is None:
+        raise ValueError("the attribution carries no region partition, so prior consistency cannot be decided")
+    coverage = attribution.partition.coverage(prior_mask)
+    return [bool(coverage[region] >= prior_overlap) for region in attribution.ranking]
+
+
+def build_alignment_examples(
+    attribution: Attribution,
+    prior_mask: torch.Tensor,
+    prior_overlap: float = 0.15,
+    insertion_weight: float = 2.0,
+    deletion_weight: float = 1.0,
+) -> AlignmentExamples:
+    """Gate an attribution into deviation / redundancy examples.
+
+    The weights must be those the attribution's prefix scores were computed with; they only set the gain
+    scale Z = a + b used by ``adaptive_log``.
+    """
+    ranking = [int(r) for r in attribution.ranking]
+    on_prior = on_prior_regions(attribution, prior_mask, prior_overlap)
+    gains = normalised_gains(attribution.prefix_scores, insertion_weight, deletion_weight)
+    if gains.numel() != len(ranking):
+        raise ValueError(f"attribution has {len(ranking)} ranked regions but {gains.numel()} prefix scores")
+    examples = []
+    if ranking and not on_prior[0]:
+        examples.append(AlignmentExample("deviation", 1, (ranking[0],)))
+    for rank in range(2, len(ranking) + 1):
+        if not on_prior[rank - 1]:
+            examples.append(
+                AlignmentExample(
+                    "redundancy",
+                    rank,
+                    tuple(ranking[:rank]),
+                    prev_p_insert=float(attribution.insertion_probs[rank - 2]),
+                    prev_p_delete=float(attribution.deletion_probs[rank - 2]),
+                )
+            )
+    return AlignmentExamples(
+        ranking=ranking,
+        on_prior=on_prior,
+        gains=gains,
+        best_on_prior_gain=float(best_on_prior_gain(gains, on_prior)) if ranking else 0.0,
+        full_prob=float(attribution.full_prob),
+        examples=examples,
+        partition=attribution.partition,
+    )
