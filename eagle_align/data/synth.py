@@ -1,0 +1,283 @@
+"""Synthetic GUI screenshots with a controllable spurious cue.
+
+The point of this generator is a test of *why* a model clicks: in training the cue (a small marker at a
+fixed relation to the target, outside its box) predicts the answer in a chosen fraction of samples; in the
+`shifted` split the same marker sits beside a distractor. A model that learned the target keeps clicking
+it; a model that learned the shortcut follows the marker. Everything is drawn with PIL from a per-sample
+seed, so the same (seed, split, preset, index) always gives the same screen.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from functools import lru_cache
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from eagle_align.data.schema import DataError
+
+PRESETS = ("shortcut", "gui")
+SPLITS = ("train", "test", "shifted")
+LAYOUTS = ("mobile", "desktop", "web", "mixed")
+RELATIONS = ("top_left", "right", "left", "above", "below")
+# shortcut difficulty → (slots per side, position jitter as a fraction of the slot)
+_SHORTCUT_LEVELS = {1: (2, 0.0), 2: (2, 0.12), 3: (3, 0.0), 4: (4, 0.1)}
+# gui difficulty → (screen scale, content columns, content rows)
+_GUI_LEVELS = {1: (1.0, 2, 2), 2: (1.5, 3, 3), 3: (2.5, 4, 4)}
+_GUI_BASE = {"mobile": (216, 384), "desktop": (384, 240), "web": (384, 288)}
+_WORDS = ("Save", "Open", "Cancel", "Search", "Settings", "Login", "Submit", "Next", "Back", "Home", "Share",
+          "Delete", "Edit", "Send", "Close", "Help", "Print", "Export", "Upload", "Profile")
+_FIELDS = ("email", "password", "search", "name", "address", "phone", "city", "comment")
+_COLOURS = {"red": (220, 50, 47), "blue": (38, 110, 210), "green": (40, 160, 70), "orange": (240, 140, 20),
+            "purple": (130, 70, 190), "teal": (20, 150, 150), "black": (30, 30, 30)}
+_SHAPES = ("circle", "square", "triangle", "diamond", "plus")
+
+
+@lru_cache(maxsize=16)
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size)
+    except (TypeError, OSError):  # Pillow without FreeType: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _label(draw: ImageDraw.ImageDraw, left_middle, text: str, colour, font) -> None:
+    """Text vertically centred on `left_middle` (bitmap fonts do not support anchors)."""
+    top, bottom = draw.textbbox((0, 0), text, font=font)[1::2]
+    draw.text((left_middle[0], left_middle[1] - (top + bottom) / 2), text, fill=colour, font=font)
+
+
+def _box_relation(box, size: int, gap: int, relation: str) -> list[int]:
+    """A size×size square outside `box` at `relation`, `gap` pixels away."""
+    x1, y1, x2, y2 = box
+    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+    h = size // 2
+    origin = {
+        "top_left": (x1 - gap - size, y1 - gap - size),
+        "right": (x2 + gap, cy - h),
+        "left": (x1 - gap - size, cy - h),
+        "above": (cx - h, y1 - gap - size),
+        "below": (cx - h, y2 + gap),
+    }[relation]
+    return [origin[0], origin[1], origin[0] + size, origin[1] + size]
+
+
+def _shape(draw: ImageDraw.ImageDraw, shape: str, box, colour) -> None:
+    x1, y1, x2, y2 = box
+    cx, cy, w = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1
+    if shape == "circle":
+        draw.ellipse([x1, y1, x2 - 1, y2 - 1], fill=colour)
+    elif shape == "square":
+        draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=colour)
+    elif shape == "triangle":
+        draw.polygon([(cx, y1), (x2 - 1, y2 - 1), (x1, y2 - 1)], fill=colour)
+    elif shape == "diamond":
+        draw.polygon([(cx, y1), (x2 - 1, cy), (cx, y2 - 1), (x1, cy)], fill=colour)
+    else:
+        t = max(2, w // 4)
+        draw.rectangle([cx - t / 2, y1, cx + t / 2, y2 - 1], fill=colour)
+        draw.rectangle([x1, cy - t / 2, x2 - 1, cy + t / 2], fill=colour)
+
+
+def _shortcut_screen(rng: random.Random, difficulty: int) -> dict:
+    """Grey screen, one square per slot; the target is the only red one ("click the red square")."""
+    side, jitter = _SHORTCUT_LEVELS[difficulty]
+    screen = 256
+    slot = screen // side
+    square = slot // 2
+    image = Image.new("RGB", (screen, screen), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    target_slot = rng.randrange(side * side)
+    boxes = []
+    for index in range(side * side):
+        row, col = divmod(index, side)
+        dx = round(rng.uniform(-jitter, jitter) * slot) if jitter else 0
+        dy = round(rng.uniform(-jitter, jitter) * slot) if jitter else 0
+        x1 = col * slot + (slot - square) // 2 + dx
+        y1 = row * slot + (slot - square) // 2 + dy
+        box = [x1, y1, x1 + square, y1 + square]
+        draw.rectangle([x1, y1, x1 + square - 1, y1 + square - 1],
+                       fill=_COLOURS["red"] if index == target_slot else _COLOURS["blue"])
+        boxes.append(box)
+    margin = (slot - square) // 2 - round(jitter * slot)
+    cue = max(6, margin // 2)
+    return dict(image=image, draw=draw, target=boxes[target_slot],
+                distractors=[b for i, b in enumerate(boxes) if i != target_slot],
+                instruction="click the red square", platform=None, ui_type="icon",
+                cue_size=cue, cue_gap=max(1, (margin - cue) // 2), cue_colour=(255, 255, 255),
+                relation="top_left", extra={"slot": target_slot})
+
+
+def _bars(draw: ImageDraw.ImageDraw, layout: str, size, scale: float, rng: random.Random) -> tuple[int, int, int, int]:
+    """Draw the chrome of a layout; return the content area (x1, y1, x2, y2)."""
+    width, height = size
+    bar = round(22 * scale)
+    text = _font(max(8, round(10 * scale)))
+    accent = rng.choice(list(_COLOURS.values()))
+    if layout == "mobile":
+        draw.rectangle([0, 0, width, bar // 2 + 4], fill=(20, 20, 20))
+        draw.text((6, 2), "9:41", fill=(255, 255, 255), font=_font(max(7, round(8 * scale))))
+        draw.rectangle([0, bar // 2 + 4, width, bar * 2], fill=accent)
+        draw.text((10, bar // 2 + 10), rng.choice(("Inbox", "Shop", "Photos", "Notes")), fill=(255, 255, 255), font=text)
+        draw.rectangle([0, height - bar - 4, width, height], fill=(235, 235, 235))
+        for i in range(4):
+            cx = width * (2 * i + 1) // 8
+            _shape(draw, _SHAPES[i], [cx - bar // 4, height - bar + 2, cx + bar // 4, height - bar // 2 + 2], (90, 90, 90))
+        return 0, bar * 2, width, height - bar - 4
+    if layout == "desktop":
+        draw.rectangle([0, 0, width, bar], fill=(225, 225, 230))
+        for i, colour in enumerate(((240, 90, 80), (245, 190, 50), (90, 200, 90))):
+            draw.ellipse([6 + i * bar * 0.7, bar * 0.3, 6 + i * bar * 0.7 + bar * 0.4, bar * 0.7], fill=colour)
+        draw.rectangle([0, bar, width, bar * 2], fill=(245, 245, 245))
+        for i, word in enumerate(("File", "Edit", "View", "Help")):
+            draw.text((8 + i * 36 * scale, bar + 4), word, fill=(40, 40, 40), font=text)
+        side = round(width * 0.18)
+        draw.rectangle([0, bar * 2, side, height], fill=(210, 214, 220))
+        for i in range(3):
+            draw.rectangle([8, bar * 2 + 10 + i * bar, side - 8, bar * 2 + 10 + i * bar + bar // 2], fill=(180, 186, 196))
+        return side, bar * 2, width, height
+    draw.rectangle([0, 0, width, bar * 2], fill=accent)
+    draw.text((8, bar // 2), "Acme", fill=(255, 255, 255), font=_font(max(9, round(13 * scale))))
+    for i, word in enumerate(("Products", "Docs", "About")):
+        draw.text((width * 0.45 + i * 48 * scale, bar * 0.7), word, fill=(255, 255, 255), font=text)
+    draw.rectangle([0, height - bar, width, height], fill=(60, 60, 60))
+    draw.text((8, height - bar + 4), "(c) 2024 Acme", fill=(200, 200, 200), font=text)
+    return 0, bar * 2, width, height - bar
+
+
+def _gui_screen(rng: random.Random, difficulty: int, layout: str, relation: str) -> dict:
+    """A mobile/desktop/web screen with buttons, text fields and icons; one of them is the target."""
+    layout = rng.choice(LAYOUTS[:3]) if layout == "mixed" else layout
+    scale, cols, rows = _GUI_LEVELS[difficulty]
+    base_w, base_h = _GUI_BASE[layout]
+    size = (round(base_w * scale / 4) * 4, round(base_h * scale / 4) * 4)
+    image = Image.new("RGB", size, (250, 250, 250) if layout != "desktop" else (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    cx1, cy1, cx2, cy2 = _bars(draw, layout, size, scale, rng)
+    cue = max(5, round(6 * scale))
+    gap = max(2, round(2 * scale))
+    cell_w, cell_h = (cx2 - cx1) // cols, (cy2 - cy1) // rows
+    pad = cue + 2 * gap  # room for the cue on every side of every element
+    cells = rng.sample(range(cols * rows), k=min(cols * rows, 2 + difficulty * 2))
+    words, fields = rng.sample(_WORDS, len(cells)), rng.sample(_FIELDS, min(len(cells), len(_FIELDS)))
+    icons = rng.sample([(c, s) for c in _COLOURS for s in _SHAPES], len(cells))
+    font = _font(max(8, round(10 * scale)))
+    elements = []
+    for n, cell in enumerate(cells):
+        row, col = divmod(cell, cols)
+        ax1, ay1 = cx1 + col * cell_w + pad, cy1 + row * cell_h + pad
+        avail_w, avail_h = cell_w - 2 * pad, cell_h - 2 * pad
+        kind = rng.choice(("button", "field", "icon")) if n < len(fields) else rng.choice(("button", "icon"))
+        if kind == "icon":
+            side = min(avail_w, avail_h, round(rng.uniform(16, 24) * scale))
+            w, h = side, side
+        else:
+            w = min(avail_w, round(rng.uniform(0.7, 1.0) * avail_w))
+            h = min(avail_h, round(rng.uniform(16, 22) * scale))
+        x1 = ax1 + rng.randint(0, avail_w - w)
+        y1 = ay1 + rng.randint(0, avail_h - h)
+        box = [x1, y1, x1 + w, y1 + h]
+        if kind == "button":
+            colour = rng.choice(list(_COLOURS.values()))
+            draw.rounded_rectangle([x1, y1, x1 + w - 1, y1 + h - 1], radius=max(2, h // 4), fill=colour)
+            _label(draw, (x1 + 4, y1 + h / 2), words[n], (255, 255, 255), font)
+            instruction = f"click the {words[n]} button"
+        elif kind == "field":
+            draw.rectangle([x1, y1, x1 + w - 1, y1 + h - 1], fill=(255, 255, 255), outline=(150, 150, 150))
+            _label(draw, (x1 + 4, y1 + h / 2), fields[n].capitalize(), (160, 160, 160), font)
+            instruction = f"click the {fields[n]} field"
+        else:
+            colour_name, shape = icons[n]
+            _shape(draw, shape, box, _COLOURS[colour_name])
+            instruction = f"click the {colour_name} {shape} icon"
+        elements.append((box, instruction, "icon" if kind == "icon" else "text"))
+    target = rng.randrange(len(elements))
+    return dict(image=image, draw=draw, target=elements[target][0],
+                distractors=[e[0] for i, e in enumerate(elements) if i != target],
+                instruction=elements[target][1], platform=layout, ui_type=elements[target][2],
+                cue_size=cue, cue_gap=gap, cue_colour=(255, 0, 255), relation=relation, extra={"layout": layout})
+
+
+def synth_record(index: int, seed: int, split: str = "train", preset: str = "shortcut", cue_fraction: float = 0.0,
+                 difficulty: int = 1, layout: str = "mixed", cue_relation: str | None = None) -> tuple[Image.Image, dict]:
+    """One screenshot and its JSONL record (image path left to the caller); deterministic per arguments."""
+    rng = random.Random(f"eagle-synth:{preset}:{seed}:{split}:{index}")
+    if preset == "shortcut":
+        screen = _shortcut_screen(rng, difficulty)
+    else:
+        screen = _gui_screen(rng, difficulty, layout, cue_relation or "right")
+    relation = cue_relation or screen["relation"]
+    has_cue = rng.random() < cue_fraction
+    cue_box, anchor = None, None
+    if has_cue:
+        if split == "shifted":
+            anchor = rng.choice(screen["distractors"])
+        else:
+            anchor = screen["target"]
+        cue_box = _box_relation(anchor, screen["cue_size"], screen["cue_gap"], relation)
+        screen["draw"].rectangle([cue_box[0], cue_box[1], cue_box[2] - 1, cue_box[3] - 1], fill=screen["cue_colour"])
+    image = screen["image"]
+    record = {
+        "instruction": screen["instruction"],
+        "bbox": screen["target"],
+        "image_size": list(image.size),
+        "platform": screen["platform"],
+        "ui_type": screen["ui_type"],
+        "source": f"synthetic-{preset}",
+        "id": f"synth-{preset}-{split}-{seed}-{index:05d}",
+        "extra": {"split": split, "preset": preset, "seed": seed, "difficulty": difficulty,
+                  "cue_bbox": cue_box, "cue_on": None if not has_cue else ("distractor" if split == "shifted" else "target"),
+                  "cue_anchor_bbox": anchor, "cue_relation": relation if has_cue else None,
+                  "distractor_bboxes": screen["distractors"], **screen["extra"]},
+    }
+    return image, record
+
+
+def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str = "shortcut",
+                       cue_fraction: float = 0.0, split: str = "train", difficulty: int = 1,
+                       layout: str = "mixed", cue_relation: str | None = None) -> Path:
+    """Write `n` screenshots to `out_dir/images/` and their records to `out_dir/{split}.jsonl`; return that path.
+
+    preset "shortcut": 256×256 grey screen, squares in slots, the red one is the target (tiny models learn
+    it on CPU); "gui": mobile/desktop/web screens with buttons, text fields and icons. cue_fraction: share of
+    samples with the cue; it sits at `cue_relation` of the target in "train"/"test" and of a distractor in
+    "shifted". difficulty: 1 (easiest) and up; see the synthetic data card for what each level means.
+    """
+    levels = _SHORTCUT_LEVELS if preset == "shortcut" else _GUI_LEVELS
+    checks = [
+        (preset in PRESETS, f"preset={preset!r}; choose one of {', '.join(PRESETS)}"),
+        (split in SPLITS, f"split={split!r}; choose one of {', '.join(SPLITS)}"),
+        (layout in LAYOUTS, f"layout={layout!r}; choose one of {', '.join(LAYOUTS)}"),
+        (cue_relation is None or cue_relation in RELATIONS, f"cue_relation={cue_relation!r}; choose one of {RELATIONS}"),
+        (0.0 <= cue_fraction <= 1.0, f"cue_fraction={cue_fraction} must be within [0, 1]"),
+        (isinstance(n, int) and n > 0, f"n={n!r} must be a positive integer"),
+        (difficulty in levels, f"difficulty={difficulty!r}; preset {preset!r} has levels {sorted(levels)}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    path = out / f"{split}.jsonl"
+    with open(path, "w", encoding="utf-8") as handle:
+        for index in range(n):
+            image, record = synth_record(index, seed, split, preset, cue_fraction, difficulty, layout, cue_relation)
+            name = f"images/{split}_{index:05d}.png"
+            image.save(out / name)
+            record = {"image": name, **record}
+            _check(record)
+            handle.write(json.dumps(record) + "\n")
+    return path
+
+
+def _check(record: dict) -> None:
+    """The generator's own guarantees: cue outside the target and inside the screen."""
+    cue, (x1, y1, x2, y2) = record["extra"]["cue_bbox"], record["bbox"]
+    if cue is None:
+        return
+    width, height = record["image_size"]
+    overlaps = cue[0] < x2 and x1 < cue[2] and cue[1] < y2 and y1 < cue[3]
+    if overlaps or cue[0] < 0 or cue[1] < 0 or cue[2] > width or cue[3] > height:
+        raise DataError(f"synthetic record {record['id']}: cue {cue} overlaps the target or leaves the screen")
