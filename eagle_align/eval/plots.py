@@ -43,6 +43,14 @@ def plot_accuracy(metrics: dict, path: str | Path) -> Path:
     return path
 
 
+def open_image(example: Any) -> Image.Image:
+    """The example's screenshot at its original size, RGB."""
+    if isinstance(example.image, Image.Image):
+        return example.image.convert("RGB")
+    with Image.open(example.image) as handle:
+        return handle.convert("RGB")
+
+
 def _scale(values: Sequence[float], image: Image.Image, image_size: Sequence[float]) -> list[float]:
     sx, sy = image.width / image_size[0], image.height / image_size[1]
     return [v * (sx if i % 2 == 0 else sy) for i, v in enumerate(values)]

@@ -64,12 +64,14 @@ def score_sample(example: Any, point: Sequence[float] | None, answer: str | None
     if point is None:
         record.update(point=None, wrong_format=True, hit=False, distance=None)
     else:
-        clamped = clamp_point(point, image_size)
+        # Rounded to 1/1000 px before judging: the stored point re-scores to the same verdict, and float noise
+        # from mapping coordinates back (e.g. 98 · 100/140) cannot push an edge-exact click off the box.
+        x, y = (round(v, 3) for v in clamp_point(point, image_size))
         record.update(
-            point=[round(clamped[0], 3), round(clamped[1], 3)],
+            point=[x, y],
             wrong_format=False,
-            hit=point_in_box(clamped, bbox),
-            distance=round(centre_distance(clamped, bbox, image_size), 4),
+            hit=point_in_box((x, y), bbox),
+            distance=round(centre_distance((x, y), bbox, image_size), 4),
         )
     return record
 

@@ -1,0 +1,166 @@
+"""`eagle-align eval`: evaluate a model (optionally with a LoRA adapter) on a grounding benchmark, or score a
+predictions file produced elsewhere with the same metrics and reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from eagle_align.eval.report import read_predictions, versions, write_report
+from eagle_align.eval.scoring import score_sample, summarize
+
+
+def eval_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="Hub id or local directory of the base model (generation mode)")
+    what.add_argument("--predictions", help="JSONL of predictions to score (scoring-only mode): one line per "
+                      "sample with `id` and either `point` [x, y] in original pixels or `answer` + "
+                      "`action_format` + `resized_size` [W, H]")
+    parser.add_argument("--adapter", help="LoRA adapter directory to load onto --model")
+    parser.add_argument("--data", required=True, help="benchmark or dataset: any source `load_examples` accepts")
+    parser.add_argument("--data-format", default="auto", help="loader format (default: detect)")
+    parser.add_argument("--image-root", help="folder holding the screenshots, if not where the benchmark ships them")
+    parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                        help="invalid records: stop (default) or skip them and report the count")
+    parser.add_argument("--out", required=True, help="output directory for metrics.json, predictions.jsonl, report.md, PNGs")
+    parser.add_argument("--action-format", help="answer syntax (default: the model family's own; in scoring-only "
+                        "mode, the format of lines that do not name one)")
+    parser.add_argument("--min-pixels", type=int, help="processor min_pixels (default: the checkpoint's)")
+    parser.add_argument("--max-pixels", type=int, help="processor max_pixels (default: the checkpoint's)")
+    parser.add_argument("--system-prompt", help="system prompt given to the model (default: none)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--limit", type=int, help="evaluate only the first K samples")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float16, float32")
+    parser.add_argument("--device", default=None, help="device for the model (default: cuda if available, else cpu)")
+    parser.add_argument("--attribution-samples", type=int, default=0,
+                        help="attribute the first K samples' answers (point game, prior-hit@k, AUCs)")
+    parser.add_argument("--n-regions", type=int, default=64, help="attribution: number of screenshot regions")
+    parser.add_argument("--region-method", default="grid", choices=("grid", "slic"))
+    parser.add_argument("--baseline", default="black", choices=("black", "mean", "background"))
+    parser.add_argument("--search", default="efficient", choices=("efficient", "exact", "single_round"))
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+
+
+def _prediction_point(line: dict, number: int, example: Any, default_format: str | None):
+    """The click of one predictions line in original pixels (None = unparseable answer)."""
+    from eagle_align.actions import get_action_format
+    from eagle_align.data import DataError
+
+    where = f"predictions line {number} (id {line['id']!r})"
+    if "point" in line:
+        point = line["point"]
+        if point is None:
+            return None
+        if not (isinstance(point, (list, tuple)) and len(point) == 2 and all(isinstance(v, (int, float)) for v in point)):
+            raise DataError(f"{where}: `point` must be [x, y] numbers in original pixels, got {point!r}")
+        return tuple(float(v) for v in point)
+    if "answer" not in line:
+        raise DataError(f"{where}: needs `point` or `answer` (+ `action_format` and `resized_size`)")
+    fmt_name = line.get("action_format") or default_format
+    if fmt_name is None:
+        raise DataError(f"{where}: `answer` given without `action_format` (or pass --action-format)")
+    resized = line.get("resized_size")
+    if not (isinstance(resized, (list, tuple)) and len(resized) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in resized)):
+        raise DataError(f"{where}: `resized_size` must be [W, H] of the image the model saw, got {resized!r}")
+    try:
+        fmt = get_action_format(fmt_name)
+    except ValueError as error:
+        raise DataError(f"{where}: {error}") from None
+    return fmt.parse(str(line["answer"]), tuple(example.image_size), (int(resized[0]), int(resized[1])))
+
+
+def score_file(predictions_path: str | Path, examples, default_format: str | None = None) -> tuple[list[dict], list, int]:
+    """Records for a predictions file against `examples`: (records, their examples, examples without a line).
+
+    Unknown or repeated ids are errors (they mean the file belongs to other data); examples without a
+    prediction are counted, not scored, so partial runs stay visible.
+    """
+    from eagle_align.data import DataError
+
+    by_id = {ex.id: ex for ex in examples}
+    records, used, seen = [], [], set()
+    for number, line in enumerate(read_predictions(predictions_path), 1):
+        if "id" not in line:
+            raise DataError(f"{predictions_path}: line {number} has no `id`")
+        key = str(line["id"])
+        if key not in by_id:
+            raise DataError(f"{predictions_path}: line {number}: id {key!r} is not an example of the data")
+        if key in seen:
+            raise DataError(f"{predictions_path}: line {number}: id {key!r} appears twice")
+        seen.add(key)
+        example = by_id[key]
+        record = score_sample(example, _prediction_point(line, number, example, default_format), line.get("answer"))
+        if "resized_size" in line:
+            record["resized_size"] = line["resized_size"]
+        records.append(record)
+        used.append(example)
+    return records, used, len(examples) - len(records)
+
+
+def _score_only(args, examples) -> dict:
+    from eagle_align.eval.harness import write_plots
+
+    records, used, missing = score_file(args.predictions, examples, args.action_format)
+    if missing:
+        print(f"warning: {missing} of {len(examples)} examples have no prediction and are not scored", file=sys.stderr)
+    metrics = summarize(records)
+    metrics["missing_predictions"] = missing
+    metrics["settings"] = {"mode": "score_only", "predictions": str(args.predictions), "data": args.data,
+                           "action_format": args.action_format}
+    metrics["versions"] = versions()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.no_plots:
+        metrics["plots"] = write_plots(metrics, records, used, out)
+    write_report(metrics, records, out)
+    return metrics
+
+
+def _generate(args, examples) -> dict:
+    import torch
+
+    from eagle_align.eval.harness import evaluate
+    from eagle_align.models import load_model_and_processor
+
+    model, processor = load_model_and_processor(
+        args.model, dtype=args.dtype, min_pixels=args.min_pixels, max_pixels=args.max_pixels
+    )
+    if args.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter)
+    model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    attribution_options = {"n_regions": args.n_regions, "region_method": args.region_method,
+                           "baseline": args.baseline, "strategy": args.search}
+    return evaluate(
+        model, processor, examples, action_format=args.action_format, batch_size=args.batch_size,
+        limit=args.limit, attribution_samples=args.attribution_samples, out_dir=args.out,
+        system_prompt=args.system_prompt, max_new_tokens=args.max_new_tokens,
+        attribution_options=attribution_options, plots=not args.no_plots,
+        settings={"model": args.model, "adapter": args.adapter, "data": args.data, "dtype": args.dtype},
+    )
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from eagle_align.data import load_examples
+
+    for option in ("batch_size", "limit", "max_new_tokens", "min_pixels", "max_pixels"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise SystemExit(f"error: --{option.replace('_', '-')} must be positive, got {value}")
+    if args.attribution_samples < 0:
+        raise SystemExit(f"error: --attribution-samples must be ≥ 0, got {args.attribution_samples}")
+    examples = load_examples(args.data, format=args.data_format, image_root=args.image_root, on_error=args.on_error)
+    if getattr(examples, "skipped", 0):
+        print(f"warning: skipped {examples.skipped} invalid records of {args.data}", file=sys.stderr)
+    metrics = _score_only(args, examples) if args.predictions else _generate(args, examples)
+    line = f"click accuracy {100 * metrics['click_accuracy']:.2f}% on {metrics['n']} samples"
+    line += f" ({metrics['wrong_format']} wrong format)"
+    if metrics.get("attribution"):
+        line += f"; point game {metrics['attribution']['overall']['point_game']}"
+    print(f"{line} -> {args.out}")
+    return 0
