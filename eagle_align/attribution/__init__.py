@@ -1,0 +1,44 @@
+"""EAGLE subset attribution over screenshot regions: which parts of the screenshot a click answer relies on."""
+
+from eagle_align.attribution.masking import BASELINES, baseline_row, mask_image_rows, pixel_values_to_image
+from eagle_align.attribution.metrics import (
+    attribution_metrics,
+    deletion_auc,
+    insertion_auc,
+    point_game,
+    prior_hit_at_k,
+)
+from eagle_align.attribution.regions import REGION_METHODS, RegionPartition, make_partition
+from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, slice_sample
+from eagle_align.attribution.search import (
+    STRATEGIES,
+    Attribution,
+    attribute_sample,
+    evaluate_prefixes,
+    greedy_search,
+    set_prob_for,
+)
+
+__all__ = [
+    "BASELINES",
+    "REGION_METHODS",
+    "STRATEGIES",
+    "Attribution",
+    "DecisionScorer",
+    "RegionPartition",
+    "attribute_sample",
+    "attribution_metrics",
+    "attribution_mode",
+    "baseline_row",
+    "deletion_auc",
+    "evaluate_prefixes",
+    "greedy_search",
+    "insertion_auc",
+    "make_partition",
+    "mask_image_rows",
+    "pixel_values_to_image",
+    "point_game",
+    "prior_hit_at_k",
+    "set_prob_for",
+    "slice_sample",
+]
