@@ -120,12 +120,12 @@ class GroundingCollator:
         image = image_for_processor(example, self.processor)
         prompt = self.processor.apply_chat_template(self.messages(example), tokenize=False, add_generation_prompt=True)
         if self.inference:
-            text, answer, label_chars, tail = prompt, "", 0, 0
+            text, answer, label_chars, tail, probed = prompt, "", 0, 0, None
         else:
             # The answer needs the resized size, which only the processor output knows: probe it first.
             grid = self.processor.image_processor(images=[image], return_tensors="pt")["image_grid_thw"][0]
-            resized = (int(grid[2]) * self.patch_size, int(grid[1]) * self.patch_size)
-            answer = self.action_format.render(example.point, example.image_size, resized)
+            probed = (int(grid[2]) * self.patch_size, int(grid[1]) * self.patch_size)
+            answer = self.action_format.render(example.point, example.image_size, probed)
             text = self.processor.apply_chat_template(self.messages(example, answer), tokenize=False)
             if not text.startswith(prompt + answer):
                 raise DataError(f"example {example.id!r}: chat template does not put the answer after the prompt")
@@ -138,6 +138,8 @@ class GroundingCollator:
         grid = encoded["image_grid_thw"][0]
         resized = (int(grid[2]) * self.patch_size, int(grid[1]) * self.patch_size)
         grid_hw = (int(grid[1]) // self.merge_size, int(grid[2]) // self.merge_size)
+        if probed is not None and probed != resized:
+            raise DataError(f"example {example.id!r}: processor resized to {resized}, answer rendered for {probed}")
         starts, ends = offsets[:, 0], offsets[:, 1]
         labels = torch.full_like(ids, IGNORE_INDEX)
         positions = torch.zeros(0, dtype=torch.long)
