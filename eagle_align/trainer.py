@@ -1,0 +1,386 @@
+"""PriorAlignedTrainer: SFT on click answers plus EAGLE prior-alignment losses every few steps (DESIGN.md §2).
+
+Every optimizer step trains the answer tokens (plain SFT). On alignment steps the trainer also picks the
+samples the model already gets right with confidence, asks the attribution engine which screenshot regions
+the answer relies on, and for off-prior evidence adds the deviation / redundancy losses, back-propagated in
+small chunks so that memory stays near an SFT step. All data-dependent counts are agreed across ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate.utils import DistributedType
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.utils import logging
+
+from eagle_align import distributed
+from eagle_align.alignment import AlignmentExamples, build_alignment_examples, deviation_loss, redundancy_loss
+from eagle_align.alignment.losses import LOSS_VARIANTS
+from eagle_align.attribution.masking import BASELINES, baseline_row
+from eagle_align.attribution.metrics import point_game, prior_hit_at_k
+from eagle_align.attribution.regions import REGION_METHODS
+from eagle_align.attribution.scoring import REDUCTIONS, DecisionScorer, attribution_mode, slice_sample
+from eagle_align.attribution.search import (
+    DEFAULT_RESORT_EVERY,
+    DEFAULT_SEARCH_SCOPE,
+    STRATEGIES,
+    attribute_sample,
+)
+
+SELECTIONS = ("confident_correct", "all")
+ALIGNMENT_STATE_FILE = "alignment_state.json"
+logger = logging.get_logger(__name__)
+_MODEL_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+
+
+@dataclass
+class PriorAlignedConfig(TrainingArguments):
+    """TrainingArguments plus every knob of the prior-alignment method, with the paper's defaults."""
+
+    alignment: bool = field(default=True, metadata={"help": "Add the alignment losses (False: plain SFT)."})
+    align_every: int = field(default=5, metadata={"help": "Align on every n-th optimizer step."})
+    align_start_step: int = field(default=0, metadata={"help": "No alignment before this optimizer step."})
+    lambda_deviation: float = field(default=0.5, metadata={"help": "Weight of the mean deviation loss."})
+    lambda_redundancy: float = field(default=0.5, metadata={"help": "Weight of the mean redundancy loss."})
+    loss_variant: str = field(default="paper", metadata={"help": "paper | log | adaptive_log."})
+    adaptive_beta: float = field(default=2.0, metadata={"help": "β of the adaptive_log penalty."})
+    insertion_weight: float = field(default=2.0, metadata={"help": "a in F(S) = a·P(x_S) + b·(1 − P(x_¬S))."})
+    deletion_weight: float = field(default=1.0, metadata={"help": "b in F(S)."})
+    selection: str = field(
+        default="confident_correct",
+        metadata={"help": "confident_correct (argmax right at every decision token and P(x) ≥ min_confidence) | all."},
+    )
+    min_confidence: float = field(default=0.75, metadata={"help": "Minimum P(x) for a sample to be aligned."})
+    max_aligned_per_step: int | None = field(
+        default=8, metadata={"help": "Cap on aligned samples per device and micro-batch (None: no cap)."}
+    )
+    prior_overlap: float = field(default=0.15, metadata={"help": "Region is on-prior if the box covers this share."})
+    n_regions: int = field(default=64, metadata={"help": "Regions the screenshot is partitioned into."})
+    region_method: str = field(default="grid", metadata={"help": "grid | slic."})
+    search: str = field(default="efficient", metadata={"help": "efficient | exact | single_round."})
+    search_scope: int = field(default=DEFAULT_SEARCH_SCOPE, metadata={"help": "Candidates between re-sorts."})
+    resort_every: int | None = field(
+        default=DEFAULT_RESORT_EVERY, metadata={"help": "Re-sort all candidates every n steps (None: once)."}
+    )
+    max_regions: int = field(default=10, metadata={"help": "Ranked regions per attribution."})
+    stop_confidence: float | None = field(default=0.8, metadata={"help": "Stop ranking once P(x_S) reaches it."})
+    baseline: str = field(default="black", metadata={"help": "Masking baseline: black | mean | background."})
+    score_reduction: str = field(default="mean", metadata={"help": "mean | logmean over decision tokens."})
+    attribution_batch_size: int = field(default=16, metadata={"help": "Masked inputs per attribution forward."})
+    loss_chunk_size: int = field(default=4, metadata={"help": "Masked inputs per gradient forward (even, ≥ 2)."})
+    prior_hit_k: int = field(default=3, metadata={"help": "k of the logged align/prior_hit@k."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator's 'meta' must reach compute_loss."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        choices = {
+            "loss_variant": LOSS_VARIANTS, "selection": SELECTIONS, "region_method": REGION_METHODS,
+            "search": STRATEGIES, "baseline": BASELINES, "score_reduction": REDUCTIONS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        minimums = {
+            "align_every": 1, "align_start_step": 0, "n_regions": 1, "max_regions": 1, "search_scope": 1,
+            "attribution_batch_size": 1, "loss_chunk_size": 2, "prior_hit_k": 1,
+        }
+        for name, low in minimums.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least {low}")
+        for name in ("max_aligned_per_step", "resort_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1 (or None)")
+        for name in ("lambda_deviation", "lambda_redundancy", "insertion_weight", "deletion_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be ≥ 0")
+        if self.insertion_weight + self.deletion_weight <= 0:
+            raise ValueError("insertion_weight + deletion_weight must be > 0")
+        for name in ("min_confidence", "prior_overlap", "stop_confidence"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}={value} must lie in [0, 1]")
+        if not self.adaptive_beta > 0:
+            raise ValueError(f"adaptive_beta={self.adaptive_beta} must be > 0")
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns=True would drop the collator's 'meta'; leave it False")
+
+
+@contextlib.contextmanager
+def dropout_off(module: torch.nn.Module) -> Iterator[None]:
+    """Dropout off for the loss forwards (the function the attribution ranked), checkpointing kept on.
+
+    Eval mode everywhere, except that modules with gradient checkpointing enabled keep their training flag:
+    transformers only checkpoints a layer while it is training, and the loss forwards need it for memory.
+    """
+    was_training = module.training
+    module.eval()
+    for sub in module.modules():
+        if getattr(sub, "gradient_checkpointing", False) is True:
+            sub.training = True
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+class PriorAlignedTrainer(Trainer):
+    """Drop-in `Trainer` for GUI grounding SFT with prior alignment.
+
+    Use with a PEFT model, a `PriorAlignedConfig`, an `ExampleSet` and a `GroundingCollator` (its batches
+    carry a `"meta"` list that `compute_loss` pops). Alignment metrics (`align/...`) are averaged over the
+    aligned micro-steps of each logging window.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, PriorAlignedConfig):
+            raise ValueError(f"args must be a PriorAlignedConfig, got {type(self.args).__name__}")
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._last_aligned_step = -1
+        # Cumulative counters, saved with every checkpoint (alignment_state.json) and restored on resume.
+        self.alignment_state: dict[str, float] = defaultdict(float)
+
+    # ----------------------------------------------------------------------------------------- schedule
+    def is_alignment_step(self) -> bool:
+        """Alignment runs on optimizer steps align_every, 2·align_every, ... (1-based), after the warm-up."""
+        step = self.state.global_step
+        return self.args.alignment and step >= self.args.align_start_step and (step + 1) % self.args.align_every == 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        metas = inputs.pop("meta", None)
+        if self.args.alignment and model.training:
+            if metas is None:
+                raise ValueError("alignment=True needs batches with 'meta' (use eagle_align.data.GroundingCollator)")
+            if self.is_alignment_step():
+                self._align(model, inputs, metas)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    # ---------------------------------------------------------------------------------------- selection
+    def _select(self, model: torch.nn.Module, inputs: dict, metas: list) -> tuple[list[int], dict[int, float]]:
+        """Indices of confidently-correct samples (and their P(x)), capped at max_aligned_per_step.
+
+        One eval-mode forward of the batch with the LM head only at decision positions.
+        """
+        cap = self.args.max_aligned_per_step or len(metas)
+        if self.args.selection == "all":
+            return list(range(len(metas)))[:cap], {}
+        device = inputs["input_ids"].device
+        positions = [torch.as_tensor(m.decision_positions).long().view(-1) - 1 for m in metas]
+        union = torch.unique(torch.cat(positions))
+        logits = model(**{k: inputs[k] for k in _MODEL_KEYS}, logits_to_keep=union.to(device), use_cache=False).logits
+        log_probs = logits.float().log_softmax(-1).cpu()
+        chosen, full_probs = [], {}
+        for i, meta in enumerate(metas):
+            rows = log_probs[i, torch.searchsorted(union, positions[i])]
+            targets = torch.as_tensor(meta.decision_token_ids).long().view(-1)
+            token_log_probs = rows.gather(-1, targets[:, None]).squeeze(-1)
+            prob = token_log_probs.exp().mean() if self.args.score_reduction == "mean" else token_log_probs.mean().exp()
+            if bool((rows.argmax(-1) == targets).all()) and float(prob) >= self.args.min_confidence:
+                chosen.append(i)
+                full_probs[i] = float(prob)
+        return chosen[:cap], full_probs
+
+    # ---------------------------------------------------------------------------------------- alignment
+    def _align(self, model: torch.nn.Module, inputs: dict, metas: list) -> None:
+        """Attribute, build examples and back-propagate the alignment losses of one micro-batch."""
+        args = self.args
+        unwrapped = self.accelerator.unwrap_model(model)
+        counter = distributed.ForwardCounter(unwrapped)
+        batch = {**inputs, "meta": metas}
+        rows = {}
+
+        def row(i: int) -> torch.Tensor:
+            if i not in rows:
+                sample = slice_sample(batch, i)
+                rows[i] = baseline_row(unwrapped, args.baseline, sample["pixel_values"].cpu(), sample["image_grid_thw"].cpu())
+            return rows[i]
+
+        start = time.perf_counter()
+        built: list[tuple[int, AlignmentExamples]] = []
+        point_hits, prior_hits, masked_forwards = 0.0, 0.0, 0
+        with counter.counting(), attribution_mode(unwrapped):
+            selected, full_probs = self._select(unwrapped, inputs, metas)
+            for i in selected:
+                attribution = attribute_sample(
+                    unwrapped, batch, i, n_regions=args.n_regions, region_method=args.region_method,
+                    baseline=row(i), strategy=args.search, batch_size=args.attribution_batch_size,
+                    reduction=args.score_reduction, max_regions=args.max_regions,
+                    stop_confidence=args.stop_confidence, search_scope=args.search_scope,
+                    resort_every=args.resort_every, insertion_weight=args.insertion_weight,
+                    deletion_weight=args.deletion_weight, full_prob=full_probs.get(i),
+                )
+                masked_forwards += attribution.forwards
+                prior = metas[i].prior_mask
+                point_hits += float(point_game(attribution, prior, args.prior_overlap))
+                prior_hits += float(prior_hit_at_k(attribution, prior, k=args.prior_hit_k, prior_overlap=args.prior_overlap))
+                built.append((i, build_alignment_examples(
+                    attribution, prior, args.prior_overlap, args.insertion_weight, args.deletion_weight
+                )))
+        chunk_size = args.loss_chunk_size // 2
+        chunks = [(i, ex, ex.examples[k : k + chunk_size]) for i, ex in built for k in range(0, len(ex.examples), chunk_size)]
+        n_dev = sum(len(ex.deviation) for _, ex in built)
+        n_red = sum(len(ex.redundancy) for _, ex in built)
+        counts = distributed.gather_counts([counter.calls, len(chunks), n_dev, n_red], self.accelerator.device)
+        agreed_calls, agreed_chunks = int(counts[:, 0].max()), int(counts[:, 1].max())
+        total_dev, total_red = float(counts[:, 2].sum()), float(counts[:, 3].sum())
+
+        def dummy_attribution_forward() -> None:
+            with attribution_mode(unwrapped):
+                DecisionScorer(unwrapped, slice_sample(batch, 0), metas[0], row(0)).score(self._all_cells(metas[0].grid_hw))
+
+        distributed.pad_passes(counter.calls, agreed_calls, dummy_attribution_forward)
+        attribution_seconds = time.perf_counter() - start
+
+        start = time.perf_counter()
+        sums = {"deviation": 0.0, "redundancy": 0.0, "nonfinite": 0.0, "loss_forwards": 0.0}
+        if agreed_chunks:
+            scale = distributed.world_size() / getattr(self, "current_gradient_accumulation_steps", 1)
+            weights = {
+                "deviation": args.lambda_deviation * scale / total_dev if total_dev else 0.0,
+                "redundancy": args.lambda_redundancy * scale / total_red if total_red else 0.0,
+            }
+            with dropout_off(unwrapped):
+                for i, examples, chunk in chunks:
+                    scorer = DecisionScorer(model, slice_sample(batch, i), metas[i], row(i), reduction=args.score_reduction)
+                    self._loss_chunk(scorer, examples, chunk, weights, sums)
+                dummy_sample = chunks[0][0] if chunks else 0
+
+                def dummy_gradient_pass() -> None:
+                    scorer = DecisionScorer(model, slice_sample(batch, dummy_sample), metas[dummy_sample], row(dummy_sample))
+                    self._backward(scorer.score(self._all_cells(metas[dummy_sample].grid_hw), grad=True).sum() * 0.0)
+
+                distributed.pad_passes(len(chunks), agreed_chunks, dummy_gradient_pass)
+        loss_seconds = time.perf_counter() - start
+        self._record(
+            len(selected), len(built), n_dev, n_red, sums, point_hits, prior_hits,
+            masked_forwards, attribution_seconds, loss_seconds,
+        )
+
+    @staticmethod
+    def _all_cells(grid_hw) -> torch.Tensor:
+        """One keep-mask with every cell kept (the unmasked screenshot), for zero-weighted padding passes."""
+        return torch.ones(1, *grid_hw, dtype=torch.bool)
+
+    def _loss_chunk(
+        self, scorer: DecisionScorer, examples: AlignmentExamples, chunk: list, weights: dict, sums: dict
+    ) -> None:
+        """One gradient forward over the chunk's insertion + deletion inputs, weighted, back-propagated now."""
+        args = self.args
+        insert_cells, delete_cells = examples.keep_cells(chunk)
+        probs = scorer.score(torch.cat([insert_cells, delete_cells]), grad=True)
+        sums["loss_forwards"] += probs.numel()
+        p_insert, p_delete = probs[: len(chunk)], probs[len(chunk) :]
+        common = dict(
+            variant=args.loss_variant, insertion_weight=args.insertion_weight, deletion_weight=args.deletion_weight,
+            best_on_prior=examples.best_on_prior_gain, full_prob=examples.full_prob, beta=args.adaptive_beta,
+        )
+        is_dev = torch.tensor([e.kind == "deviation" for e in chunk], device=probs.device)
+        prev_insert = torch.tensor([e.prev_p_insert or 0.0 for e in chunk], device=probs.device)
+        prev_delete = torch.tensor([e.prev_p_delete or 0.0 for e in chunk], device=probs.device)
+        terms = torch.where(
+            is_dev,
+            deviation_loss(p_insert, p_delete, **common),
+            redundancy_loss(p_insert, p_delete, prev_insert, prev_delete, **common),
+        )
+        finite = torch.isfinite(terms)
+        if not bool(finite.all()):
+            # Never back-propagate through a non-finite forward: a zero-weighted pass keeps ranks in step.
+            sums["nonfinite"] += float((~finite).sum())
+            del probs, terms
+            self._backward(scorer.score(self._all_cells(scorer.grid_hw), grad=True).sum() * 0.0)
+            return
+        weight = torch.where(is_dev, weights["deviation"], weights["redundancy"])
+        sums["deviation"] += float(terms.detach()[is_dev].sum())
+        sums["redundancy"] += float(terms.detach()[~is_dev].sum())
+        self._backward((terms * weight).sum())
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate one alignment chunk now (bounded memory), scaled like the Trainer's own backward."""
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            # accelerate's DeepSpeed backward would also step the optimizer; chunks only accumulate gradients.
+            self.accelerator.deepspeed_engine_wrapped.engine.backward(loss, scale_wrt_gas=False)
+        else:
+            self.accelerator.backward(loss)
+
+    # ------------------------------------------------------------------------------------------ metrics
+    def _record(
+        self, selected, attributed, n_dev, n_red, sums, point_hits, prior_hits, forwards, attr_seconds, loss_seconds
+    ) -> None:
+        """Reduce this micro-step's statistics over ranks and queue them for the next log()."""
+        values = [
+            selected, attributed, n_dev, n_red, sums["deviation"], sums["redundancy"], sums["nonfinite"],
+            point_hits, prior_hits, forwards, sums["loss_forwards"], attr_seconds, loss_seconds,
+        ]
+        (selected, attributed, n_dev, n_red, dev_sum, red_sum, nonfinite, point_hits, prior_hits, forwards,
+         loss_forwards, attr_seconds, loss_seconds) = distributed.all_reduce_sum(values, self.accelerator.device)
+        ranks = distributed.world_size()
+        metrics = {
+            "align/selected": selected,
+            "align/deviation_examples": n_dev,
+            "align/redundancy_examples": n_red,
+            "align/attribution_forwards": forwards,
+            "align/attribution_seconds": attr_seconds / ranks,
+            "align/loss_forwards": loss_forwards,
+            "align/loss_seconds": loss_seconds / ranks,
+            "align/nonfinite_terms": nonfinite,
+        }
+        if n_dev:
+            metrics["align/loss_deviation"] = dev_sum / n_dev
+        if n_red:
+            metrics["align/loss_redundancy"] = red_sum / n_red
+        if attributed:
+            metrics["align/point_game"] = point_hits / attributed
+            metrics[f"align/prior_hit@{self.args.prior_hit_k}"] = prior_hits / attributed
+        for key, value in metrics.items():
+            self._metrics[key].append(value)
+        if nonfinite:
+            logger.warning(f"step {self.state.global_step}: skipped {int(nonfinite)} non-finite alignment term(s)")
+        state = self.alignment_state
+        if self._last_aligned_step != self.state.global_step:
+            self._last_aligned_step = self.state.global_step
+            state["alignment_steps"] += 1
+        for key, value in (("selected", selected), ("deviation_examples", n_dev), ("redundancy_examples", n_red),
+                           ("attribution_forwards", forwards), ("loss_forwards", loss_forwards),
+                           ("attribution_seconds", attr_seconds / ranks), ("loss_seconds", loss_seconds / ranks),
+                           ("nonfinite_terms", nonfinite)):
+            state[key] += value
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        window = {key: sum(values) / len(values) for key, values in self._metrics.items() if values}
+        self._metrics.clear()
+        super().log({**logs, **window}, start_time)
+
+    # --------------------------------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            state = {**self.alignment_state, "last_aligned_step": self._last_aligned_step}
+            with open(os.path.join(folder, ALIGNMENT_STATE_FILE), "w") as handle:
+                json.dump(state, handle, indent=2)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """Trainer.train, restoring the alignment counters saved with the checkpoint being resumed."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        path = os.path.join(checkpoint, ALIGNMENT_STATE_FILE) if isinstance(checkpoint, str) else None
+        if path and os.path.isfile(path):
+            with open(path) as handle:
+                saved = json.load(handle)
+            self._last_aligned_step = int(saved.pop("last_aligned_step", -1))
+            self.alignment_state = defaultdict(float, {k: float(v) for k, v in saved.items() if math.isfinite(v)})
+        return super().train(resume_from_checkpoint, *args, **kwargs)

@@ -1,0 +1,251 @@
+"""PriorAlignedTrainer on a tiny real checkpoint with real PEFT LoRA: schedule, logs, SFT equivalence, weighting."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import Trainer, TrainingArguments
+
+from eagle_align.alignment import build_alignment_examples, deviation_loss, redundancy_loss
+from eagle_align.attribution import DecisionScorer, attribute_sample, baseline_row, slice_sample
+from eagle_align.data.collator import GroundingCollator
+from eagle_align.data.schema import GroundingExample
+from eagle_align.models import get_family, load_model_and_processor
+from eagle_align.models.lora import apply_lora
+from eagle_align.trainer import ALIGNMENT_STATE_FILE, PriorAlignedConfig, PriorAlignedTrainer, dropout_off
+
+FAMILY = "qwen2_5_vl"
+FAST = dict(n_regions=16, max_regions=3, selection="all", attribution_batch_size=32, report_to="none",
+            use_cpu=True, save_strategy="no", logging_steps=1, learning_rate=1e-3, seed=0)
+
+
+def examples(n: int) -> list[GroundingExample]:
+    """Grey screens with one coloured button each, at different places."""
+    out = []
+    for i in range(n):
+        pixels = np.full((140, 196, 3), 210, dtype=np.uint8)
+        x, y = 16 + 37 * (i % 4), 20 + 50 * (i // 4 % 2)
+        pixels[y : y + 30, x : x + 40] = (220, 30, 30)
+        out.append(GroundingExample(image=Image.fromarray(pixels), image_size=(196, 140),
+                                    instruction="click the red button", bbox=(x, y, x + 40, y + 30), id=f"s{i}"))
+    return out
+
+
+@pytest.fixture
+def lora_setup(tiny_checkpoints):
+    torch.manual_seed(0)
+    model, processor = load_model_and_processor(tiny_checkpoints[FAMILY], dtype="float32")
+    model = apply_lora(model, r=4, alpha=8, dropout=0.0)
+    return model, processor, GroundingCollator(processor, get_family(FAMILY).default_action_format)
+
+
+def lora_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def config(tmp_path, **overrides) -> PriorAlignedConfig:
+    return PriorAlignedConfig(output_dir=str(tmp_path / "run"), **{**FAST, **overrides})
+
+
+def test_config_defaults_are_the_papers():
+    cfg = PriorAlignedConfig(output_dir="unused", report_to="none")
+    assert (cfg.align_every, cfg.lambda_deviation, cfg.lambda_redundancy, cfg.min_confidence) == (5, 0.5, 0.5, 0.75)
+    assert (cfg.prior_overlap, cfg.stop_confidence, cfg.max_regions, cfg.n_regions) == (0.15, 0.8, 10, 64)
+    assert (cfg.search, cfg.insertion_weight, cfg.deletion_weight, cfg.loss_variant) == ("efficient", 2.0, 1.0, "paper")
+    assert (cfg.adaptive_beta, cfg.baseline, cfg.score_reduction, cfg.alignment) == (2.0, "black", "mean", True)
+    assert cfg.remove_unused_columns is False
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("loss_variant", "l2"), ("search", "beam"), ("baseline", "white"), ("score_reduction", "max"),
+     ("selection", "some"), ("region_method", "voronoi"), ("align_every", 0), ("loss_chunk_size", 1),
+     ("min_confidence", 1.5), ("prior_overlap", -0.1), ("adaptive_beta", 0.0), ("lambda_deviation", -1.0),
+     ("max_aligned_per_step", 0), ("remove_unused_columns", True)],
+)
+def test_config_rejects_bad_values_naming_the_option(option, value):
+    with pytest.raises(ValueError, match=option):
+        PriorAlignedConfig(output_dir="unused", report_to="none", **{option: value})
+
+
+def test_alignment_only_on_alignment_steps_and_parameters_move(lora_setup, tmp_path):
+    model, processor, collator = lora_setup
+    before = lora_state(model)
+    cfg = config(tmp_path, per_device_train_batch_size=2, max_steps=4, align_every=2, save_strategy="steps",
+                 save_steps=4)
+    trainer = PriorAlignedTrainer(model=model, args=cfg, train_dataset=examples(8), data_collator=collator,
+                                  processing_class=processor)
+    trainer.train()
+    logs = {h["step"]: h for h in trainer.state.log_history if "loss" in h}
+    assert sorted(logs) == [1, 2, 3, 4]
+    for step in (1, 3):
+        assert not any(k.startswith("align/") for k in logs[step]), logs[step]
+    for step in (2, 4):
+        log = logs[step]
+        assert log["align/selected"] == 2 and log["align/attribution_forwards"] > 0
+        assert log["align/deviation_examples"] + log["align/redundancy_examples"] > 0
+        assert any(k in log for k in ("align/loss_deviation", "align/loss_redundancy"))
+        assert 0.0 <= log["align/point_game"] <= 1.0 and "align/prior_hit@3" in log
+    after = lora_state(model)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    assert all(torch.isfinite(p).all() for p in after.values())
+    saved = json.loads((tmp_path / "run" / "checkpoint-4" / ALIGNMENT_STATE_FILE).read_text())
+    assert saved["alignment_steps"] == 2 and saved["selected"] == 4
+
+    resumed = PriorAlignedTrainer(model=model, args=cfg, train_dataset=examples(8), data_collator=collator,
+                                  processing_class=processor)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-4"))
+    assert resumed.alignment_state["alignment_steps"] == 2
+
+
+class DropMeta:
+    """A plain Trainer cannot take the collator's `meta`; the reference run drops it."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, batch):
+        out = self.collator(batch)
+        out.pop("meta")
+        return out
+
+
+def test_alignment_off_is_exactly_plain_sft(lora_setup, tmp_path):
+    model, processor, collator = lora_setup
+    reference_model = copy.deepcopy(model)
+    common = dict(per_device_train_batch_size=2, max_steps=3, report_to="none", use_cpu=True, save_strategy="no",
+                  logging_steps=1, learning_rate=1e-3, seed=0, remove_unused_columns=False)
+    ours = PriorAlignedTrainer(model=model, args=PriorAlignedConfig(output_dir=str(tmp_path / "a"), alignment=False,
+                               align_every=1, **common), train_dataset=examples(6), data_collator=collator)
+    ours.train()
+    plain = Trainer(model=reference_model, args=TrainingArguments(output_dir=str(tmp_path / "b"), **common),
+                    train_dataset=examples(6), data_collator=DropMeta(collator))
+    plain.train()
+    losses = [h["loss"] for h in ours.state.log_history if "loss" in h]
+    assert losses == [h["loss"] for h in plain.state.log_history if "loss" in h]
+    a, b = lora_state(model), lora_state(reference_model)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def _manual_alignment_grads(model, batch, cfg) -> dict[str, torch.Tensor]:
+    """λ·mean(L_dev) + λ·mean(L_red) over the whole batch in one graph, from the same attributions."""
+    dev, red = [], []
+    model.zero_grad()
+    for i in range(batch["input_ids"].shape[0]):
+        sample = slice_sample(batch, i)
+        row = baseline_row(model, cfg.baseline, sample["pixel_values"], sample["image_grid_thw"])
+        att = attribute_sample(model, batch, i, n_regions=cfg.n_regions, baseline=row, strategy=cfg.search,
+                               max_regions=cfg.max_regions, stop_confidence=cfg.stop_confidence)
+        built = build_alignment_examples(att, batch["meta"][i].prior_mask, cfg.prior_overlap)
+        if not built.examples:
+            continue
+        model.eval()
+        insert, delete = built.keep_cells()
+        probs = DecisionScorer(model, sample, batch["meta"][i], row).score(torch.cat([insert, delete]), grad=True)
+        n = len(built.examples)
+        for j, example in enumerate(built.examples):
+            if example.kind == "deviation":
+                dev.append(deviation_loss(probs[j], probs[n + j]))
+            else:
+                red.append(redundancy_loss(probs[j], probs[n + j], torch.tensor(example.prev_p_insert),
+                                           torch.tensor(example.prev_p_delete)))
+    assert dev or red
+    loss = sum(0.5 * torch.stack(t).mean() for t in (dev, red) if t)
+    loss.backward()
+    model.train()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_chunked_alignment_gradient_equals_the_batch_mean_loss(lora_setup, tmp_path):
+    model, processor, collator = lora_setup
+    # Move LoRA B off zero so every LoRA weight receives gradient.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    cfg = config(tmp_path, per_device_train_batch_size=3, loss_chunk_size=2, gradient_accumulation_steps=2)
+    trainer = PriorAlignedTrainer(model=model, args=cfg, train_dataset=examples(3), data_collator=collator)
+    batch = collator(examples(3))
+    expected = _manual_alignment_grads(model, batch, cfg)
+    model.zero_grad()
+    model.train()
+    trainer.current_gradient_accumulation_steps = 2  # alignment is a per-micro-batch mean: scaled by 1/GA
+    trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
+    logged = trainer._metrics
+    assert logged["align/loss_forwards"][0] == 2 * (logged["align/deviation_examples"][0]
+                                                     + logged["align/redundancy_examples"][0])
+    for name, grad in expected.items():
+        torch.testing.assert_close(model.get_parameter(name).grad, grad / 2, atol=1e-6, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in expected.values())
+
+
+def test_confident_correct_selection_matches_a_full_forward(tiny_checkpoints, tmp_path):
+    model, processor = load_model_and_processor(tiny_checkpoints[FAMILY], dtype="float32")
+    collator = GroundingCollator(processor, get_family(FAMILY).default_action_format)
+    batch = collator(examples(4))
+    inputs = {k: v for k, v in batch.items() if k != "meta"}
+    # Memorise the first sample's answer so that the filter has something to accept.
+    memorise = {k: v for k, v in collator(examples(1)).items() if k != "meta"}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(60):
+        optimizer.zero_grad()
+        model(**memorise).loss.backward()
+        optimizer.step()
+    trainer = PriorAlignedTrainer(model=model, args=config(tmp_path, selection="confident_correct", min_confidence=0.5),
+                                  data_collator=collator)
+    model.eval()
+    with torch.no_grad():
+        chosen, probs = trainer._select(model, inputs, batch["meta"])
+        logits = model(**inputs).logits
+    expected = []
+    for i, meta in enumerate(batch["meta"]):
+        rows = logits[i, meta.decision_positions - 1].softmax(-1)
+        p = float(rows.gather(-1, meta.decision_token_ids[:, None]).mean())
+        if torch.equal(rows.argmax(-1), meta.decision_token_ids) and p >= 0.5:
+            expected.append(i)
+            assert probs[i] == pytest.approx(p, abs=1e-5)
+    assert chosen == expected and 0 in chosen
+
+
+def test_gradient_checkpointing_bf16_and_nonfinite_terms_are_skipped(lora_setup, tmp_path):
+    model, processor, collator = lora_setup
+    lm_head = model.get_output_embeddings()
+
+    def poison_masked_gradient_forwards(module, args, output):
+        # Alignment loss chunks are the only forwards with gradient, several rows and logits at a few positions.
+        if torch.is_grad_enabled() and output.shape[0] > 1 and output.shape[1] < 8:
+            return output * float("nan")
+        return output
+
+    lm_head.register_forward_hook(poison_masked_gradient_forwards)
+    before = lora_state(model)
+    cfg = config(tmp_path, per_device_train_batch_size=2, max_steps=2, align_every=1, bf16=True,
+                 gradient_checkpointing=True)
+    trainer = PriorAlignedTrainer(model=model, args=cfg, train_dataset=examples(4), data_collator=collator)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert all(h["align/nonfinite_terms"] > 0 for h in logs)
+    assert all(np.isfinite(h["loss"]) for h in logs)
+    after = lora_state(model)
+    assert all(torch.isfinite(p).all() for p in after.values())
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_dropout_off_keeps_checkpointed_layers_training(tiny_checkpoints):
+    model, _ = load_model_and_processor(tiny_checkpoints[FAMILY], dtype="float32")
+    model = apply_lora(model, r=4, alpha=8, dropout=0.1, gradient_checkpointing=True)
+    model.base_model.model.activation_checkpointing_enable()
+    model.train()
+    checkpointed = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert checkpointed and dropouts
+    with dropout_off(model):
+        assert all(m.training for m in checkpointed)
+        assert not any(m.training for m in dropouts)
+    assert all(m.training for m in model.modules())
