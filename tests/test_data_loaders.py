@@ -205,6 +205,8 @@ def test_hf_save_to_disk_normalised_mirror(tmp_path):
                                                                          ("mobile", "icon", "android")]
     assert examples.skipped == 1 and "[test] row 2" in examples.problems[0]
     assert load_image(examples[0], 64 * 64, 320 * 320).size[0] % 28 == 0
+    # Cells stay compressed and undecoded (PIL drops `fp` once decoded): datasets do not fill memory.
+    assert examples[0].image.fp is not None
 
 
 def test_hf_canonical_columns_and_hub_style_parquet(tmp_path):

@@ -7,6 +7,8 @@ every coordinate) identical between training, evaluation and deployment.
 
 from __future__ import annotations
 
+import io
+
 from PIL import Image
 
 from eagle_align.data.schema import DataError, GroundingExample
@@ -23,7 +25,7 @@ def load_image(example: GroundingExample, min_pixels: int, max_pixels: int, patc
     image = example.image
     try:
         if isinstance(image, Image.Image):
-            image.load()
+            image = _private_copy(image)
         else:
             with Image.open(image) as handle:
                 image = handle.copy()  # read fully now so corrupt files fail here, not inside the processor
@@ -41,6 +43,15 @@ def image_for_processor(example: GroundingExample, processor) -> Image.Image:
 
     min_pixels, max_pixels = pixel_limits(processor)
     return load_image(example, min_pixels, max_pixels, processor.image_processor.patch_size)
+
+
+def _private_copy(image: Image.Image) -> Image.Image:
+    """Decode a lazily opened in-memory image into a new object, leaving the example's image compressed
+    (decoding it in place would keep every screenshot of a dataset decoded in memory)."""
+    if image.fp is not None and isinstance(image.fp, io.BytesIO):
+        image = Image.open(io.BytesIO(image.fp.getvalue()))
+    image.load()  # corrupt data fails here, naming the example, not inside the processor
+    return image
 
 
 def _describe(image) -> str:

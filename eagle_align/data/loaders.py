@@ -8,6 +8,7 @@ guessed.
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -132,15 +133,18 @@ def _json_list(path: Path) -> list:
 
 
 def _resolve_image(name, folders: list[Path]) -> str | Image.Image:
-    """A PIL image passes through; a path is looked up in `folders` (first hit, else the first candidate)."""
+    """A path looked up in `folders` (first hit, else the first candidate), or a PIL image.
+
+    Hugging Face image cells arrive undecoded ({"bytes", "path"}): a path on disk is kept as a path, bytes are
+    opened lazily, so a dataset of thousands of screenshots is not decoded into memory at load time.
+    """
     if isinstance(name, Image.Image):
         return name
-    if isinstance(name, dict) and name.get("bytes"):  # datasets Image feature with decode=False
-        import io
-
-        return Image.open(io.BytesIO(name["bytes"]))
     if isinstance(name, dict):
-        name = name.get("path")
+        path, data = name.get("path"), name.get("bytes")
+        if data and not (path and Path(path).is_absolute() and Path(path).is_file()):
+            return Image.open(io.BytesIO(data))
+        name = path
     if not isinstance(name, str) or not name:
         raise DataError(f"image must be a path or an image, got {name!r}")
     path = Path(name)
@@ -280,6 +284,9 @@ def _read_hf(source: Path, root: Path | None, fmt: str):
     folder = source if source.is_dir() else source.parent
     folders = [root] if root else [folder]
     for split, table in splits.items():
+        for name, feature in table.features.items():
+            if isinstance(feature, datasets.Image) and feature.decode:
+                table = table.cast_column(name, datasets.Image(decode=False))
         columns = set(table.column_names)
         screenspot_like = bool(columns & {"data_type", "data_source", "img_filename", "file_name"})
         layouts = ("xywh", "xyxy") if screenspot_like else ("xyxy",)
