@@ -128,6 +128,7 @@ def test_screenspot_known_answers(tmp_path):
     assert ui_type["icon"]["click_accuracy"] == pytest.approx(2 / 3)
     assert {k: v["hits"] for k, v in metrics["breakdown"]["source"].items()} == {
         "android": 1, "gitlab": 0, "ios": 1, "macos": 1, "shop": 0, "windows": 0}
+    assert set(metrics["breakdown"]) == {"platform", "ui_type", "source"}  # split = platform here
     assert metrics["tables"]["screenspot"] == {
         "mobile": {"text": 1.0, "icon": 1.0, "all": 1.0, "n": 2},
         "desktop": {"text": 0.0, "icon": 1.0, "all": 0.5, "n": 2},
@@ -157,6 +158,8 @@ def test_screenspot_pro_known_answers(tmp_path):
     }
     assert "screenspot" not in metrics["tables"]  # platforms are operating systems here
     assert {k: v["hits"] for k, v in metrics["breakdown"]["application"].items()} == {"autocad": 1, "vscode": 1}
+    # source and split repeat the application here, so they are not listed twice
+    assert set(metrics["breakdown"]) == {"platform", "ui_type", "application", "group"}
     assert metrics["breakdown"]["group"]["CAD"]["wrong_format"] == 1
 
 

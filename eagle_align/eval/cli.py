@@ -160,7 +160,8 @@ def eval_command(args: argparse.Namespace) -> int:
     metrics = _score_only(args, examples) if args.predictions else _generate(args, examples)
     line = f"click accuracy {100 * metrics['click_accuracy']:.2f}% on {metrics['n']} samples"
     line += f" ({metrics['wrong_format']} wrong format)"
-    if metrics.get("attribution"):
-        line += f"; point game {metrics['attribution']['overall']['point_game']}"
+    point_game = (metrics.get("attribution") or {}).get("overall", {}).get("point_game")
+    if point_game is not None:
+        line += f"; point game {point_game:.3f}"
     print(f"{line} -> {args.out}")
     return 0

@@ -20,8 +20,9 @@ from eagle_align.eval.scoring import score_sample, summarize
 
 # Attribution settings for evaluation: a complete ranking (no early stop) so insertion / deletion AUCs compare
 # whole curves across models; the efficient search keeps that affordable.
+# `prior_overlap` and `top_k` define the on-prior rule and k of prior-hit@k; the rest go to attribute_sample.
 DEFAULT_ATTRIBUTION = {"n_regions": 64, "region_method": "grid", "baseline": "black", "strategy": "efficient",
-                       "max_regions": None, "stop_confidence": None}
+                       "max_regions": None, "stop_confidence": None, "prior_overlap": 0.15, "top_k": 3}
 ATTRIBUTION_KEYS = ("point_game", "prior_hit@k", "insertion_auc", "deletion_auc")
 
 
@@ -147,8 +148,6 @@ def attribute_predictions(
     action_format,
     n_samples: int,
     system_prompt: str | None = None,
-    prior_overlap: float = 0.15,
-    top_k: int = 3,
     progress: bool = True,
     **attribution_options,
 ) -> tuple[list[dict], dict[int, Any]]:
@@ -168,6 +167,7 @@ def attribute_predictions(
     from eagle_align.data import GroundingCollator
 
     options = {**DEFAULT_ATTRIBUTION, **attribution_options}
+    prior_overlap, top_k = options.pop("prior_overlap"), options.pop("top_k")
     collator = GroundingCollator(processor, action_format, system_prompt=system_prompt)
     device = _device(model)
     rows, attributions = [], {}
@@ -224,6 +224,8 @@ def evaluate(
         if limit < 1:
             raise ValueError(f"limit={limit} must be a positive number of samples")
         examples = examples[:limit]
+    if not examples:
+        raise ValueError("evaluate got no examples")
     records, preview = predict(model, processor, examples, fmt, batch_size, system_prompt, max_new_tokens, progress)
     metrics = summarize(records)
     attributions: dict[int, Any] = {}

@@ -12,7 +12,7 @@ from typing import Any
 
 # Fields a breakdown is reported for, in report order. `application`, `group` and `split` live in
 # `GroundingExample.extra`; the others are attributes.
-BREAKDOWN_FIELDS = ("platform", "ui_type", "source", "application", "group", "split")
+BREAKDOWN_FIELDS = ("platform", "ui_type", "application", "group", "source", "split")
 SCREENSPOT_PLATFORMS = ("mobile", "desktop", "web")
 UI_TYPES = ("text", "icon")
 
@@ -109,9 +109,15 @@ def _group_by(records: Iterable[dict], key) -> dict[str, list[dict]]:
 
 
 def breakdowns(records: Sequence[dict]) -> dict[str, dict[str, dict]]:
-    """Summary per value of every field the data defines (platform, ui_type, source, application, ...)."""
-    result = {}
+    """Summary per value of every field the data defines (platform, ui_type, source, application, ...).
+
+    A field that only repeats an earlier one (ScreenSpot's split is its platform, ScreenSpot-Pro's source is
+    its application) is left out.
+    """
+    result: dict[str, dict[str, dict]] = {}
     for name in BREAKDOWN_FIELDS:
+        if any(all(r.get(name) == r.get(kept) for r in records) for kept in result):
+            continue
         groups = _group_by(records, lambda r, name=name: r.get(name))
         if groups:
             result[name] = {value: _summary(group) for value, group in sorted(groups.items())}
