@@ -270,6 +270,8 @@ def run_training(config: dict[str, Any]):
         processing_class=processor,
         callbacks=callbacks or None,
     )
+    for callback in callbacks:
+        callback.attach(trainer)  # click-eval metrics then go through trainer.log (TensorBoard, W&B, console)
     trainer.model_card_fields = dict(
         base_model_id=resolve_base_model_id(model_args.model_name_or_path, model_args.base_model_id),
         action_format=collator.action_format.name,
