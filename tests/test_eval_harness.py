@@ -197,17 +197,16 @@ def test_evaluate_attribution_split_by_correctness(trained, benchmarks, tmp_path
 
 
 def test_callback_logs_during_training(trained, benchmarks, tmp_path):
-    from transformers import Trainer, TrainingArguments
+    from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer
 
     base, processor, _ = trained
     model = copy.deepcopy(base)
     examples = load_examples(benchmarks["screenspot"])
-    collator = GroundingCollator(processor, "qwen2_vl")
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=3,
-                             learning_rate=1e-9, eval_steps=1, logging_steps=1, report_to=[], use_cpu=True,
-                             remove_unused_columns=False, save_strategy="no", disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=examples, processing_class=processor,
-                      data_collator=lambda batch: {k: v for k, v in collator(batch).items() if k != "meta"})
+    args = PriorAlignedConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=3,
+                              learning_rate=1e-9, eval_steps=1, logging_steps=1, report_to=[], use_cpu=True,
+                              save_strategy="no", disable_tqdm=True, alignment=False)
+    trainer = PriorAlignedTrainer(model=model, args=args, train_dataset=examples, processing_class=processor,
+                                  data_collator=GroundingCollator(processor, "qwen2_vl"))
     callback = ClickEvalCallback(examples, processor, "qwen2_vl", limit=4, attribution_samples=1,
                                  attribution_options={"n_regions": 4}).attach(trainer)
     trainer.train()
@@ -216,3 +215,7 @@ def test_callback_logs_during_training(trained, benchmarks, tmp_path):
     assert logged[0]["eval/click_accuracy"] == pytest.approx(sum(row[-1] for row in SCREENSPOT[:4]) / 4)
     assert logged[0]["eval/point_game"] in (0.0, 1.0)
     assert len(callback.history) == 2 and model.training
+
+    args.eval_steps = None
+    with pytest.raises(ValueError, match="set eval_steps"):
+        callback.on_train_begin(args, trainer.state, trainer.control)

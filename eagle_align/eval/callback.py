@@ -100,6 +100,11 @@ class ClickEvalCallback(TrainerCallback):
             trainer.add_callback(self)
         return self
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not (self.eval_steps or args.eval_steps):
+            raise ValueError("ClickEvalCallback: set eval_steps (in the training arguments or on the callback)")
+        return control
+
     def _due(self, args, state) -> bool:
         steps = self.eval_steps or getattr(state, "eval_steps", None) or args.eval_steps
         return bool(steps) and state.global_step > 0 and state.global_step % int(steps) == 0
