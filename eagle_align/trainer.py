@@ -241,11 +241,11 @@ class PriorAlignedTrainer(Trainer):
             with attribution_mode(unwrapped):
                 DecisionScorer(unwrapped, slice_sample(batch, 0), metas[0], row(0)).score(self._all_cells(metas[0].grid_hw))
 
-        distributed.pad_passes(counter.calls, agreed_calls, dummy_attribution_forward)
+        padded = distributed.pad_passes(counter.calls, agreed_calls, dummy_attribution_forward)
         attribution_seconds = time.perf_counter() - start
 
         start = time.perf_counter()
-        sums = {"deviation": 0.0, "redundancy": 0.0, "nonfinite": 0.0, "loss_forwards": 0.0}
+        sums = {"deviation": 0.0, "redundancy": 0.0, "nonfinite": 0.0, "loss_forwards": 0.0, "padded": padded}
         if agreed_chunks:
             scale = distributed.world_size() / getattr(self, "current_gradient_accumulation_steps", 1)
             weights = {
@@ -262,7 +262,7 @@ class PriorAlignedTrainer(Trainer):
                     scorer = DecisionScorer(model, slice_sample(batch, dummy_sample), metas[dummy_sample], row(dummy_sample))
                     self._backward(scorer.score(self._all_cells(metas[dummy_sample].grid_hw), grad=True).sum() * 0.0)
 
-                distributed.pad_passes(len(chunks), agreed_chunks, dummy_gradient_pass)
+                sums["padded"] += distributed.pad_passes(len(chunks), agreed_chunks, dummy_gradient_pass)
         loss_seconds = time.perf_counter() - start
         self._record(
             len(selected), len(built), n_dev, n_red, sums, point_hits, prior_hits,
@@ -322,10 +322,10 @@ class PriorAlignedTrainer(Trainer):
         """Reduce this micro-step's statistics over ranks and queue them for the next log()."""
         values = [
             selected, attributed, n_dev, n_red, sums["deviation"], sums["redundancy"], sums["nonfinite"],
-            point_hits, prior_hits, forwards, sums["loss_forwards"], attr_seconds, loss_seconds,
+            point_hits, prior_hits, forwards, sums["loss_forwards"], attr_seconds, loss_seconds, sums["padded"],
         ]
         (selected, attributed, n_dev, n_red, dev_sum, red_sum, nonfinite, point_hits, prior_hits, forwards,
-         loss_forwards, attr_seconds, loss_seconds) = distributed.all_reduce_sum(values, self.accelerator.device)
+         loss_forwards, attr_seconds, loss_seconds, padded) = distributed.all_reduce_sum(values, self.accelerator.device)
         ranks = distributed.world_size()
         metrics = {
             "align/selected": selected,
@@ -336,6 +336,7 @@ class PriorAlignedTrainer(Trainer):
             "align/loss_forwards": loss_forwards,
             "align/loss_seconds": loss_seconds / ranks,
             "align/nonfinite_terms": nonfinite,
+            "align/padded_passes": padded,
         }
         if n_dev:
             metrics["align/loss_deviation"] = dev_sum / n_dev

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from eagle_align.alignment import (
     adaptive_log_penalty,
@@ -16,6 +18,10 @@ from eagle_align.alignment import (
     redundancy_loss,
     set_score,
 )
+from eagle_align.attribution import DecisionScorer, make_partition, slice_sample
+from eagle_align.data.collator import GroundingCollator
+from eagle_align.data.schema import GroundingExample
+from eagle_align.models import get_family, load_model_and_processor
 
 
 def leaf(*values: float) -> torch.Tensor:
@@ -121,3 +127,29 @@ def test_bad_variant_and_beta_name_the_option():
         deviation_loss(torch.tensor(0.5), torch.tensor(0.5), "squared")
     with pytest.raises(ValueError, match="adaptive_beta"):
         adaptive_log_penalty(torch.tensor(0.5), 0.0, 0.5, beta=0.0)
+
+
+def test_deviation_sgd_step_moves_the_probabilities_the_right_way(tiny_checkpoints, family):
+    """One SGD step on L_dev lowers P(x_π1) (off-prior region alone) and raises P(x_¬π1) (region removed)."""
+    model, processor = load_model_and_processor(tiny_checkpoints[family], dtype="float32")
+    pixels = np.full((140, 196, 3), 210, dtype=np.uint8)
+    pixels[20:50, 16:56] = (220, 30, 30)
+    example = GroundingExample(image=Image.fromarray(pixels), image_size=(196, 140),
+                               instruction="click the red button", bbox=(16, 20, 56, 50), id="dev")
+    batch = GroundingCollator(processor, get_family(family).default_action_format)([example])
+    meta = batch["meta"][0]
+    partition = make_partition(meta.grid_hw, n_regions=16)
+    off_prior = int((partition.coverage(meta.prior_mask) == 0).nonzero()[0])
+    region = torch.zeros(1, partition.n_regions, dtype=torch.bool)
+    region[0, off_prior] = True
+    keep = partition.cells_of(region)
+    cells = torch.cat([keep, ~keep])
+    model.eval()
+    scorer = DecisionScorer(model, slice_sample(batch, 0), meta)
+    before = scorer.score(cells)
+    probs = scorer.score(cells, grad=True)
+    deviation_loss(probs[:1], probs[1:], "paper", 2.0, 1.0).sum().backward()
+    torch.optim.SGD(model.parameters(), lr=0.5).step()
+    after = scorer.score(cells)
+    assert after[0] < before[0], "P(insert) must fall"
+    assert after[1] > before[1], "P(delete) must rise"

@@ -1,0 +1,72 @@
+"""Two-rank alignment run for tests/test_distributed.py (launched with `accelerate launch --multi_gpu`).
+
+Rank 0 aligns every sample; rank 1 asks for impossible confidence, so it selects nothing and must still
+take part in every collective pass. Each rank counts its own forwards (with and without gradient) and
+backward passes with hooks, and saves its LoRA weights, so the test can compare ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from eagle_align.data.collator import GroundingCollator
+from eagle_align.data.schema import GroundingExample
+from eagle_align.models import get_family, load_model_and_processor
+from eagle_align.models.lora import apply_lora
+from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer
+
+FAMILY = "qwen2_5_vl"
+
+
+def examples(n: int) -> list[GroundingExample]:
+    out = []
+    for i in range(n):
+        pixels = np.full((140, 196, 3), 210, dtype=np.uint8)
+        x, y = 16 + 37 * (i % 4), 20 + 50 * (i // 4 % 2)
+        pixels[y : y + 30, x : x + 40] = (220, 30, 30)
+        out.append(GroundingExample(image=Image.fromarray(pixels), image_size=(196, 140),
+                                    instruction="click the red button", bbox=(x, y, x + 40, y + 30), id=f"s{i}"))
+    return out
+
+
+def main(checkpoint: str, out_dir: str) -> None:
+    torch.manual_seed(0)
+    model, processor = load_model_and_processor(checkpoint, dtype="float32")
+    model = apply_lora(model, r=4, alpha=8, dropout=0.0)
+    config = PriorAlignedConfig(
+        output_dir=f"{out_dir}/run", per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2,
+        align_every=1, n_regions=16, max_regions=3, selection="all", loss_chunk_size=2, report_to="none",
+        save_strategy="no", logging_steps=1, learning_rate=1e-2, seed=0, ddp_timeout=300,
+        use_cpu=not torch.cuda.is_available(),  # CPU-only: two gloo processes (MULTI_CPU)
+    )
+    trainer = PriorAlignedTrainer(model=model, args=config, train_dataset=examples(16),
+                                  data_collator=GroundingCollator(processor, get_family(FAMILY).default_action_format))
+    rank = trainer.args.process_index
+    if rank == 1:  # deliberately uneven: nothing on this rank passes the filter
+        trainer.args.selection, trainer.args.min_confidence = "confident_correct", 1.0
+    counts = {"grad_forwards": 0, "no_grad_forwards": 0, "backwards": 0}
+
+    def count_forward(module, args):
+        counts["grad_forwards" if torch.is_grad_enabled() else "no_grad_forwards"] += 1
+
+    def count_backward(module, grad_input, grad_output):
+        counts["backwards"] += 1
+
+    model.get_input_embeddings().register_forward_pre_hook(count_forward)
+    model.get_output_embeddings().register_full_backward_hook(count_backward)
+    trainer.train()
+    lora = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    torch.save(lora, Path(out_dir) / f"lora_rank{rank}.pt")
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    result = {"rank": rank, "world_size": trainer.args.world_size, **counts, "logs": logs}
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

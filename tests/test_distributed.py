@@ -1,0 +1,64 @@
+"""Two real processes (accelerate launch --multi_gpu → gloo on a CPU machine) with uneven alignment work."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from eagle_align import distributed
+
+SCRIPT = Path(__file__).parent / "scripts" / "ddp_align.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_single_process_helpers_are_no_ops():
+    assert not distributed.is_distributed() and distributed.world_size() == 1
+    assert distributed.gather_counts([3, 1.5]).tolist() == [[3.0, 1.5]]
+    assert distributed.all_reduce_sum([2, 4]) == [2.0, 4.0]
+    calls = []
+    assert distributed.pad_passes(2, 5, lambda: calls.append(1)) == 3 and len(calls) == 3
+    assert distributed.pad_passes(5, 2, lambda: calls.append(1)) == 0 and len(calls) == 3
+
+
+@pytest.mark.slow
+def test_two_ranks_with_uneven_selection_stay_in_step(tiny_checkpoints, tmp_path):
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    command = [
+        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        str(SCRIPT), tiny_checkpoints["qwen2_5_vl"], str(tmp_path),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+    missing = [r for r in (0, 1) if not (tmp_path / f"rank{r}.json").exists()]
+    assert not missing, f"ranks {missing} wrote nothing (not a 2-process run?)\n{result.stderr[-3000:]}"
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    for key in ("grad_forwards", "no_grad_forwards", "backwards"):
+        assert ranks[0][key] == ranks[1][key], (key, ranks)
+    # Rank 0 aligned two samples per micro-step, so gradient chunks beyond the SFT forwards did run.
+    assert ranks[0]["grad_forwards"] > 4 and ranks[0]["no_grad_forwards"] > 4
+    logs = ranks[0]["logs"]
+    assert all(h["align/selected"] == 2 for h in logs), logs  # global: 2 on rank 0, 0 on rank 1
+    assert all(h["align/padded_passes"] > 0 for h in logs), logs
+    assert logs == ranks[1]["logs"]
+
+    weights = [torch.load(tmp_path / f"lora_rank{r}.pt") for r in (0, 1)]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
