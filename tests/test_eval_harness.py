@@ -219,3 +219,24 @@ def test_callback_logs_during_training(trained, benchmarks, tmp_path):
     args.eval_steps = None
     with pytest.raises(ValueError, match="set eval_steps"):
         callback.on_train_begin(args, trainer.state, trainer.control)
+
+
+def test_cli_loads_adapter(trained, benchmarks, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base, processor, model_dir = trained
+    torch.manual_seed(1)
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(copy.deepcopy(base), config).eval()
+    peft_model.save_pretrained(tmp_path / "adapter")
+    examples = load_examples(benchmarks["screenspot"])[:3]
+    expected, _ = predict(peft_model, processor, examples, get_action_format("qwen2_vl"), progress=False)
+    assert any(r["answer"] != "<|box_start|>(50,70)<|box_end|>" for r in expected), "the adapter must matter"
+
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(model_dir), "--adapter", str(tmp_path / "adapter"), "--data",
+                 str(benchmarks["screenspot"]), "--out", str(out), "--limit", "3", "--dtype", "float32",
+                 "--no-plots"]) == 0
+    records = read_predictions(out / "predictions.jsonl")
+    assert [r["answer"] for r in records] == [r["answer"] for r in expected]
+    assert json.loads((out / "metrics.json").read_text())["settings"]["adapter"] == str(tmp_path / "adapter")
