@@ -79,7 +79,8 @@ def score_sample(example: Any, point: Sequence[float] | None, answer: str | None
 def score_records(
     examples: Sequence[Any], predictions: Mapping[str, Point | None] | Sequence[Point | None]
 ) -> list[dict]:
-    """Per-sample records for `examples`; `predictions` is aligned with them or maps example id -> point."""
+    """Per-sample records for `examples`; `predictions` is aligned with them or maps example id -> point
+    (then examples without an entry are not scored: callers report how many, as scoring-only mode does)."""
     if isinstance(predictions, Mapping):
         return [score_sample(ex, predictions[ex.id]) for ex in examples if ex.id in predictions]
     if len(predictions) != len(examples):
