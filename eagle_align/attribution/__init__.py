@@ -1,5 +1,6 @@
 """EAGLE subset attribution over screenshot regions: which parts of the screenshot a click answer relies on."""
 
+from eagle_align.attribution.explain import Explanation, explain
 from eagle_align.attribution.masking import BASELINES, baseline_row, mask_image_rows, pixel_values_to_image
 from eagle_align.attribution.metrics import (
     attribution_metrics,
@@ -8,6 +9,7 @@ from eagle_align.attribution.metrics import (
     point_game,
     prior_hit_at_k,
 )
+from eagle_align.attribution.overlay import render_overlay
 from eagle_align.attribution.regions import REGION_METHODS, RegionPartition, make_partition
 from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, slice_sample
 from eagle_align.attribution.search import (
@@ -25,6 +27,7 @@ __all__ = [
     "STRATEGIES",
     "Attribution",
     "DecisionScorer",
+    "Explanation",
     "RegionPartition",
     "attribute_sample",
     "attribution_metrics",
@@ -32,6 +35,7 @@ __all__ = [
     "baseline_row",
     "deletion_auc",
     "evaluate_prefixes",
+    "explain",
     "greedy_search",
     "insertion_auc",
     "make_partition",
@@ -39,6 +43,7 @@ __all__ = [
     "pixel_values_to_image",
     "point_game",
     "prior_hit_at_k",
+    "render_overlay",
     "set_prob_for",
     "slice_sample",
 ]

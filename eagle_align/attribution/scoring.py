@@ -98,6 +98,10 @@ class DecisionScorer:
         self.target_ids = torch.as_tensor(meta.decision_token_ids).long().view(-1).to(self.device)
         if not torch.equal(self.sample["input_ids"][0, positions.to(self.device)], self.target_ids):
             raise ValueError("decision_token_ids do not match input_ids at decision_positions")
+        # Causal attention: tokens from the last decision token on cannot change the logits that predict
+        # decision tokens, so they are not fed at all.
+        for key in _TEXT_KEYS:
+            self.sample[key] = self.sample[key][:, : int(positions.max())]
         if isinstance(baseline, str):
             baseline = baseline_row(
                 model, baseline, self.sample["pixel_values"].cpu(), self.sample["image_grid_thw"].cpu()

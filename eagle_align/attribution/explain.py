@@ -1,0 +1,232 @@
+"""Explain one click: which screenshot regions the answer's coordinate tokens rely on (`eagle-align explain`).
+
+The answer is the model's own greedy answer (or one given by the user); its exact tokens are teacher-forced,
+so the attribution explains what the model said, not a re-rendering of it. Outputs an overlay PNG and a JSON
+with the ranking, the measured curves and the metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from eagle_align.attribution.metrics import attribution_metrics
+from eagle_align.attribution.overlay import render_overlay
+from eagle_align.attribution.regions import REGION_METHODS
+from eagle_align.attribution.scoring import attribution_mode
+from eagle_align.attribution.search import STRATEGIES, Attribution, attribute_sample
+
+
+@dataclass
+class Explanation:
+    """Result of `explain`: the answer, its click (original pixels; None if unparseable) and the evidence."""
+
+    answer: str
+    click: tuple[float, float] | None
+    attribution: Attribution
+    metrics: dict[str, Any]
+    overlay: Image.Image
+    record: dict[str, Any]  # what the JSON file holds
+    paths: dict[str, str]
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def _generate(model, processor, prompt: dict[str, Any], max_new_tokens: int) -> list[int]:
+    """The model's greedy answer tokens, up to (not including) the end of its turn."""
+    tokenizer = processor.tokenizer
+    inputs = {k: v.to(_device(model)) for k, v in prompt.items() if torch.is_tensor(v)}
+    stop = {tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    with attribution_mode(model):
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=sorted(t for t in stop if t is not None))
+    tokens = []
+    for token in out[0, inputs["input_ids"].shape[1] :].tolist():
+        if token in stop:
+            break
+        tokens.append(token)
+    return tokens
+
+
+def _token_spans(tokenizer, tokens: list[int]) -> tuple[str, list[tuple[int, int]]]:
+    """Decoded text of `tokens` and each token's character span in it (incremental decoding)."""
+    spans, previous = [], 0
+    for i in range(len(tokens)):
+        end = len(tokenizer.decode(tokens[: i + 1], skip_special_tokens=False))
+        spans.append((previous, end))
+        previous = end
+    return tokenizer.decode(tokens, skip_special_tokens=False), spans
+
+
+def teacher_forced_batch(prompt: dict[str, Any], answer_tokens: list[int], token_spans, coordinate_spans) -> dict:
+    """Inference-mode batch (one sample) + answer tokens, with the meta's decision tokens set to the answer's
+    coordinate tokens (those whose characters overlap a coordinate span)."""
+    keep = prompt["attention_mask"][0].bool()
+    prompt_ids = prompt["input_ids"][0, keep]
+    answer = torch.tensor(answer_tokens, dtype=prompt_ids.dtype)
+    hits = [i for i, (s, e) in enumerate(token_spans) if any(s < ce and e > cs for cs, ce in coordinate_spans)]
+    positions = torch.tensor(hits, dtype=torch.long) + prompt_ids.numel()
+    ids = torch.cat([prompt_ids, answer])[None]
+    batch = dict(prompt)
+    batch["input_ids"] = ids
+    batch["attention_mask"] = torch.ones_like(ids)
+    batch["mm_token_type_ids"] = torch.cat(
+        [prompt["mm_token_type_ids"][0, keep], torch.zeros_like(answer)]
+    )[None].to(prompt["mm_token_type_ids"].dtype)
+    meta = prompt["meta"][0]
+    batch["meta"] = [dataclasses.replace(meta, decision_positions=positions, decision_token_ids=ids[0, positions])]
+    return batch
+
+
+def explain(
+    model: torch.nn.Module,
+    processor,
+    image: str | Path | Image.Image,
+    instruction: str,
+    bbox: tuple[float, float, float, float] | None = None,
+    answer: str | None = None,
+    action_format: str | None = None,
+    out_dir: str | Path | None = None,
+    n_regions: int = 64,
+    region_method: str = "grid",
+    baseline: str = "black",
+    strategy: str = "efficient",
+    max_regions: int | None = None,
+    stop_confidence: float | None = None,
+    batch_size: int = 16,
+    top_k: int = 3,
+    prior_overlap: float = 0.15,
+    system_prompt: str | None = None,
+    max_new_tokens: int = 64,
+    progress: bool = True,
+) -> Explanation:
+    """Generate (or take) the answer to `instruction` on `image`, attribute its coordinate tokens, and render.
+
+    Defaults rank every region (no early stop) so the insertion / deletion curves are complete. `bbox`
+    (xyxy, original pixels) adds prior metrics and is drawn; files go to `out_dir` when given.
+    """
+    from eagle_align.actions import default_action_format, get_action_format
+    from eagle_align.data.collator import GroundingCollator
+    from eagle_align.data.schema import GroundingExample
+    from eagle_align.models import family_of
+
+    if isinstance(image, (str, Path)):
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"explain: image file not found: {image}")
+        image = Image.open(image)
+    image = image.convert("RGB")
+    fmt = get_action_format(action_format) if action_format else default_action_format(family_of(model).name)
+    example = GroundingExample(image=image, image_size=image.size, instruction=instruction,
+                               bbox=tuple(bbox) if bbox else (0.0, 0.0, float(image.width), float(image.height)),
+                               id="explain")
+    prompt = GroundingCollator(processor, fmt, system_prompt=system_prompt, inference=True)([example])
+    meta = prompt["meta"][0]
+    tokenizer = processor.tokenizer
+    if answer is None:
+        tokens = _generate(model, processor, prompt, max_new_tokens)
+        text, spans = _token_spans(tokenizer, tokens)
+    else:
+        encoded = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
+        tokens, spans, text = encoded["input_ids"], [tuple(s) for s in encoded["offset_mapping"]], answer
+    coordinate_spans = fmt.coordinate_spans(text)
+    if not coordinate_spans:
+        raise ValueError(f"explain: the answer {text!r} is in the wrong format for action format {fmt.name!r} "
+                         "(no coordinates to attribute); pass --answer or --action-format")
+    batch = teacher_forced_batch(prompt, tokens, spans, coordinate_spans)
+    click = fmt.parse(text, meta.image_size, meta.resized_size)
+    device = _device(model)
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    with tqdm(desc="attribution", unit="fwd", disable=not progress, dynamic_ncols=True) as bar:
+        attribution = attribute_sample(
+            model, batch, 0, n_regions=n_regions, region_method=region_method, baseline=baseline,
+            strategy=strategy, batch_size=batch_size, max_regions=max_regions, stop_confidence=stop_confidence,
+            progress=bar.update,
+        )
+    metrics = attribution_metrics(attribution, meta.prior_mask if bbox else None, prior_overlap, top_k)
+    if bbox and click is not None:
+        metrics["click_in_box"] = bool(bbox[0] <= click[0] <= bbox[2] and bbox[1] <= click[1] <= bbox[3])
+    overlay = render_overlay(image, attribution, bbox=bbox, click=click, top_k=top_k)
+    record = {
+        "instruction": instruction, "answer": text, "click": list(click) if click else None,
+        "bbox": list(bbox) if bbox else None, "image_size": list(image.size),
+        "resized_size": list(meta.resized_size), "action_format": fmt.name,
+        "decision_tokens": [tokenizer.decode([t]) for t in batch["meta"][0].decision_token_ids.tolist()],
+        "settings": {"n_regions": n_regions, "region_method": region_method, "baseline": baseline,
+                     "strategy": strategy, "max_regions": max_regions, "stop_confidence": stop_confidence,
+                     "prior_overlap": prior_overlap, "top_k": top_k},
+        "metrics": metrics, "attribution": attribution.to_dict(),
+    }
+    paths = {}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"overlay": str(out / "explanation.png"), "json": str(out / "explanation.json")}
+        overlay.save(paths["overlay"])
+        Path(paths["json"]).write_text(json.dumps(record, indent=2))
+    return Explanation(text, click, attribution, metrics, overlay, record, paths)
+
+
+def explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="base model: Hub id or local directory")
+    parser.add_argument("--adapter", help="LoRA adapter directory (PEFT) to load on top of --model")
+    parser.add_argument("--image", required=True, help="screenshot file (PNG/JPEG)")
+    parser.add_argument("--instruction", required=True, help='e.g. "click the Save button"')
+    parser.add_argument("--bbox", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"),
+                        help="target box in original pixels: adds point game / prior-hit metrics")
+    parser.add_argument("--answer", help="answer text to explain instead of the model's own greedy answer")
+    parser.add_argument("--out", default="explain_out", help="output directory (default: explain_out)")
+    parser.add_argument("--action-format", help="answer format (default: the model family's own)")
+    parser.add_argument("--n-regions", type=int, default=64)
+    parser.add_argument("--region-method", choices=REGION_METHODS, default="grid")
+    parser.add_argument("--baseline", choices=("black", "mean", "background"), default="black")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="efficient")
+    parser.add_argument("--max-regions", type=int, help="stop after this many regions (default: rank all)")
+    parser.add_argument("--stop-confidence", type=float, help="stop once P(x_S) reaches this (default: never)")
+    parser.add_argument("--batch-size", type=int, default=16, help="masked variants per forward")
+    parser.add_argument("--top-k", type=int, default=3, help="regions outlined and used for prior-hit@k")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--min-pixels", type=int, help="screenshot resize bounds (default: the checkpoint's)")
+    parser.add_argument("--max-pixels", type=int)
+    parser.add_argument("--system-prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+
+
+def explain_command(args: argparse.Namespace) -> int:
+    from eagle_align.models import load_model_and_processor
+
+    if not Path(args.image).is_file():
+        raise SystemExit(f"eagle-align explain: --image {args.image} does not exist")
+    model, processor = load_model_and_processor(args.model, dtype=args.dtype, min_pixels=args.min_pixels,
+                                                max_pixels=args.max_pixels)
+    if args.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter)
+    try:
+        result = explain(
+            model, processor, args.image, args.instruction, bbox=args.bbox, answer=args.answer,
+            action_format=args.action_format, out_dir=args.out, n_regions=args.n_regions,
+            region_method=args.region_method, baseline=args.baseline, strategy=args.strategy,
+            max_regions=args.max_regions, stop_confidence=args.stop_confidence, batch_size=args.batch_size,
+            top_k=args.top_k, system_prompt=args.system_prompt, max_new_tokens=args.max_new_tokens,
+        )
+    except ValueError as error:
+        raise SystemExit(f"eagle-align explain: {error}") from error
+    attribution = result.attribution
+    print(f"answer: {result.answer!r}  click: {result.click}")
+    print(f"top regions: {attribution.ranking[: args.top_k]}  P(x)={attribution.full_prob:.4f}  "
+          f"forwards={attribution.forwards}  {attribution.seconds:.1f}s")
+    print("metrics: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in result.metrics.items()))
+    print(f"wrote {result.paths['overlay']} and {result.paths['json']}")
+    return 0

@@ -1,0 +1,101 @@
+"""`eagle-align explain` end to end on a tiny checkpoint (with a LoRA adapter), the overlay, the answer paths."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eagle_align.actions import get_action_format
+from eagle_align.attribution import explain, make_partition, render_overlay
+from eagle_align.attribution.explain import _generate, _token_spans
+from eagle_align.attribution.overlay import BOX_COLOUR, CLICK_COLOUR, REGION_COLOUR
+from eagle_align.attribution.search import Attribution
+from eagle_align.cli import main
+from eagle_align.models import load_model_and_processor
+
+ANSWER = '{"action": "click", "coordinate": [250, 400]}'
+
+
+def _screenshot(path=None) -> Image.Image:
+    pixels = np.full((192, 256, 3), 235, dtype=np.uint8)
+    pixels[64:112, 48:112] = (220, 30, 30)
+    image = Image.fromarray(pixels)
+    if path is not None:
+        image.save(path)
+    return image
+
+
+def test_explain_cli_with_adapter_writes_png_and_json(tiny_checkpoints, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = load_model_and_processor(tiny_checkpoints["qwen3_vl"], dtype="float32")
+    adapter = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapter.save_pretrained(tmp_path / "adapter")
+    _screenshot(tmp_path / "screen.png")
+    code = main([
+        "explain", "--model", tiny_checkpoints["qwen3_vl"], "--adapter", str(tmp_path / "adapter"),
+        "--image", str(tmp_path / "screen.png"), "--instruction", "click the red square",
+        "--bbox", "48", "64", "112", "112", "--answer", ANSWER, "--out", str(tmp_path / "out"),
+        "--n-regions", "16", "--dtype", "float32", "--batch-size", "8",
+    ])
+    assert code == 0
+    overlay = Image.open(tmp_path / "out" / "explanation.png")
+    assert overlay.size == (256, 192)
+    record = json.loads((tmp_path / "out" / "explanation.json").read_text())
+    ranking = record["attribution"]["ranking"]
+    assert sorted(ranking) == list(range(record["attribution"]["n_regions"])) and len(ranking) == 16
+    assert record["answer"] == ANSWER and record["decision_tokens"] == list("250400")
+    assert record["click"] == pytest.approx([0.25 * 256, 0.4 * 192], abs=1.0)
+    assert record["metrics"]["click_in_box"] is True
+    for key in ("insertion_auc", "deletion_auc", "point_game", "prior_hit@3"):
+        assert key in record["metrics"]
+    assert record["attribution"]["forwards"] > 0 and len(record["attribution"]["insertion_probs"]) == 16
+
+
+def test_explain_generated_answer_and_wrong_format(tiny_checkpoints):
+    model, processor = load_model_and_processor(tiny_checkpoints["qwen3_vl"], dtype="float32")
+    image = _screenshot()
+    with pytest.raises(ValueError, match="wrong format"):
+        explain(model, processor, image, "click the red square", answer="no idea", progress=False)
+    from eagle_align.data.collator import GroundingCollator
+    from eagle_align.data.schema import GroundingExample
+
+    example = GroundingExample(image=image, image_size=image.size, instruction="click the red square",
+                               bbox=(0, 0, 256, 192), id="g")
+    prompt = GroundingCollator(processor, "qwen3_vl", inference=True)([example])
+    tokens = _generate(model, processor, prompt, max_new_tokens=12)
+    text, spans = _token_spans(processor.tokenizer, tokens)
+    assert "".join(text[s:e] for s, e in spans) == text and len(spans) == len(tokens)
+    if get_action_format("qwen3_vl").coordinate_spans(text):
+        result = explain(model, processor, image, "click the red square", max_new_tokens=12, n_regions=8,
+                         progress=False)
+        assert result.answer == text
+    else:
+        with pytest.raises(ValueError, match="wrong format") as error:
+            explain(model, processor, image, "click the red square", max_new_tokens=12, progress=False)
+        assert repr(text) in str(error.value)
+
+
+def test_overlay_draws_heatmap_box_click_and_regions():
+    partition = make_partition((4, 4), 4)
+    attribution = Attribution(ranking=[3, 0], prefix_scores=[2.4, 2.7], insertion_probs=[0.8, 0.9],
+                              deletion_probs=[0.2, 0.1], full_prob=1.0, empty_prob=0.0, forwards=10, seconds=0.1,
+                              strategy="exact", n_regions=4, partition=partition)
+    image = Image.new("RGB", (160, 120), (128, 128, 128))
+    out = render_overlay(image, attribution, bbox=(10, 10, 50, 40), click=(120, 90), top_k=1)
+    pixels = np.asarray(out)
+    assert out.size == image.size
+    assert tuple(pixels[25, 10]) == BOX_COLOUR
+    assert tuple(pixels[90, 120]) == CLICK_COLOUR or tuple(pixels[90, 121]) == CLICK_COLOUR
+    # Region 3 (bottom-right block, highest gain) is tinted, unranked region 1 (top-right) is untouched,
+    # and the top-1 region is outlined along its top edge.
+    assert tuple(pixels[20, 150]) == (128, 128, 128)
+    assert tuple(pixels[100, 100]) != (128, 128, 128)
+    assert tuple(pixels[60, 130]) == REGION_COLOUR
+    with pytest.raises(ValueError, match="partition"):
+        render_overlay(image, Attribution([0], [1.0], [0.5], [0.5], 1.0, 0.0, 2, 0.0, "exact", 4), top_k=1)
+    assert torch.equal(attribution.cell_importance()[3, 3], attribution.cell_importance()[2, 2])
