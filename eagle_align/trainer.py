@@ -195,57 +195,36 @@ class PriorAlignedTrainer(Trainer):
 
     # ---------------------------------------------------------------------------------------- alignment
     def _align(self, model: torch.nn.Module, inputs: dict, metas: list) -> None:
-        """Attribute, build examples and back-propagate the alignment losses of one micro-batch."""
+        """Attribute, build examples and back-propagate the alignment losses of one micro-batch.
+
+        Order matters under DDP: all of it (attribution, then every gradient chunk with its own backward)
+        finishes before the SFT forward, so no DDP forward is ever left waiting for its backward.
+        """
         args = self.args
         unwrapped = self.accelerator.unwrap_model(model)
+        samples = _BatchSamples({**inputs, "meta": metas}, unwrapped, args)
         counter = distributed.ForwardCounter(unwrapped)
-        batch = {**inputs, "meta": metas}
-        rows = {}
-
-        def row(i: int) -> torch.Tensor:
-            if i not in rows:
-                sample = slice_sample(batch, i)
-                rows[i] = baseline_row(unwrapped, args.baseline, sample["pixel_values"].cpu(), sample["image_grid_thw"].cpu())
-            return rows[i]
-
+        stats = dict.fromkeys(("point_hits", "prior_hits", "attribution_forwards", "deviation", "redundancy",
+                               "nonfinite", "loss_forwards", "padded"), 0.0)
         start = time.perf_counter()
         built: list[tuple[int, AlignmentExamples]] = []
-        point_hits, prior_hits, masked_forwards = 0.0, 0.0, 0
         with counter.counting(), attribution_mode(unwrapped):
             selected, full_probs = self._select(unwrapped, inputs, metas)
             for i in selected:
-                attribution = attribute_sample(
-                    unwrapped, batch, i, n_regions=args.n_regions, region_method=args.region_method,
-                    baseline=row(i), strategy=args.search, batch_size=args.attribution_batch_size,
-                    reduction=args.score_reduction, max_regions=args.max_regions,
-                    stop_confidence=args.stop_confidence, search_scope=args.search_scope,
-                    resort_every=args.resort_every, insertion_weight=args.insertion_weight,
-                    deletion_weight=args.deletion_weight, full_prob=full_probs.get(i),
-                )
-                masked_forwards += attribution.forwards
-                prior = metas[i].prior_mask
-                point_hits += float(point_game(attribution, prior, args.prior_overlap))
-                prior_hits += float(prior_hit_at_k(attribution, prior, k=args.prior_hit_k, prior_overlap=args.prior_overlap))
-                built.append((i, build_alignment_examples(
-                    attribution, prior, args.prior_overlap, args.insertion_weight, args.deletion_weight
-                )))
-        chunk_size = args.loss_chunk_size // 2
-        chunks = [(i, ex, ex.examples[k : k + chunk_size]) for i, ex in built for k in range(0, len(ex.examples), chunk_size)]
+                built.append((i, self._attribute(unwrapped, samples, i, full_probs.get(i), stats)))
+        per_chunk = args.loss_chunk_size // 2
+        chunks = [(i, ex, ex.examples[k : k + per_chunk]) for i, ex in built for k in range(0, len(ex.examples), per_chunk)]
         n_dev = sum(len(ex.deviation) for _, ex in built)
         n_red = sum(len(ex.redundancy) for _, ex in built)
         counts = distributed.gather_counts([counter.calls, len(chunks), n_dev, n_red], self.accelerator.device)
-        agreed_calls, agreed_chunks = int(counts[:, 0].max()), int(counts[:, 1].max())
-        total_dev, total_red = float(counts[:, 2].sum()), float(counts[:, 3].sum())
-
-        def dummy_attribution_forward() -> None:
-            with attribution_mode(unwrapped):
-                DecisionScorer(unwrapped, slice_sample(batch, 0), metas[0], row(0)).score(self._all_cells(metas[0].grid_hw))
-
-        padded = distributed.pad_passes(counter.calls, agreed_calls, dummy_attribution_forward)
+        with attribution_mode(unwrapped):
+            stats["padded"] += distributed.pad_passes(
+                counter.calls, int(counts[:, 0].max()), lambda: samples.dummy_pass(unwrapped, grad=False)
+            )
         attribution_seconds = time.perf_counter() - start
 
         start = time.perf_counter()
-        sums = {"deviation": 0.0, "redundancy": 0.0, "nonfinite": 0.0, "loss_forwards": 0.0, "padded": padded}
+        agreed_chunks, total_dev, total_red = int(counts[:, 1].max()), float(counts[:, 2].sum()), float(counts[:, 3].sum())
         if agreed_chunks:
             scale = distributed.world_size() / getattr(self, "current_gradient_accumulation_steps", 1)
             weights = {
@@ -254,34 +233,38 @@ class PriorAlignedTrainer(Trainer):
             }
             with dropout_off(unwrapped):
                 for i, examples, chunk in chunks:
-                    scorer = DecisionScorer(model, slice_sample(batch, i), metas[i], row(i), reduction=args.score_reduction)
-                    self._loss_chunk(scorer, examples, chunk, weights, sums)
-                dummy_sample = chunks[0][0] if chunks else 0
+                    self._loss_chunk(samples.scorer(model, i), examples, chunk, weights, stats)
+                stats["padded"] += distributed.pad_passes(
+                    len(chunks), agreed_chunks, lambda: self._backward(samples.dummy_pass(model, grad=True))
+                )
+        self._record(len(selected), len(built), n_dev, n_red, stats, attribution_seconds, time.perf_counter() - start)
 
-                def dummy_gradient_pass() -> None:
-                    scorer = DecisionScorer(model, slice_sample(batch, dummy_sample), metas[dummy_sample], row(dummy_sample))
-                    self._backward(scorer.score(self._all_cells(metas[dummy_sample].grid_hw), grad=True).sum() * 0.0)
-
-                sums["padded"] += distributed.pad_passes(len(chunks), agreed_chunks, dummy_gradient_pass)
-        loss_seconds = time.perf_counter() - start
-        self._record(
-            len(selected), len(built), n_dev, n_red, sums, point_hits, prior_hits,
-            masked_forwards, attribution_seconds, loss_seconds,
+    def _attribute(
+        self, model: torch.nn.Module, samples: _BatchSamples, i: int, full_prob: float | None, stats: dict
+    ) -> AlignmentExamples:
+        """Attribution of sample i with the current weights, its prior metrics, and its alignment examples."""
+        args = self.args
+        attribution = attribute_sample(
+            model, samples.batch, i, n_regions=args.n_regions, region_method=args.region_method,
+            baseline=samples.row(i), strategy=args.search, batch_size=args.attribution_batch_size,
+            reduction=args.score_reduction, max_regions=args.max_regions, stop_confidence=args.stop_confidence,
+            search_scope=args.search_scope, resort_every=args.resort_every, insertion_weight=args.insertion_weight,
+            deletion_weight=args.deletion_weight, full_prob=full_prob,
         )
-
-    @staticmethod
-    def _all_cells(grid_hw) -> torch.Tensor:
-        """One keep-mask with every cell kept (the unmasked screenshot), for zero-weighted padding passes."""
-        return torch.ones(1, *grid_hw, dtype=torch.bool)
+        prior = samples.batch["meta"][i].prior_mask
+        stats["attribution_forwards"] += attribution.forwards
+        stats["point_hits"] += float(point_game(attribution, prior, args.prior_overlap))
+        stats["prior_hits"] += prior_hit_at_k(attribution, prior, k=args.prior_hit_k, prior_overlap=args.prior_overlap)
+        return build_alignment_examples(attribution, prior, args.prior_overlap, args.insertion_weight, args.deletion_weight)
 
     def _loss_chunk(
-        self, scorer: DecisionScorer, examples: AlignmentExamples, chunk: list, weights: dict, sums: dict
+        self, scorer: DecisionScorer, examples: AlignmentExamples, chunk: list, weights: dict, stats: dict
     ) -> None:
         """One gradient forward over the chunk's insertion + deletion inputs, weighted, back-propagated now."""
         args = self.args
         insert_cells, delete_cells = examples.keep_cells(chunk)
         probs = scorer.score(torch.cat([insert_cells, delete_cells]), grad=True)
-        sums["loss_forwards"] += probs.numel()
+        stats["loss_forwards"] += probs.numel()
         p_insert, p_delete = probs[: len(chunk)], probs[len(chunk) :]
         common = dict(
             variant=args.loss_variant, insertion_weight=args.insertion_weight, deletion_weight=args.deletion_weight,
@@ -298,13 +281,13 @@ class PriorAlignedTrainer(Trainer):
         finite = torch.isfinite(terms)
         if not bool(finite.all()):
             # Never back-propagate through a non-finite forward: a zero-weighted pass keeps ranks in step.
-            sums["nonfinite"] += float((~finite).sum())
+            stats["nonfinite"] += float((~finite).sum())
             del probs, terms
-            self._backward(scorer.score(self._all_cells(scorer.grid_hw), grad=True).sum() * 0.0)
+            self._backward(scorer.score(torch.ones(1, *scorer.grid_hw, dtype=torch.bool), grad=True).sum() * 0.0)
             return
         weight = torch.where(is_dev, weights["deviation"], weights["redundancy"])
-        sums["deviation"] += float(terms.detach()[is_dev].sum())
-        sums["redundancy"] += float(terms.detach()[~is_dev].sum())
+        stats["deviation"] += float(terms.detach()[is_dev].sum())
+        stats["redundancy"] += float(terms.detach()[~is_dev].sum())
         self._backward((terms * weight).sum())
 
     def _backward(self, loss: torch.Tensor) -> None:
@@ -316,13 +299,12 @@ class PriorAlignedTrainer(Trainer):
             self.accelerator.backward(loss)
 
     # ------------------------------------------------------------------------------------------ metrics
-    def _record(
-        self, selected, attributed, n_dev, n_red, sums, point_hits, prior_hits, forwards, attr_seconds, loss_seconds
-    ) -> None:
+    def _record(self, selected, attributed, n_dev, n_red, stats, attr_seconds, loss_seconds) -> None:
         """Reduce this micro-step's statistics over ranks and queue them for the next log()."""
         values = [
-            selected, attributed, n_dev, n_red, sums["deviation"], sums["redundancy"], sums["nonfinite"],
-            point_hits, prior_hits, forwards, sums["loss_forwards"], attr_seconds, loss_seconds, sums["padded"],
+            selected, attributed, n_dev, n_red, stats["deviation"], stats["redundancy"], stats["nonfinite"],
+            stats["point_hits"], stats["prior_hits"], stats["attribution_forwards"], stats["loss_forwards"],
+            attr_seconds, loss_seconds, stats["padded"],
         ]
         (selected, attributed, n_dev, n_red, dev_sum, red_sum, nonfinite, point_hits, prior_hits, forwards,
          loss_forwards, attr_seconds, loss_seconds, padded) = distributed.all_reduce_sum(values, self.accelerator.device)
@@ -385,3 +367,40 @@ class PriorAlignedTrainer(Trainer):
             self._last_aligned_step = int(saved.pop("last_aligned_step", -1))
             self.alignment_state = defaultdict(float, {k: float(v) for k, v in saved.items() if math.isfinite(v)})
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+
+class _BatchSamples:
+    """Per-sample views of one micro-batch, built once: unpadded slices, baseline rows and scorers."""
+
+    def __init__(self, batch: dict, unwrapped: torch.nn.Module, args: PriorAlignedConfig) -> None:
+        self.batch, self.unwrapped, self.args = batch, unwrapped, args
+        self._slices: dict[int, dict] = {}
+        self._rows: dict[int, torch.Tensor] = {}
+        self._scorers: dict[tuple[int, int], DecisionScorer] = {}
+
+    def sample(self, i: int) -> dict:
+        if i not in self._slices:
+            self._slices[i] = slice_sample(self.batch, i)
+        return self._slices[i]
+
+    def row(self, i: int) -> torch.Tensor:
+        """The masking baseline of sample i (one row, shared by its attribution and loss forwards)."""
+        if i not in self._rows:
+            sample = self.sample(i)
+            self._rows[i] = baseline_row(
+                self.unwrapped, self.args.baseline, sample["pixel_values"].cpu(), sample["image_grid_thw"].cpu()
+            )
+        return self._rows[i]
+
+    def scorer(self, model: torch.nn.Module, i: int) -> DecisionScorer:
+        key = (id(model), i)
+        if key not in self._scorers:
+            self._scorers[key] = DecisionScorer(
+                model, self.sample(i), self.batch["meta"][i], self.row(i), reduction=self.args.score_reduction
+            )
+        return self._scorers[key]
+
+    def dummy_pass(self, model: torch.nn.Module, grad: bool) -> torch.Tensor:
+        """One forward of sample 0, unmasked; with grad, a zero-weighted loss to back-propagate (padding)."""
+        scorer = self.scorer(model, 0)
+        return scorer.score(torch.ones(1, *scorer.grid_hw, dtype=torch.bool), grad=grad).sum() * 0.0
