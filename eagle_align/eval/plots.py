@@ -66,12 +66,9 @@ def overlay(image: Image.Image, record: dict, attribution: Any = None) -> Image.
     bbox = _scale(record["bbox"], image, record["image_size"])
     click = _scale(record["point"], image, record["image_size"]) if record.get("point") else None
     if attribution is not None:
-        try:
-            from eagle_align.attribution import render_overlay
-        except ImportError:  # an attribution engine without the overlay helper: box and click only
-            render_overlay = None
-        if render_overlay is not None:
-            return render_overlay(image, attribution, bbox=bbox, click=click)
+        from eagle_align.attribution import render_overlay
+
+        return render_overlay(image, attribution, bbox=bbox, click=click)
     drawn = image.copy()
     draw = ImageDraw.Draw(drawn)
     width = max(2, round(min(image.size) / 150))
