@@ -1,5 +1,12 @@
 """Evaluation: click accuracy on GUI grounding benchmarks, attribution reasonability, reports and plots."""
 
+from eagle_align.eval.harness import (
+    attribute_predictions,
+    evaluate,
+    predict,
+    summarize_attribution,
+    write_plots,
+)
 from eagle_align.eval.report import read_predictions, render_report, write_predictions, write_report
 from eagle_align.eval.scoring import (
     breakdowns,
@@ -15,11 +22,15 @@ from eagle_align.eval.scoring import (
 )
 
 __all__ = [
+    "ClickEvalCallback",
+    "attribute_predictions",
     "breakdowns",
     "centre_distance",
     "clamp_point",
+    "evaluate",
     "group_table",
     "point_in_box",
+    "predict",
     "read_predictions",
     "render_report",
     "score_predictions",
@@ -27,6 +38,17 @@ __all__ = [
     "score_sample",
     "screenspot_table",
     "summarize",
+    "summarize_attribution",
+    "write_plots",
     "write_predictions",
     "write_report",
 ]
+
+
+def __getattr__(name: str):
+    # The callback needs transformers; import it only when asked for, so scoring stays light.
+    if name == "ClickEvalCallback":
+        from eagle_align.eval.callback import ClickEvalCallback
+
+        return ClickEvalCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
