@@ -152,6 +152,37 @@ class PriorAlignedTrainer(Trainer):
         self._last_aligned_step = -1
         # Cumulative counters, saved with every checkpoint (alignment_state.json) and restored on resume.
         self.alignment_state: dict[str, float] = defaultdict(float)
+        # Set by `eagle_align.train`: base model id, action format, pixel limits for the model card.
+        self.model_card_fields: dict[str, Any] | None = None
+
+    def create_model_card(self, **kwargs: Any) -> None:
+        """eagle-align's card: the real base id, coordinate space, alignment settings, last click eval.
+
+        The Trainer's default card records a local base path and none of what reproduces the clicks.
+        """
+        if self.model_card_fields is None:
+            return super().create_model_card(**kwargs)
+        if not self.is_world_process_zero():
+            return None
+        from eagle_align.hub import write_model_card
+
+        alignment_keys = (
+            "alignment", "align_every", "align_start_step", "lambda_deviation", "lambda_redundancy", "loss_variant",
+            "insertion_weight", "deletion_weight", "selection", "min_confidence", "prior_overlap", "n_regions",
+            "region_method", "search", "max_regions", "baseline", "score_reduction",
+        )
+        evaluation = next(
+            ({k: v for k, v in entry.items() if k.startswith("eval/")}
+             for entry in reversed(self.state.log_history) if any(k.startswith("eval/") for k in entry)),
+            None,
+        )
+        write_model_card(
+            self.args.output_dir,
+            alignment={k: getattr(self.args, k) for k in alignment_keys},
+            evaluation=evaluation,
+            **self.model_card_fields,
+        )
+        return None
 
     # ----------------------------------------------------------------------------------------- schedule
     def is_alignment_step(self) -> bool:
