@@ -179,9 +179,9 @@ def main() -> None:
         "peak_gpu_gb": max(peaks.peaks) if cuda else None,
         "breakdown": {
             "alignment_step_seconds": alignment_step,
-            "alignment_attribution_seconds": state["attribution_seconds"],
+            "alignment_attribution_seconds": trainer.alignment_seconds["attribution"],
             "alignment_attribution_forwards": state["attribution_forwards"],
-            "alignment_loss_seconds": state["loss_seconds"],
+            "alignment_loss_seconds": trainer.alignment_seconds["loss"],
             "alignment_loss_forwards": state["loss_forwards"],
             "deviation_examples": state["deviation_examples"],
             "redundancy_examples": state["redundancy_examples"],

@@ -112,7 +112,8 @@ def run_mode(args: argparse.Namespace) -> dict:
     peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else rss.peak
     growth_mb = peak_mb - (0.0 if cuda else rss.start)
     return {"mode": args.mode, "step_seconds": sum(timed) / len(timed), "peak_mb": peak_mb, "growth_mb": growth_mb,
-            "memory": "cuda max_memory_allocated" if cuda else "process RSS", "alignment": dict(trainer.alignment_state)}
+            "memory": "cuda max_memory_allocated" if cuda else "process RSS",
+            "alignment": dict(trainer.alignment_state), "alignment_seconds": dict(trainer.alignment_seconds)}
 
 
 def main() -> None:
@@ -150,9 +151,9 @@ def main() -> None:
             "deviation_examples": state.get("deviation_examples", 0) / n_aligned_steps,
             "redundancy_examples": state.get("redundancy_examples", 0) / n_aligned_steps,
             "attribution_forwards": state.get("attribution_forwards", 0) / n_aligned_steps,
-            "attribution_seconds": state.get("attribution_seconds", 0) / n_aligned_steps,
+            "attribution_seconds": aligned["alignment_seconds"].get("attribution", 0) / n_aligned_steps,
             "loss_forwards": state.get("loss_forwards", 0) / n_aligned_steps,
-            "loss_seconds": state.get("loss_seconds", 0) / n_aligned_steps,
+            "loss_seconds": aligned["alignment_seconds"].get("loss", 0) / n_aligned_steps,
         },
         "sft_seconds_per_step": sft["step_seconds"],
         # On CPU the RSS peak includes the interpreter, libraries and weights; growth is what training added.

@@ -36,6 +36,8 @@ from eagle_align.attribution.search import (
     DEFAULT_SEARCH_SCOPE,
     STRATEGIES,
     attribute_sample,
+    evaluate_prefixes,
+    set_prob_for,
 )
 
 SELECTIONS = ("confident_correct", "all")
@@ -85,6 +87,10 @@ class PriorAlignedConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            # `accelerate launch --multi_gpu` on a machine without GPUs starts several processes; only with
+            # use_cpu does transformers set them up as one gloo DDP group instead of independent runs.
+            self.use_cpu = True
         super().__post_init__()
         choices = {
             "loss_variant": LOSS_VARIANTS, "selection": SELECTIONS, "region_method": REGION_METHODS,
@@ -120,20 +126,24 @@ class PriorAlignedConfig(TrainingArguments):
 
 @contextlib.contextmanager
 def dropout_off(module: torch.nn.Module) -> Iterator[None]:
-    """Dropout off for the loss forwards (the function the attribution ranked), checkpointing kept on.
+    """Dropout off for the loss forwards (the function the attribution ranked), everything else as it was.
 
-    Eval mode everywhere, except that modules with gradient checkpointing enabled keep their training flag:
-    transformers only checkpoints a layer while it is training, and the loss forwards need it for memory.
+    Only dropout layers and attention modules (whose dropout depends on their training flag) leave training
+    mode. A blanket eval() would be wrong here: transformers only checkpoints a layer while it is training
+    (the loss forwards need checkpointing for memory), and bitsandbytes switches 4-bit layers to an
+    inference-only kernel in eval mode.
     """
-    was_training = module.training
-    module.eval()
-    for sub in module.modules():
-        if getattr(sub, "gradient_checkpointing", False) is True:
-            sub.training = True
+    switched = [
+        sub for sub in module.modules()
+        if sub.training and (isinstance(sub, torch.nn.Dropout) or hasattr(sub, "attention_dropout"))
+    ]
+    for sub in switched:
+        sub.training = False
     try:
         yield
     finally:
-        module.train(was_training)
+        for sub in switched:
+            sub.training = True
 
 
 class PriorAlignedTrainer(Trainer):
@@ -148,10 +158,17 @@ class PriorAlignedTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, PriorAlignedConfig):
             raise ValueError(f"args must be a PriorAlignedConfig, got {type(self.args).__name__}")
+        for module in self.model.modules():
+            # On CPU, bitsandbytes repacks 4-bit weights for an inference-only kernel at the first eval-mode
+            # forward (attribution runs in eval mode); later gradient forwards then fail. Keep the trainable layout.
+            if getattr(module, "support_avx512bf16_for_cpu", False) and self.args.device.type == "cpu":
+                module.support_avx512bf16_for_cpu = False
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._last_aligned_step = -1
-        # Cumulative counters, saved with every checkpoint (alignment_state.json) and restored on resume.
+        # Cumulative counts, saved with every checkpoint (alignment_state.json) and restored on resume;
+        # wall-clock totals are kept apart (not state: they differ from run to run).
         self.alignment_state: dict[str, float] = defaultdict(float)
+        self.alignment_seconds: dict[str, float] = defaultdict(float)
         # Set by `eagle_align.train`: base model id, action format, pixel limits for the model card.
         self.model_card_fields: dict[str, Any] | None = None
 
@@ -282,11 +299,18 @@ class PriorAlignedTrainer(Trainer):
             search_scope=args.search_scope, resort_every=args.resort_every, insertion_weight=args.insertion_weight,
             deletion_weight=args.deletion_weight, full_prob=full_prob,
         )
+        if args.search == "single_round" and args.lambda_redundancy > 0:
+            # Redundancy needs F(S_{r-1}) of every prefix; single_round measured only S_1.
+            evaluate_prefixes(attribution, set_prob_for(samples.scorer(model, i), attribution.partition))
         prior = samples.batch["meta"][i].prior_mask
         stats["attribution_forwards"] += attribution.forwards
         stats["point_hits"] += float(point_game(attribution, prior, args.prior_overlap))
         stats["prior_hits"] += prior_hit_at_k(attribution, prior, k=args.prior_hit_k, prior_overlap=args.prior_overlap)
-        return build_alignment_examples(attribution, prior, args.prior_overlap, args.insertion_weight, args.deletion_weight)
+        built = build_alignment_examples(attribution, prior, args.prior_overlap, args.insertion_weight, args.deletion_weight)
+        # A term with weight 0 would cost gradient forwards and add nothing.
+        weight = {"deviation": args.lambda_deviation, "redundancy": args.lambda_redundancy}
+        built.examples = [e for e in built.examples if weight[e.kind] > 0]
+        return built
 
     def _loss_chunk(
         self, scorer: DecisionScorer, examples: AlignmentExamples, chunk: list, weights: dict, stats: dict
@@ -368,9 +392,10 @@ class PriorAlignedTrainer(Trainer):
             state["alignment_steps"] += 1
         for key, value in (("selected", selected), ("deviation_examples", n_dev), ("redundancy_examples", n_red),
                            ("attribution_forwards", forwards), ("loss_forwards", loss_forwards),
-                           ("attribution_seconds", attr_seconds / ranks), ("loss_seconds", loss_seconds / ranks),
-                           ("nonfinite_terms", nonfinite)):
+                           ("nonfinite_terms", nonfinite), ("padded_passes", padded)):
             state[key] += value
+        self.alignment_seconds["attribution"] += attr_seconds / ranks
+        self.alignment_seconds["loss"] += loss_seconds / ranks
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         window = {key: sum(values) / len(values) for key, values in self._metrics.items() if values}
@@ -427,7 +452,8 @@ class _BatchSamples:
         key = (id(model), i)
         if key not in self._scorers:
             self._scorers[key] = DecisionScorer(
-                model, self.sample(i), self.batch["meta"][i], self.row(i), reduction=self.args.score_reduction
+                model, self.sample(i), self.batch["meta"][i], self.row(i),
+                batch_size=self.args.attribution_batch_size, reduction=self.args.score_reduction,
             )
         return self._scorers[key]
 

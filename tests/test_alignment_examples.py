@@ -93,3 +93,11 @@ def test_gains_and_errors():
     att.partition = None
     with pytest.raises(ValueError, match="partition"):
         build_alignment_examples(att, box(slice(0, 2), slice(0, 2)))
+
+
+def test_single_round_ranking_gives_redundancy_only_where_the_previous_prefix_was_measured():
+    att = attribution([1, 2, 3])
+    att.prefix_scores, att.insertion_probs, att.deletion_probs = att.prefix_scores[:1], [0.2], [0.8]
+    built = build_alignment_examples(att, box(slice(0, 2), slice(0, 2)))
+    assert [(e.kind, e.rank) for e in built.examples] == [("deviation", 1), ("redundancy", 2)]
+    assert built.gains.numel() == 1

@@ -12,7 +12,13 @@ from PIL import Image
 from transformers import Trainer, TrainingArguments
 
 from eagle_align.alignment import build_alignment_examples, deviation_loss, redundancy_loss
-from eagle_align.attribution import DecisionScorer, attribute_sample, baseline_row, slice_sample
+from eagle_align.attribution import (
+    DecisionScorer,
+    attribute_sample,
+    baseline_row,
+    make_partition,
+    slice_sample,
+)
 from eagle_align.data.collator import GroundingCollator
 from eagle_align.data.schema import GroundingExample
 from eagle_align.models import get_family, load_model_and_processor
@@ -237,15 +243,32 @@ def test_gradient_checkpointing_bf16_and_nonfinite_terms_are_skipped(lora_setup,
     assert any(not torch.equal(before[n], after[n]) for n in before)
 
 
-def test_dropout_off_keeps_checkpointed_layers_training(tiny_checkpoints):
+def test_dropout_off_switches_only_dropout(tiny_checkpoints):
     model, _ = load_model_and_processor(tiny_checkpoints[FAMILY], dtype="float32")
     model = apply_lora(model, r=4, alpha=8, dropout=0.1, gradient_checkpointing=True)
     model.base_model.model.activation_checkpointing_enable()
     model.train()
     checkpointed = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
-    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) or hasattr(m, "attention_dropout")]
+    others = [m for m in model.modules() if not any(m is d for d in dropouts)]
     assert checkpointed and dropouts
     with dropout_off(model):
-        assert all(m.training for m in checkpointed)
         assert not any(m.training for m in dropouts)
+        assert all(m.training for m in others)  # checkpointed layers keep checkpointing
     assert all(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("lambda_redundancy", [0.0, 0.5])
+def test_single_round_measures_prefixes_only_when_redundancy_is_trained(lora_setup, tmp_path, lambda_redundancy):
+    model, processor, collator = lora_setup
+    cfg = config(tmp_path, search="single_round", lambda_redundancy=lambda_redundancy)
+    trainer = PriorAlignedTrainer(model=model, args=cfg, data_collator=collator)
+    batch = collator(examples(2))
+    model.train()
+    trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
+    regions = [make_partition(m.grid_hw, cfg.n_regions).n_regions for m in batch["meta"]]
+    # 2N singletons + P(x) and P(x_∅), plus both sides of prefixes 2..max_regions when redundancy is on.
+    prefixes = 2 * (cfg.max_regions - 1) if lambda_redundancy else 0
+    assert trainer._metrics["align/attribution_forwards"] == [sum(2 * n + 2 + prefixes for n in regions)]
+    if not lambda_redundancy:
+        assert trainer._metrics["align/redundancy_examples"] == [0.0]

@@ -82,17 +82,23 @@ def build_alignment_examples(
     """Gate an attribution into deviation / redundancy examples.
 
     The weights must be those the attribution's prefix scores were computed with; they only set the gain
-    scale Z = a + b used by ``adaptive_log``.
+    scale Z = a + b used by ``adaptive_log``. A redundancy example at rank r needs the measured prefix
+    S_{r−1}; a `single_round` ranking measures only S_1 (see `evaluate_prefixes` to measure the rest), so
+    ranks beyond the measured prefixes + 1 give none.
     """
     ranking = [int(r) for r in attribution.ranking]
     on_prior = on_prior_regions(attribution, prior_mask, prior_overlap)
     gains = normalised_gains(attribution.prefix_scores, insertion_weight, deletion_weight)
-    if gains.numel() != len(ranking):
-        raise ValueError(f"attribution has {len(ranking)} ranked regions but {gains.numel()} prefix scores")
+    measured = gains.numel()
+    if measured > len(ranking) or len(attribution.insertion_probs) != measured:
+        raise ValueError(
+            f"attribution has {len(ranking)} ranked regions, {measured} prefix scores and "
+            f"{len(attribution.insertion_probs)} insertion probabilities"
+        )
     examples = []
     if ranking and not on_prior[0]:
         examples.append(AlignmentExample("deviation", 1, (ranking[0],)))
-    for rank in range(2, len(ranking) + 1):
+    for rank in range(2, min(len(ranking), measured + 1) + 1):
         if not on_prior[rank - 1]:
             examples.append(
                 AlignmentExample(
@@ -107,7 +113,7 @@ def build_alignment_examples(
         ranking=ranking,
         on_prior=on_prior,
         gains=gains,
-        best_on_prior_gain=float(best_on_prior_gain(gains, on_prior)) if ranking else 0.0,
+        best_on_prior_gain=float(best_on_prior_gain(gains, on_prior[:measured])) if measured else 0.0,
         full_prob=float(attribution.full_prob),
         examples=examples,
         partition=attribution.partition,
