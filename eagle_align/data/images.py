@@ -48,7 +48,7 @@ def image_for_processor(example: GroundingExample, processor) -> Image.Image:
 def _private_copy(image: Image.Image) -> Image.Image:
     """Decode a lazily opened in-memory image into a new object, leaving the example's image compressed
     (decoding it in place would keep every screenshot of a dataset decoded in memory)."""
-    if image.fp is not None and isinstance(image.fp, io.BytesIO):
+    if isinstance(getattr(image, "fp", None), io.BytesIO):  # only lazily opened files have fp
         image = Image.open(io.BytesIO(image.fp.getvalue()))
     image.load()  # corrupt data fails here, naming the example, not inside the processor
     return image
