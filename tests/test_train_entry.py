@@ -1,0 +1,228 @@
+"""`eagle-align train`: recipes, overrides, errors, adapters that reload, resume, and the accelerate path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from eagle_align.data import generate_synthetic, load_examples
+from eagle_align.hub import read_card_header
+from eagle_align.models import detect_family
+from eagle_align.train import load_config, parse_config, parse_overrides, run_training
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes" / "train").glob("*.yaml"))
+REAL_RECIPES = [p for p in RECIPES if p.name != "tiny_synthetic_cpu.yaml"]
+FAMILY_OF_RECIPE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
+
+
+def _family_of(recipe: Path) -> str:
+    return next(f for f in sorted(FAMILY_OF_RECIPE, key=len, reverse=True) if recipe.name.startswith(f))
+
+
+@pytest.fixture(scope="module")
+def synth_train(tmp_path_factory) -> str:
+    """A small shortcut-preset training set (24 samples, 256 px screens)."""
+    out = tmp_path_factory.mktemp("synth")
+    return str(generate_synthetic(out / "train", 24, seed=0, preset="shortcut", cue_fraction=1.0, split="train"))
+
+
+def _quick(**extra) -> dict:
+    """Overrides that make any recipe a seconds-long CPU run."""
+    base = dict(
+        max_steps=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        bf16=False,
+        gradient_checkpointing=False,
+        dtype="float32",
+        min_pixels=64 * 64,
+        max_pixels=256 * 256,
+        eval_data=None,
+        align_every=1,
+        selection="all",
+        max_aligned_per_step=1,
+        n_regions=8,
+        max_regions=2,
+        search="single_round",
+        dataloader_num_workers=0,
+    )
+    base.update(extra)
+    return base
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_parses(recipe):
+    # TrainingArguments refuses bf16 on a machine without a GPU; everything else parses as written.
+    config = load_config(recipe, {} if torch.cuda.is_available() else {"bf16": False})
+    model_args, data_args, lora_args, training_args = parse_config(config)
+    assert model_args.model_name_or_path and data_args.train_data
+    if recipe in REAL_RECIPES:
+        assert model_args.model_name_or_path.startswith("Qwen/")
+        assert training_args.align_every == 5 and training_args.alignment
+        assert model_args.max_pixels and model_args.min_pixels
+
+
+@pytest.mark.parametrize("recipe", REAL_RECIPES, ids=lambda p: p.name)
+def test_real_recipe_dry_run_on_a_tiny_checkpoint(recipe, tiny_checkpoints, synth_train, tmp_path):
+    family = _family_of(recipe)
+    config = load_config(
+        recipe,
+        _quick(model_name_or_path=tiny_checkpoints[family], train_data=synth_train, output_dir=str(tmp_path / "out")),
+    )
+    quantized = config.get("quantization") == "4bit"
+    if quantized:
+        pytest.importorskip("bitsandbytes")
+    trainer = run_training(config)
+    out = tmp_path / "out"
+    assert trainer.state.global_step == 2
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    assert (out / "preprocessor_config.json").is_file() or (out / "processor_config.json").is_file()
+    header = read_card_header(out / "README.md")
+    # The recipe's real Hub id is not recorded for a local override: the card must not claim a local path.
+    assert "base_model" not in header or not Path(str(header["base_model"])).exists()
+    assert detect_family(tiny_checkpoints[family]).name == family
+    if quantized:
+        assert "Linear4bit" in {type(m).__name__ for m in trainer.model.modules()}
+
+
+def test_adapter_and_processor_reload_with_same_outputs(tiny_checkpoints, synth_train, tmp_path):
+    from peft import PeftModel
+
+    from eagle_align.data import GroundingCollator
+    from eagle_align.models import load_model_and_processor
+
+    recipe = REPO / "recipes" / "train" / "qwen2_5_vl_3b_lora.yaml"
+    config = load_config(
+        recipe,
+        _quick(
+            model_name_or_path=tiny_checkpoints["qwen2_5_vl"],
+            base_model_id="Qwen/Qwen2.5-VL-3B-Instruct",
+            train_data=synth_train,
+            output_dir=str(tmp_path / "out"),
+            learning_rate=0.05,
+        ),
+    )
+    trainer = run_training(config)
+    out = tmp_path / "out"
+    header = read_card_header(out / "README.md")
+    assert header["base_model"] == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert header["library_name"] == "peft" and header["pipeline_tag"] == "image-text-to-text"
+    assert {"gui-agent", "grounding", "eagle-align"} <= set(header["tags"])
+    card = (out / "README.md").read_text()
+    assert "qwen2_5_vl" in card and "max_pixels" in card and "align_every" in card
+
+    base, processor = load_model_and_processor(tiny_checkpoints["qwen2_5_vl"], dtype="float32")
+    reloaded = PeftModel.from_pretrained(base, out).eval()
+    from transformers import AutoProcessor
+
+    saved_processor = AutoProcessor.from_pretrained(out)
+    assert saved_processor.image_processor.size == trainer.processing_class.image_processor.size
+    batch = GroundingCollator(saved_processor, "qwen2_5_vl")(list(load_examples(synth_train))[:2])
+    batch.pop("meta")
+    trained = trainer.model.eval()
+    with torch.no_grad():
+        expected = trained(**batch).logits
+        got = reloaded(**batch).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def _adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "adapter_model.safetensors"))
+
+
+def test_resume_reaches_the_same_adapter(tiny_checkpoints, synth_train, tmp_path):
+    recipe = REPO / "recipes" / "train" / "qwen3_vl_2b_lora.yaml"
+    common = _quick(
+        model_name_or_path=tiny_checkpoints["qwen3_vl"],
+        train_data=synth_train,
+        learning_rate=0.02,
+        align_every=2,
+        save_strategy="steps",
+        save_steps=2,
+        lr_scheduler_type="constant",  # the interrupted run must follow the same schedule as the straight one
+        warmup_steps=0,
+    )
+    straight = run_training(load_config(recipe, {**common, "max_steps": 4, "output_dir": str(tmp_path / "a")}))
+    run_training(load_config(recipe, {**common, "max_steps": 2, "output_dir": str(tmp_path / "b")}))
+    first_half = tmp_path / "b" / "checkpoint-2"
+    assert first_half.is_dir()
+    resumed = run_training(
+        load_config(recipe, {**common, "max_steps": 4, "output_dir": str(tmp_path / "b"),
+                             "resume_from_checkpoint": str(first_half)})
+    )
+    assert resumed.state.global_step == straight.state.global_step == 4
+    a, b = _adapter_weights(tmp_path / "a"), _adapter_weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert straight.alignment_state == resumed.alignment_state
+
+
+def test_misspelled_key_and_invalid_value_fail_clearly(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model_name_or_path": "x", "train_data": "y", "lerning_rate": 1e-4}))
+    with pytest.raises(ValueError, match="lerning_rate.*learning_rate"):
+        load_config(config)
+    with pytest.raises(ValueError, match="loss_variant"):
+        parse_config({"model_name_or_path": "x", "train_data": "y", "loss_variant": "quadratic"})
+    with pytest.raises(ValueError, match="train_data"):
+        parse_config({"model_name_or_path": "x"})
+
+
+def test_overrides_parse_as_yaml_scalars():
+    assert parse_overrides(["--max_steps", "3", "--bf16=false", "--lora_targets", "language+merger", "--alignment"]) == {
+        "max_steps": 3,
+        "bf16": False,
+        "lora_targets": "language+merger",
+        "alignment": True,
+    }
+    with pytest.raises(ValueError, match="--key value"):
+        parse_overrides(["max_steps", "3"])
+
+
+def _cli_env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _tiny_cli_args(tiny_dir: str, train: str, out: Path) -> list[str]:
+    return [
+        str(REPO / "recipes" / "train" / "tiny_synthetic_cpu.yaml"),
+        "--model_name_or_path", tiny_dir, "--train_data", train, "--output_dir", str(out),
+        "--max_steps", "4", "--per_device_train_batch_size", "2", "--align_start_step", "0", "--align_every", "2",
+        "--selection", "all", "--max_aligned_per_step", "1", "--min_pixels", "65536", "--max_pixels", "65536",
+    ]
+
+
+@pytest.mark.slow
+def test_tiny_recipe_through_the_cli(tiny_checkpoints, synth_train, tmp_path):
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "eagle_align.cli", "train", *_tiny_cli_args(tiny_checkpoints["qwen3_vl"], synth_train, out)]
+    result = subprocess.run(cmd, env=_cli_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "eagle-align train" in result.stdout and "alignment    on" in result.stdout
+    assert (out / "model.safetensors").is_file() and (out / "eagle_align_config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_tiny_recipe_through_accelerate_multi_gpu(tiny_checkpoints, synth_train, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "recipes" / "accelerate" / "multi_gpu.yaml"),
+        "-m", "eagle_align.train", *_tiny_cli_args(tiny_checkpoints["qwen3_vl"], synth_train, out),
+    ]
+    result = subprocess.run(cmd, env=_cli_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("eagle-align train") == 1  # summary from the main process only
+    assert (out / "model.safetensors").is_file()
