@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from eagle_align.actions import clamp_point
 from eagle_align.cli import main
 from eagle_align.data import DataError, load_examples
 from eagle_align.eval import (
-    clamp_point,
     point_in_box,
     read_predictions,
     score_predictions,

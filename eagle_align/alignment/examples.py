@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from eagle_align.alignment.losses import best_on_prior_gain, normalised_gains
+from eagle_align.attribution.metrics import on_prior_regions
 from eagle_align.attribution.regions import RegionPartition
 from eagle_align.attribution.search import Attribution
 
@@ -62,14 +63,6 @@ class AlignmentExamples:
             sets[i, list(example.regions)] = True
         cells = self.partition.cells_of(sets)
         return cells, ~cells
-
-
-def on_prior_regions(attribution: Attribution, prior_mask: torch.Tensor, prior_overlap: float = 0.15) -> list[bool]:
-    """On-prior flag of each ranked region: coverage |v ∩ B| / |v| ≥ ``prior_overlap``."""
-    if attribution.partition is None:
-        raise ValueError("the attribution carries no region partition, so prior consistency cannot be decided")
-    coverage = attribution.partition.coverage(prior_mask)
-    return [bool(coverage[region] >= prior_overlap) for region in attribution.ranking]
 
 
 def build_alignment_examples(

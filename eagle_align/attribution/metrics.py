@@ -12,7 +12,8 @@ import torch
 from eagle_align.attribution.search import Attribution
 
 
-def _on_prior(attribution: Attribution, prior_mask: torch.Tensor, prior_overlap: float) -> list[bool]:
+def on_prior_regions(attribution: Attribution, prior_mask: torch.Tensor, prior_overlap: float = 0.15) -> list[bool]:
+    """On-prior flag of each ranked region: the box covers at least ``prior_overlap`` of it (|v ∩ B| / |v|)."""
     if attribution.partition is None:
         raise ValueError("prior metrics need the attribution's partition (use attribute_sample)")
     coverage = attribution.partition.coverage(prior_mask)
@@ -23,7 +24,7 @@ def point_game(attribution: Attribution, prior_mask: torch.Tensor, prior_overlap
     """Is the top-1 region on-prior (|v ∩ B| / |v| ≥ prior_overlap)?"""
     if not attribution.ranking:
         raise ValueError("point_game: the attribution ranks no region")
-    return _on_prior(attribution, prior_mask, prior_overlap)[0]
+    return on_prior_regions(attribution, prior_mask, prior_overlap)[0]
 
 
 def prior_hit_at_k(
@@ -32,7 +33,7 @@ def prior_hit_at_k(
     """Share of the top-k ranked regions (fewer if the ranking is shorter) that are on-prior."""
     if k < 1:
         raise ValueError(f"k={k} must be at least 1")
-    hits = _on_prior(attribution, prior_mask, prior_overlap)[:k]
+    hits = on_prior_regions(attribution, prior_mask, prior_overlap)[:k]
     if not hits:
         raise ValueError("prior_hit_at_k: the attribution ranks no region")
     return sum(hits) / len(hits)

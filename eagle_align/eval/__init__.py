@@ -11,7 +11,6 @@ from eagle_align.eval.report import read_predictions, render_report, write_predi
 from eagle_align.eval.scoring import (
     breakdowns,
     centre_distance,
-    clamp_point,
     group_table,
     point_in_box,
     score_predictions,
@@ -26,7 +25,6 @@ __all__ = [
     "attribute_predictions",
     "breakdowns",
     "centre_distance",
-    "clamp_point",
     "evaluate",
     "group_table",
     "point_in_box",

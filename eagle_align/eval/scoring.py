@@ -10,6 +10,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from eagle_align.actions import clamp_point
+
 # Fields a breakdown is reported for, in report order. `application`, `group` and `split` live in
 # `GroundingExample.extra`; the others are attributes.
 BREAKDOWN_FIELDS = ("platform", "ui_type", "application", "group", "source", "split")
@@ -24,12 +26,6 @@ def _field(example: Any, name: str) -> str | None:
     if value is None:
         value = (getattr(example, "extra", None) or {}).get(name)
     return None if value is None else str(value)
-
-
-def clamp_point(point: Sequence[float], image_size: Sequence[float]) -> Point:
-    """Clamp a click into the image: a click past the border lands on the border, as on a real screen."""
-    width, height = image_size
-    return (min(max(float(point[0]), 0.0), float(width)), min(max(float(point[1]), 0.0), float(height)))
 
 
 def point_in_box(point: Sequence[float], bbox: Sequence[float]) -> bool:
