@@ -118,10 +118,10 @@ def reprocess_probs(model, processor, collator, example, meta, keep_cells, facto
         masked = image.copy()
         for r, c in (~keep).nonzero().tolist():
             masked[r * factor : (r + 1) * factor, c * factor : (c + 1) * factor] = 0
-        inputs = processor(text=[text], images=[Image.fromarray(masked)], return_tensors="pt")
+        inputs = processor(text=[text], images=[Image.fromarray(masked)], return_tensors="pt").to(model.device)
         logits = model(**inputs).logits[0]
-        probs = logits[meta.decision_positions - 1].float().softmax(-1)
-        rows.append(probs.gather(-1, meta.decision_token_ids[:, None])[:, 0])
+        probs = logits[meta.decision_positions.to(logits.device) - 1].float().softmax(-1)
+        rows.append(probs.gather(-1, meta.decision_token_ids.to(logits.device)[:, None])[:, 0])
     return torch.stack(rows)
 
 
