@@ -61,6 +61,14 @@ def _input_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _find_patch_embed(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The vision tower's patch embedding (one linear map per pixel_values row), if the model has one."""
+    for name, module in model.named_modules():
+        if name.endswith("visual.patch_embed") and hasattr(module, "proj"):
+            return module
+    return None
+
+
 class DecisionScorer:
     """Scores keep-masks on the merged grid of one sample by p(target decision tokens | masked image).
 
@@ -109,6 +117,8 @@ class DecisionScorer:
         self.baseline = baseline.to(self.device)
         self.forwards = 0
         self._full_prob: float | None = None
+        self._patch_embed = _find_patch_embed(model)
+        self._row_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -116,20 +126,51 @@ class DecisionScorer:
 
     def _forward(self, keep_cells: torch.Tensor) -> torch.Tensor:
         n = keep_cells.shape[0]
-        pixel_values = mask_image_rows(
-            self.sample["pixel_values"], self.sample["image_grid_thw"][0], keep_cells, self.baseline
-        )
+        grid = self.sample["image_grid_thw"][0]
+        shortcut = self._patch_embed is not None and not torch.is_grad_enabled()
+        if shortcut:
+            # Rows enter as keep flags; the patch embedding turns them into cached embeddings.
+            image_rows = self.sample["pixel_values"].new_ones(self.sample["pixel_values"].shape[0], 1)
+            pixel_values = mask_image_rows(image_rows, grid, keep_cells, image_rows.new_zeros(1))
+        else:
+            pixel_values = mask_image_rows(self.sample["pixel_values"], grid, keep_cells, self.baseline)
         inputs = {key: self.sample[key].expand(n, -1) for key in _TEXT_KEYS}
-        outputs = self.model(
-            **inputs,
-            pixel_values=pixel_values,
-            image_grid_thw=self.sample["image_grid_thw"].repeat(n, 1),
-            logits_to_keep=self.logit_positions,
-            use_cache=False,
-        )
+        with self._embedded_rows() if shortcut else contextlib.nullcontext():
+            outputs = self.model(
+                **inputs,
+                pixel_values=pixel_values,
+                image_grid_thw=self.sample["image_grid_thw"].repeat(n, 1),
+                logits_to_keep=self.logit_positions,
+                use_cache=False,
+            )
         log_probs = outputs.logits.float().log_softmax(-1)
         self.forwards += n
         return log_probs.gather(-1, self.target_ids.view(1, -1, 1).expand(n, -1, 1)).squeeze(-1).exp()
+
+    @contextlib.contextmanager
+    def _embedded_rows(self) -> Iterator[None]:
+        """Let the patch embedding map keep flags to precomputed row embeddings (no-grad scoring only).
+
+        The patch embedding is a linear map applied to each pixel_values row on its own, so a masked variant's
+        embeddings are the screenshot's rows where kept and the baseline row's embedding elsewhere: computing
+        them once per sample skips the largest per-variant cost of a small vision tower (building the masked
+        copy and the convolution over it) with the same result.
+        """
+        embed = self._patch_embed
+        if self._row_embeddings is None:
+            dtype = next(embed.parameters()).dtype
+            rows = embed(self.sample["pixel_values"].to(dtype))
+            self._row_embeddings = (rows, embed(self.baseline.view(1, -1).to(dtype)))
+        kept, masked = self._row_embeddings
+
+        def lookup(flags: torch.Tensor) -> torch.Tensor:
+            return torch.where(flags.bool(), kept.repeat(flags.shape[0] // kept.shape[0], 1), masked)
+
+        embed.forward = lookup
+        try:
+            yield
+        finally:
+            del embed.forward
 
     def token_probs(self, keep_cells: torch.Tensor, grad: bool = False) -> torch.Tensor:
         """p(y_t | x_keep, y_<t) at every decision token, float32 [B, T]; keep_cells is Bool [B, rows, cols]."""
