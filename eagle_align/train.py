@@ -227,6 +227,13 @@ def run_training(config: dict[str, Any]):
     from eagle_align.trainer import PriorAlignedTrainer
 
     model_args, data_args, lora_args, training_args = parse_config(config)
+    push = training_args.push_to_hub
+    if push:
+        if not training_args.hub_model_id:
+            raise ValueError("push_to_hub: true needs hub_model_id (namespace/name of the adapter repo)")
+        # The finished adapter (weights, processor, eagle-align card) is pushed once, at the end, by
+        # eagle_align.hub; the Trainer's own pushes of intermediate checkpoints are switched off.
+        training_args.push_to_hub = False
     set_seed(training_args.seed)
     model, processor = _prepare_model(model_args, lora_args, training_args)
     family = family_of(model)
@@ -309,8 +316,17 @@ def run_training(config: dict[str, Any]):
                 indent=2,
             )
         )
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
+    if push and trainer.is_world_process_zero():
+        from eagle_align.hub import push_adapter
+
+        url = push_adapter(
+            training_args.output_dir,
+            training_args.hub_model_id,
+            private=bool(training_args.hub_private_repo),
+            token=training_args.hub_token,
+            revision=training_args.hub_revision,
+        )
+        print(f"pushed {training_args.output_dir} to {training_args.hub_model_id}: {url}")
     return trainer
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from huggingface_hub import HfApi
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -30,3 +31,32 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
 def family(request) -> str:
     """Parametrises a test over every supported family."""
     return request.param
+
+
+class RecordingHub:
+    """Stands in for the Hub's HTTP endpoints only: repo creation and commit creation."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.repos: list[str] = []
+        self.uploaded: dict[str, list[str]] = {}
+
+    def create_repo(self, api, repo_id, **kwargs):
+        self.repos.append(repo_id)
+        return f"https://huggingface.co/{repo_id}"
+
+    def create_commit(self, api, repo_id, operations, **kwargs):
+        if self.fail:
+            raise ConnectionError("503 Service Unavailable")
+        self.uploaded[repo_id] = sorted(op.path_in_repo for op in operations)
+        return type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
+
+
+@pytest.fixture
+def recording_hub(monkeypatch):
+    hub = RecordingHub()
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: hub.create_repo(self, repo_id, **kw))
+    monkeypatch.setattr(
+        HfApi, "create_commit", lambda self, repo_id, operations, **kw: hub.create_commit(self, repo_id, operations, **kw)
+    )
+    return hub

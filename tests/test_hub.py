@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from huggingface_hub import HfApi
 
 from eagle_align.hub import PushError, merge_adapter, push_adapter, read_card_header, write_model_card
 from eagle_align.models import load_model_and_processor
@@ -47,35 +46,6 @@ def test_model_card_header_and_adapter_config(tiny_checkpoints, tmp_path):
     assert "qwen2_5_vl" in body and "1003520" in body and "click_accuracy" in body and "align_every" in body
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "Qwen/Qwen2.5-VL-3B-Instruct"
-
-
-class _RecordingHub:
-    """Stands in for the Hub's HTTP endpoints only: repo creation and commit creation."""
-
-    def __init__(self, fail: bool = False):
-        self.fail = fail
-        self.repos: list[str] = []
-        self.uploaded: dict[str, list[str]] = {}
-
-    def create_repo(self, api, repo_id, **kwargs):
-        self.repos.append(repo_id)
-        return f"https://huggingface.co/{repo_id}"
-
-    def create_commit(self, api, repo_id, operations, **kwargs):
-        if self.fail:
-            raise ConnectionError("503 Service Unavailable")
-        self.uploaded[repo_id] = sorted(op.path_in_repo for op in operations)
-        return type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
-
-
-@pytest.fixture
-def recording_hub(monkeypatch):
-    hub = _RecordingHub()
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: hub.create_repo(self, repo_id, **kw))
-    monkeypatch.setattr(
-        HfApi, "create_commit", lambda self, repo_id, operations, **kw: hub.create_commit(self, repo_id, operations, **kw)
-    )
-    return hub
 
 
 def test_push_uploads_exactly_the_adapter(tiny_checkpoints, tmp_path, recording_hub):

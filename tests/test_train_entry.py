@@ -137,6 +137,22 @@ def test_adapter_and_processor_reload_with_same_outputs(tiny_checkpoints, synth_
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_push_to_hub_from_the_training_config(tiny_checkpoints, synth_train, tmp_path, recording_hub):
+    recipe = REPO / "recipes" / "train" / "qwen2_vl_2b_lora.yaml"
+    out = tmp_path / "out"
+    config = _quick(
+        model_name_or_path=tiny_checkpoints["qwen2_vl"], base_model_id="Qwen/Qwen2-VL-2B-Instruct",
+        train_data=synth_train, output_dir=str(out), push_to_hub=True, hub_model_id="me/tiny-gui-adapter",
+    )
+    run_training(load_config(recipe, config))
+    assert recording_hub.repos == ["me/tiny-gui-adapter"]
+    local = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert recording_hub.uploaded["me/tiny-gui-adapter"] == local
+    assert {"adapter_model.safetensors", "README.md", "eagle_align_config.yaml"} <= set(local)
+    with pytest.raises(ValueError, match="hub_model_id"):
+        run_training(load_config(recipe, {**config, "hub_model_id": None}))
+
+
 def _adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(directory / "adapter_model.safetensors"))
 
