@@ -122,9 +122,9 @@ class GroundingCollator:
         if self.inference:
             text, answer, label_chars, tail, probed = prompt, "", 0, 0, None
         else:
-            # The answer needs the resized size, which only the processor output knows: probe it first.
-            grid = self.processor.image_processor(images=[image], return_tensors="pt")["image_grid_thw"][0]
-            probed = (int(grid[2]) * self.patch_size, int(grid[1]) * self.patch_size)
+            # The answer needs the resized size before the text is tokenised: ask the image processor's own
+            # resize rule (no pixel work); the processor output below must agree, or the example fails.
+            probed = self._resized_size(image)
             answer = self.action_format.render(example.point, example.image_size, probed)
             text = self.processor.apply_chat_template(self.messages(example, answer), tokenize=False)
             if not text.startswith(prompt + answer):
@@ -175,6 +175,17 @@ class GroundingCollator:
             example=example,
         )
         return sample
+
+    def _resized_size(self, image) -> tuple[int, int]:
+        """(W, H) the image processor will resize `image` to, from its smart_resize and pixel limits."""
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        size = self.processor.image_processor.size
+        height, width = smart_resize(
+            image.height, image.width, factor=self.patch_size * self.merge_size,
+            min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"],
+        )
+        return width, height
 
     def _truncate(self, sample: dict, positions: torch.Tensor, example: GroundingExample) -> dict:
         """Cut to max_length only where nothing but answer tokens after the coordinates are lost."""
