@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from scripts.ddp_align import examples  # the same small screens the DDP test trains on
 from transformers import Trainer, TrainingArguments
 
 from eagle_align.alignment import build_alignment_examples, deviation_loss, redundancy_loss
@@ -20,7 +20,6 @@ from eagle_align.attribution import (
     slice_sample,
 )
 from eagle_align.data.collator import GroundingCollator
-from eagle_align.data.schema import GroundingExample
 from eagle_align.models import get_family, load_model_and_processor
 from eagle_align.models.lora import apply_lora
 from eagle_align.trainer import ALIGNMENT_STATE_FILE, PriorAlignedConfig, PriorAlignedTrainer, dropout_off
@@ -28,18 +27,6 @@ from eagle_align.trainer import ALIGNMENT_STATE_FILE, PriorAlignedConfig, PriorA
 FAMILY = "qwen2_5_vl"
 FAST = dict(n_regions=16, max_regions=3, selection="all", attribution_batch_size=32, report_to="none",
             use_cpu=True, save_strategy="no", logging_steps=1, learning_rate=1e-3, seed=0)
-
-
-def examples(n: int) -> list[GroundingExample]:
-    """Grey screens with one coloured button each, at different places."""
-    out = []
-    for i in range(n):
-        pixels = np.full((140, 196, 3), 210, dtype=np.uint8)
-        x, y = 16 + 37 * (i % 4), 20 + 50 * (i // 4 % 2)
-        pixels[y : y + 30, x : x + 40] = (220, 30, 30)
-        out.append(GroundingExample(image=Image.fromarray(pixels), image_size=(196, 140),
-                                    instruction="click the red button", bbox=(x, y, x + 40, y + 30), id=f"s{i}"))
-    return out
 
 
 @pytest.fixture

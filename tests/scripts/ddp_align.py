@@ -25,6 +25,7 @@ FAMILY = "qwen2_5_vl"
 
 
 def examples(n: int) -> list[GroundingExample]:
+    """Grey screens with one red button each, at different places."""
     out = []
     for i in range(n):
         pixels = np.full((140, 196, 3), 210, dtype=np.uint8)
