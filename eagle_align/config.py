@@ -1,0 +1,99 @@
+"""`PriorAlignedConfig`: `TrainingArguments` plus every knob of prior alignment (DESIGN.md §2).
+
+Kept apart from the trainer, TRL-style (`SFTConfig` beside `SFTTrainer`): a recipe's alignment keys are
+validated here, at construction, with messages that name the option.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+from eagle_align.alignment.losses import LOSS_VARIANTS
+from eagle_align.attribution.masking import BASELINES
+from eagle_align.attribution.regions import REGION_METHODS
+from eagle_align.attribution.scoring import REDUCTIONS
+from eagle_align.attribution.search import DEFAULT_RESORT_EVERY, DEFAULT_SEARCH_SCOPE, STRATEGIES
+
+SELECTIONS = ("confident_correct", "all")
+
+
+@dataclass
+class PriorAlignedConfig(TrainingArguments):
+    """TrainingArguments plus every knob of the prior-alignment method, with the paper's defaults."""
+
+    alignment: bool = field(default=True, metadata={"help": "Add the alignment losses (False: plain SFT)."})
+    align_every: int = field(default=5, metadata={"help": "Align on every n-th optimizer step."})
+    align_start_step: int = field(default=0, metadata={"help": "No alignment before this optimizer step."})
+    lambda_deviation: float = field(default=0.5, metadata={"help": "Weight of the mean deviation loss."})
+    lambda_redundancy: float = field(default=0.5, metadata={"help": "Weight of the mean redundancy loss."})
+    loss_variant: str = field(default="paper", metadata={"help": "paper | log | adaptive_log."})
+    adaptive_beta: float = field(default=2.0, metadata={"help": "β of the adaptive_log penalty."})
+    insertion_weight: float = field(default=2.0, metadata={"help": "a in F(S) = a·P(x_S) + b·(1 − P(x_¬S))."})
+    deletion_weight: float = field(default=1.0, metadata={"help": "b in F(S)."})
+    selection: str = field(
+        default="confident_correct",
+        metadata={"help": "confident_correct (argmax right at every decision token and P(x) ≥ min_confidence) | all."},
+    )
+    min_confidence: float = field(default=0.75, metadata={"help": "Minimum P(x) for a sample to be aligned."})
+    max_aligned_per_step: int | None = field(
+        default=8, metadata={"help": "Cap on aligned samples per device and micro-batch (None: no cap)."}
+    )
+    prior_overlap: float = field(default=0.15, metadata={"help": "Region is on-prior if the box covers this share."})
+    n_regions: int = field(default=64, metadata={"help": "Regions the screenshot is partitioned into."})
+    region_method: str = field(default="grid", metadata={"help": "grid | slic."})
+    search: str = field(default="efficient", metadata={"help": "efficient | exact | single_round."})
+    search_scope: int = field(default=DEFAULT_SEARCH_SCOPE, metadata={"help": "Candidates between re-sorts."})
+    resort_every: int | None = field(
+        default=DEFAULT_RESORT_EVERY, metadata={"help": "Re-sort all candidates every n steps (None: once)."}
+    )
+    max_regions: int = field(default=10, metadata={"help": "Ranked regions per attribution."})
+    stop_confidence: float | None = field(default=0.8, metadata={"help": "Stop ranking once P(x_S) reaches it."})
+    baseline: str = field(default="black", metadata={"help": "Masking baseline: black | mean | background."})
+    score_reduction: str = field(default="mean", metadata={"help": "mean | logmean over decision tokens."})
+    attribution_batch_size: int = field(default=16, metadata={"help": "Masked inputs per attribution forward."})
+    loss_chunk_size: int = field(default=4, metadata={"help": "Masked inputs per gradient forward (even, ≥ 2)."})
+    prior_hit_k: int = field(default=3, metadata={"help": "k of the logged align/prior_hit@k."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator's 'meta' must reach compute_loss."}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            # `accelerate launch --multi_gpu` on a machine without GPUs starts several processes; only with
+            # use_cpu does transformers set them up as one gloo DDP group instead of independent runs.
+            self.use_cpu = True
+        super().__post_init__()
+        choices = {
+            "loss_variant": LOSS_VARIANTS, "selection": SELECTIONS, "region_method": REGION_METHODS,
+            "search": STRATEGIES, "baseline": BASELINES, "score_reduction": REDUCTIONS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        minimums = {
+            "align_every": 1, "align_start_step": 0, "n_regions": 1, "max_regions": 1, "search_scope": 1,
+            "attribution_batch_size": 1, "loss_chunk_size": 2, "prior_hit_k": 1,
+        }
+        for name, low in minimums.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least {low}")
+        for name in ("max_aligned_per_step", "resort_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1 (or None)")
+        for name in ("lambda_deviation", "lambda_redundancy", "insertion_weight", "deletion_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be ≥ 0")
+        if self.insertion_weight + self.deletion_weight <= 0:
+            raise ValueError("insertion_weight + deletion_weight must be > 0")
+        for name in ("min_confidence", "prior_overlap", "stop_confidence"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}={value} must lie in [0, 1]")
+        if not self.adaptive_beta > 0:
+            raise ValueError(f"adaptive_beta={self.adaptive_beta} must be > 0")
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns=True would drop the collator's 'meta'; leave it False")
