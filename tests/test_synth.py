@@ -132,3 +132,22 @@ def test_cli_synth(tmp_path, capsys):
     records = _records(tmp_path / "shifted.jsonl")
     assert len(records) == 3 and all(r["extra"]["cue_on"] == "distractor" for r in records)
     assert all((tmp_path / r["image"]).is_file() for r in records)
+
+
+def test_cue_colour_changes_only_the_cue(tmp_path):
+    white = _records(generate_synthetic(tmp_path / "w", 8, seed=2, cue_fraction=1.0, split="shifted"))
+    rc = main(["data", "synth", "--out", str(tmp_path / "m"), "--n", "8", "--seed", "2", "--cue-fraction", "1",
+               "--split", "shifted", "--cue-colour", "magenta"])
+    magenta = _records(tmp_path / "m" / "shifted.jsonl")
+    assert rc == 0
+    for a, b in zip(white, magenta):
+        assert a["extra"]["cue_colour"] == [255, 255, 255] and b["extra"]["cue_colour"] == [255, 0, 255]
+        assert a["bbox"] == b["bbox"] and a["extra"]["cue_bbox"] == b["extra"]["cue_bbox"]  # same layout
+        pa = np.asarray(Image.open(tmp_path / "w" / a["image"])).astype(int)
+        pb = np.asarray(Image.open(tmp_path / "m" / b["image"])).astype(int)
+        x1, y1, x2, y2 = b["extra"]["cue_bbox"]
+        assert (pb[y1:y2, x1:x2] == (255, 0, 255)).all()
+        pa[y1:y2, x1:x2] = pb[y1:y2, x1:x2]
+        assert np.array_equal(pa, pb)  # nothing else moved
+    with pytest.raises(ValueError, match="cue_colour='teal'"):
+        generate_synthetic(tmp_path, 2, cue_colour="teal")

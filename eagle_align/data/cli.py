@@ -8,7 +8,7 @@ from collections import Counter
 
 def data_arguments(parser: argparse.ArgumentParser) -> None:
     from eagle_align.data.loaders import BBOX_FORMATS, FORMATS
-    from eagle_align.data.synth import LAYOUTS, PRESETS, RELATIONS, SPLITS
+    from eagle_align.data.synth import CUE_COLOURS, LAYOUTS, PRESETS, RELATIONS, SPLITS
 
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     validate = sub.add_parser("validate", help="Load a dataset, print counts per split and every problem found.")
@@ -29,6 +29,8 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--layout", default="mixed", choices=LAYOUTS, help="gui preset: screen layout")
     synth.add_argument("--cue-relation", default=None, choices=RELATIONS,
                        help="where the cue sits relative to its element (default: preset's own)")
+    synth.add_argument("--cue-colour", default=None, choices=sorted(CUE_COLOURS),
+                       help="colour of the cue (default: preset's own: shortcut white, gui magenta)")
 
 
 def data_command(args: argparse.Namespace) -> int:
@@ -37,7 +39,7 @@ def data_command(args: argparse.Namespace) -> int:
 
         path = generate_synthetic(args.out, args.n, seed=args.seed, preset=args.preset, cue_fraction=args.cue_fraction,
                                   split=args.split, difficulty=args.difficulty, layout=args.layout,
-                                  cue_relation=args.cue_relation)
+                                  cue_relation=args.cue_relation, cue_colour=args.cue_colour)
         print(f"wrote {args.n} {args.preset} samples ({args.split}) to {path}")
         return 0
     from eagle_align.data.loaders import load_examples

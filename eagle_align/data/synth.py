@@ -22,6 +22,9 @@ PRESETS = ("shortcut", "gui")
 SPLITS = ("train", "test", "shifted")
 LAYOUTS = ("mobile", "desktop", "web", "mixed")
 RELATIONS = ("top_left", "right", "left", "above", "below")
+# Cue colours by name (the presets' defaults are white for shortcut, magenta for gui). How salient the cue is
+# decides whether a model takes the shortcut: tiny Qwen3-VL models learn a magenta cue fast, a white one not.
+CUE_COLOURS = {"white": (255, 255, 255), "magenta": (255, 0, 255)}
 # shortcut difficulty → (slots per side, position jitter as a fraction of the slot)
 _SHORTCUT_LEVELS = {1: (2, 0.0), 2: (2, 0.12), 3: (3, 0.0), 4: (4, 0.1)}
 # gui difficulty → (screen scale, content columns, content rows)
@@ -201,8 +204,12 @@ def _gui_screen(rng: random.Random, difficulty: int, layout: str, relation: str)
 
 
 def synth_record(index: int, seed: int, split: str = "train", preset: str = "shortcut", cue_fraction: float = 0.0,
-                 difficulty: int = 1, layout: str = "mixed", cue_relation: str | None = None) -> tuple[Image.Image, dict]:
-    """One screenshot and its JSONL record (image path left to the caller); deterministic per arguments."""
+                 difficulty: int = 1, layout: str = "mixed", cue_relation: str | None = None,
+                 cue_colour: str | None = None) -> tuple[Image.Image, dict]:
+    """One screenshot and its JSONL record (image path left to the caller); deterministic per arguments.
+
+    `cue_colour` (a CUE_COLOURS name, None = the preset's own) changes only the cue's pixels, not the layout.
+    """
     rng = random.Random(f"eagle-synth:{preset}:{seed}:{split}:{index}")
     if preset == "shortcut":
         screen = _shortcut_screen(rng, difficulty)
@@ -210,6 +217,7 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
         screen = _gui_screen(rng, difficulty, layout, cue_relation or "right")
     relation = cue_relation or screen["relation"]
     has_cue = rng.random() < cue_fraction
+    colour = CUE_COLOURS[cue_colour] if cue_colour is not None else screen["cue_colour"]
     cue_box, anchor = None, None
     if has_cue:
         if split == "shifted":
@@ -217,7 +225,7 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
         else:
             anchor = screen["target"]
         cue_box = _box_relation(anchor, screen["cue_size"], screen["cue_gap"], relation)
-        screen["draw"].rectangle([cue_box[0], cue_box[1], cue_box[2] - 1, cue_box[3] - 1], fill=screen["cue_colour"])
+        screen["draw"].rectangle([cue_box[0], cue_box[1], cue_box[2] - 1, cue_box[3] - 1], fill=colour)
     image = screen["image"]
     record = {
         "instruction": screen["instruction"],
@@ -230,6 +238,7 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
         "extra": {"split": split, "preset": preset, "seed": seed, "difficulty": difficulty,
                   "cue_bbox": cue_box, "cue_on": None if not has_cue else ("distractor" if split == "shifted" else "target"),
                   "cue_anchor_bbox": anchor, "cue_relation": relation if has_cue else None,
+                  "cue_colour": list(colour) if has_cue else None,
                   "distractor_bboxes": screen["distractors"], **screen["extra"]},
     }
     return image, record
@@ -237,13 +246,14 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
 
 def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str = "shortcut",
                        cue_fraction: float = 0.0, split: str = "train", difficulty: int = 1,
-                       layout: str = "mixed", cue_relation: str | None = None) -> Path:
+                       layout: str = "mixed", cue_relation: str | None = None, cue_colour: str | None = None) -> Path:
     """Write `n` screenshots to `out_dir/images/` and their records to `out_dir/{split}.jsonl`; return that path.
 
     preset "shortcut": 256×256 grey screen, squares in slots, the red one is the target (tiny models learn
     it on CPU); "gui": mobile/desktop/web screens with buttons, text fields and icons. cue_fraction: share of
     samples with the cue; it sits at `cue_relation` of the target in "train"/"test" and of a distractor in
     "shifted". difficulty: 1 (easiest) and up; see the synthetic data card for what each level means.
+    cue_colour: a CUE_COLOURS name; None keeps the preset's own (shortcut: white, gui: magenta).
     """
     levels = _SHORTCUT_LEVELS if preset == "shortcut" else _GUI_LEVELS
     checks = [
@@ -251,6 +261,8 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
         (split in SPLITS, f"split={split!r}; choose one of {', '.join(SPLITS)}"),
         (layout in LAYOUTS, f"layout={layout!r}; choose one of {', '.join(LAYOUTS)}"),
         (cue_relation is None or cue_relation in RELATIONS, f"cue_relation={cue_relation!r}; choose one of {RELATIONS}"),
+        (cue_colour is None or cue_colour in CUE_COLOURS,
+         f"cue_colour={cue_colour!r}; choose one of {', '.join(CUE_COLOURS)}"),
         (0.0 <= cue_fraction <= 1.0, f"cue_fraction={cue_fraction} must be within [0, 1]"),
         (isinstance(n, int) and n > 0, f"n={n!r} must be a positive integer"),
         (difficulty in levels, f"difficulty={difficulty!r}; preset {preset!r} has levels {sorted(levels)}"),
@@ -263,7 +275,8 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
     path = out / f"{split}.jsonl"
     with open(path, "w", encoding="utf-8") as handle:
         for index in range(n):
-            image, record = synth_record(index, seed, split, preset, cue_fraction, difficulty, layout, cue_relation)
+            image, record = synth_record(index, seed, split, preset, cue_fraction, difficulty, layout, cue_relation,
+                                         cue_colour)
             name = f"images/{split}_{index:05d}.png"
             image.save(out / name)
             record = {"image": name, **record}
