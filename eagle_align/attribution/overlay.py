@@ -17,8 +17,13 @@ REGION_COLOUR = (0, 200, 255)
 
 
 def _heat(attribution: Attribution, size: tuple[int, int]) -> np.ndarray:
-    """Non-negative importance per pixel in [0, 1], shape (H, W)."""
+    """Importance per pixel in [0, 1], shape (H, W), relative to the least important cell.
+
+    Singleton scores are positive almost everywhere (any region alone gives the answer some support), so
+    scaling by the peak alone would tint the whole screenshot; the floor is subtracted first.
+    """
     cells = attribution.cell_importance().clamp_min(0).numpy().astype(np.float32)
+    cells = cells - float(cells.min())
     peak = float(cells.max())
     if peak > 0:
         cells = cells / peak
