@@ -1,0 +1,318 @@
+"""`eagle-align demo`: plain SFT vs prior-aligned training on a synthetic shortcut benchmark, offline, on CPU.
+
+What it shows: the training screens carry a spurious cue (a white marker beside the target), so a model can
+get every training click right by following the marker. The `shifted` test split moves the marker beside a
+distractor. SFT and prior-aligned training run with the same seed, data order, step count and recipe
+(`recipes/train/tiny_synthetic_cpu.yaml`, through the same `run_training` as `eagle-align train`); the eval
+harness then measures click accuracy on both test splits and the point game (is the top-ranked evidence
+inside the target box?) on the shifted one.
+
+The model is a tiny Qwen3-VL built from scratch (its vision tower has learned absolute position embeddings;
+the tiny Qwen2.5-VL, with positions only in rotary embeddings, does not learn quadrant positions here), fully
+fine-tuned: a random model has nothing for LoRA to adapt.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+FAMILY = "qwen3_vl"
+# 256 x 256 screens -> an 8 x 8 grid of 32-px merged cells (the 64 attribution regions).
+PIXELS = 256 * 256
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
+SPLITS = ("iid", "shifted")
+MODELS = ("sft", "aligned")
+# Benchmark: the `shortcut` preset at difficulty 1 (one red square in one of four quadrants, the only
+# setting a tiny model learns in minutes) with the cue beside the target in every training screen. Magenta,
+# not the preset's white: tiny models never learn a white 16-px cue here (so SFT would have no shortcut to
+# take), while a magenta one is learned about as fast as the red square (data card, demo section).
+TRAIN_CUE_FRACTION = 1.0
+CUE_COLOUR = "magenta"
+# Sizes: full run (about 9 minutes on 2 CPU cores) and --quick (about 2 minutes, used by the test suite).
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {"train": 1600, "iid": 128, "shifted": 128, "attribution_samples": 32, "overrides": {}},
+    "quick": {"train": 480, "iid": 32, "shifted": 32, "attribution_samples": 4,
+              "overrides": {"max_steps": 60, "align_start_step": 30, "max_aligned_per_step": 2}},
+}
+# Point game: top-1 region of the model's own click inside the target box. The masking baseline is the
+# screenshot's background colour (removing a region = showing empty screen there), not black: a black cell
+# on a grey screen is an artefact these models never saw. `single_round` ranks by singleton scores, whose
+# top-1 is the greedy search's first pick, so the point game equals the harness default's at 2N forwards.
+ATTRIBUTION = {"baseline": "background", "strategy": "single_round"}
+FIGURE_SAMPLES = 4
+
+
+def _stage(start: float, message: str) -> None:
+    elapsed = time.perf_counter() - start
+    print(f"[demo {int(elapsed // 60):02d}:{int(elapsed % 60):02d}] {message}", flush=True)
+
+
+def _training_config(recipe: Path, checkpoint: Path, train: Path, out: Path, seed: int, alignment: bool,
+                     overrides: dict[str, Any]) -> dict[str, Any]:
+    from eagle_align.train import load_config
+
+    return load_config(recipe, {
+        **overrides,
+        "model_name_or_path": str(checkpoint),
+        "train_data": str(train),
+        "output_dir": str(out),
+        "seed": seed,
+        "alignment": alignment,
+        "min_pixels": PIXELS,
+        "max_pixels": PIXELS,
+    })
+
+
+def _alignment_summary(trainer) -> dict[str, Any]:
+    """Cumulative alignment counts and the last logged align/ metrics (what the losses did)."""
+    counts = {k: int(v) for k, v in trainer.alignment_state.items()}
+    logged = [e for e in trainer.state.log_history if any(k.startswith("align/") for k in e)]
+    trace = [
+        {"step": e["step"], **{k[6:]: round(float(v), 4) for k, v in e.items()
+                               if k in ("align/deviation_examples", "align/loss_deviation", "align/point_game")}}
+        for e in logged
+    ]
+    return {**counts, "trace": trace}
+
+
+def _comparison_figure(models: dict[str, tuple], examples, records: dict[str, list[dict]], path: Path) -> Path:
+    """The same shifted screenshots, one row each: heatmap of the SFT model | of the aligned model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eagle_align.data.images import image_for_processor
+    from eagle_align.eval import attribute_predictions
+    from eagle_align.eval.plots import overlay
+
+    n = min(FIGURE_SAMPLES, len(examples))
+    fig, axes = plt.subplots(n, len(models), figsize=(3.4 * len(models), 3.5 * n), squeeze=False)
+    for col, (name, (model, processor, fmt)) in enumerate(models.items()):
+        rows, attributions = attribute_predictions(
+            model, processor, examples, records[name], fmt, n, progress=False, **ATTRIBUTION
+        )
+        on_prior = {row["index"]: row["point_game"] for row in rows}
+        for i in range(n):
+            ax = axes[i, col]
+            ax.axis("off")
+            record = records[name][i]
+            ax.imshow(overlay(image_for_processor(examples[i], processor), record, attributions.get(i)))
+            verdict = "click on target" if record["hit"] else "click MISSED"
+            evidence = {True: "top-1 in box", False: "top-1 outside box", None: "no click"}[on_prior.get(i)]
+            ax.set_title(f"{name}: {verdict}\n{evidence}", fontsize=8, color="green" if record["hit"] else "red")
+    fig.suptitle("Shifted split (cue beside a distractor): green box = target, magenta = click,\n"
+                 "heat = evidence for the click, 1-3 = top regions", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The compact result table printed at the end of the demo (percentages)."""
+    def pct(value: float | None) -> str:
+        return "   –  " if value is None else f"{100 * value:6.1f}"
+
+    lines = [
+        f"{'model':<9}{'iid click %':>13}{'shifted click %':>17}{'point game %':>14}",
+        *(f"{name:<9}{pct(report[name]['iid_click_accuracy']):>13}{pct(report[name]['shifted_click_accuracy']):>17}"
+          f"{pct(report[name]['point_game']):>14}" for name in MODELS),
+    ]
+    return "\n".join(lines)
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    def pct(value: float | None) -> str:
+        return "–" if value is None else f"{100 * value:.1f}"
+
+    rows = [f"| {name} | {pct(report[name]['iid_click_accuracy'])} | {pct(report[name]['shifted_click_accuracy'])} "
+            f"| {pct(report[name]['point_game'])} |" for name in MODELS]
+    aligned = report["aligned"]["alignment"]
+    settings = report["settings"]
+    return "\n".join([
+        "# eagle-align demo: SFT vs prior-aligned on a shortcut benchmark",
+        "",
+        f"Seed {report['seed']}, {report['minutes']:.1f} minutes{' (quick)' if report['quick'] else ''}. "
+        f"Tiny from-scratch {report['family']} ({settings['trainable_parameters']:,} trainable parameters), "
+        f"{settings['max_steps']} steps each on {settings['train_examples']} training screens whose "
+        f"{settings['cue_colour']} cue sits beside the target.",
+        "",
+        f"| model | iid click acc. (%, n={settings['iid_examples']}) | shifted click acc. (%, n={settings['shifted_examples']}) "
+        f"| point game on shifted (%, n={settings['attribution_samples']}) |",
+        "|---|---:|---:|---:|",
+        *rows,
+        "",
+        "- **iid**: cue beside the target, as in training. **shifted**: cue beside a distractor; a model that "
+        "follows the cue misses.",
+        "- **point game**: the top-1 region of the attribution of the model's own click lies in the target box "
+        f"(baseline `{ATTRIBUTION['baseline']}`, {settings['n_regions']} regions).",
+        f"- Alignment: {aligned.get('alignment_steps', 0)} alignment steps, {aligned.get('selected', 0)} samples "
+        f"attributed, {aligned.get('deviation_examples', 0)} deviation terms (top-1 evidence off the target box).",
+        "",
+        "![attribution comparison](attribution_comparison.png)",
+        "",
+        "Per-split evaluation reports (predictions, metrics, plots): "
+        + ", ".join(f"[{m}/{s}](eval/{m}/{s}/report.md)" for m in MODELS for s in SPLITS),
+        "",
+        "```json",
+        json.dumps(settings, indent=2),
+        "```",
+        "",
+    ])
+
+
+def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = False,
+             recipe: str | Path | None = None) -> dict[str, Any]:
+    """Build the tiny model and data, train SFT and prior-aligned, evaluate both, write the report.
+
+    Returns the report dict (also written to `out_dir/report.json`).
+    """
+    from eagle_align.data import generate_synthetic, load_examples
+    from eagle_align.eval import evaluate, read_predictions
+    from eagle_align.models import build_tiny_checkpoint, load_model_and_processor
+    from eagle_align.train import run_training
+
+    start = time.perf_counter()
+    recipe = Path(recipe) if recipe is not None else RECIPE
+    if not recipe.is_file():
+        raise FileNotFoundError(f"demo recipe {recipe} not found (pass recipe= / --recipe)")
+    size = SIZES["quick" if quick else "full"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    _stage(start, f"1/5 building a tiny {FAMILY} checkpoint (seed {seed})")
+    checkpoint = build_tiny_checkpoint(FAMILY, out / "checkpoint", seed=seed, min_pixels=PIXELS, max_pixels=PIXELS)
+
+    _stage(start, "2/5 generating the shortcut benchmark (train: cue beside the target; shifted: beside a distractor)")
+    def synth(split: str, n: int, cue_fraction: float) -> Path:
+        return generate_synthetic(out / "data", n, seed=seed, preset="shortcut", cue_fraction=cue_fraction,
+                                  split=split, difficulty=1, cue_colour=CUE_COLOUR)
+
+    train = synth("train", size["train"], TRAIN_CUE_FRACTION)
+    tests = {"iid": synth("test", size["iid"], TRAIN_CUE_FRACTION), "shifted": synth("shifted", size["shifted"], 1.0)}
+
+    trained: dict[str, Any] = {}
+    for step, name in enumerate(MODELS, start=3):
+        _stage(start, f"{step}/5 training {name} ({'prior-aligned' if name == 'aligned' else 'plain SFT'})")
+        config = _training_config(recipe, checkpoint, train, out / name, seed, name == "aligned", size["overrides"])
+        trainer = run_training(config)
+        trained[name] = {
+            "config": config,
+            "max_steps": trainer.state.global_step,
+            "trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+            "alignment": _alignment_summary(trainer) if name == "aligned" else None,
+            "n_regions": trainer.args.n_regions,
+            "loss_curve": [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e],
+        }
+        del trainer
+
+    _stage(start, "5/5 evaluating both models on the iid and shifted test splits")
+    examples = {split: load_examples(path) for split, path in tests.items()}
+    loaded, metrics, records = {}, {}, {}
+    for name in MODELS:
+        model, processor = load_model_and_processor(str(out / name), dtype="float32", min_pixels=PIXELS,
+                                                    max_pixels=PIXELS)
+        fmt = trained[name]["config"].get("action_format")
+        loaded[name] = (model, processor, fmt)
+        for split in SPLITS:
+            _stage(start, f"   {name} on {split}")
+            metrics[name, split] = evaluate(
+                model, processor, examples[split], action_format=fmt, batch_size=16,
+                attribution_samples=size["attribution_samples"] if split == "shifted" else 0,
+                attribution_options=ATTRIBUTION, out_dir=out / "eval" / name / split,
+            )
+        records[name] = read_predictions(out / "eval" / name / "shifted" / "predictions.jsonl")
+    figure = _comparison_figure(loaded, examples["shifted"], records, out / "attribution_comparison.png")
+
+    report: dict[str, Any] = {"seed": seed, "quick": quick, "family": FAMILY}
+    for name in MODELS:
+        shifted = metrics[name, "shifted"]
+        report[name] = {
+            "iid_click_accuracy": metrics[name, "iid"]["click_accuracy"],
+            "shifted_click_accuracy": shifted["click_accuracy"],
+            "point_game": shifted.get("attribution", {}).get("overall", {}).get("point_game"),
+            "iid_mean_distance": metrics[name, "iid"]["mean_distance"],
+            "shifted_mean_distance": shifted["mean_distance"],
+            "eval_dirs": {split: str(out / "eval" / name / split) for split in SPLITS},
+            "loss_curve": trained[name]["loss_curve"],
+        }
+    report["aligned"]["alignment"] = trained["aligned"]["alignment"]
+    report["settings"] = {
+        "recipe": str(recipe),
+        "max_steps": trained["sft"]["max_steps"],
+        "trainable_parameters": trained["sft"]["trainable"],
+        "train_examples": size["train"],
+        "train_cue_fraction": TRAIN_CUE_FRACTION,
+        "cue_colour": CUE_COLOUR,
+        "iid_examples": size["iid"],
+        "shifted_examples": size["shifted"],
+        "attribution_samples": size["attribution_samples"],
+        "point_game_split": "shifted",
+        "n_regions": trained["aligned"]["n_regions"],
+        "attribution": ATTRIBUTION,
+        "overrides": size["overrides"],
+    }
+    report["figure"] = figure.name
+    report["minutes"] = (time.perf_counter() - start) / 60
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(_markdown(report))
+    _stage(start, f"done: {out / 'report.md'}")
+    print(format_table(report), flush=True)
+    return report
+
+
+def summarize_seeds(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample standard deviation of the headline numbers over demo runs (one per seed)."""
+    keys = ("iid_click_accuracy", "shifted_click_accuracy", "point_game")
+    summary: dict[str, Any] = {"seeds": [r["seed"] for r in reports]}
+    for name in MODELS:
+        summary[name] = {}
+        for key in keys:
+            values = [r[name][key] for r in reports if r[name][key] is not None]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            summary[name][key] = (statistics.mean(values), spread) if values else (None, None)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Mean ± std table (percentages) over seeds."""
+    def cell(pair: tuple) -> str:
+        return "–" if pair[0] is None else f"{100 * pair[0]:.1f} ± {100 * pair[1]:.1f}"
+
+    lines = [f"seeds {', '.join(map(str, summary['seeds']))} (mean ± std, %)",
+             f"{'model':<9}{'iid click':>15}{'shifted click':>15}{'point game':>15}"]
+    for name in MODELS:
+        row = summary[name]
+        lines.append(f"{name:<9}{cell(row['iid_click_accuracy']):>15}{cell(row['shifted_click_accuracy']):>15}"
+                     f"{cell(row['point_game']):>15}")
+    return "\n".join(lines)
+
+
+def demo_arguments(parser) -> None:
+    parser.add_argument("--out", default="outputs/demo", help="output directory (default: outputs/demo)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model, the data and training")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="run once per seed into OUT/seed-S and write OUT/summary.json (mean ± std)")
+    parser.add_argument("--quick", action="store_true", help="smaller configuration (about 2 minutes)")
+    parser.add_argument("--recipe", default=None, help=f"training recipe (default: {RECIPE.name})")
+
+
+def demo_command(args) -> int:
+    if not args.seeds:
+        run_demo(args.out, seed=args.seed, quick=args.quick, recipe=args.recipe)
+        return 0
+    out = Path(args.out)
+    reports = [run_demo(out / f"seed-{seed}", seed=seed, quick=args.quick, recipe=args.recipe) for seed in args.seeds]
+    summary = summarize_seeds(reports)
+    summary["per_seed"] = {r["seed"]: {name: {k: r[name][k] for k in ("iid_click_accuracy", "shifted_click_accuracy",
+                                                                        "point_game")} for name in MODELS}
+                           for r in reports}
+    summary["minutes"] = [r["minutes"] for r in reports]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(format_summary(summary), flush=True)
+    return 0

@@ -1,0 +1,67 @@
+"""`eagle-align demo --quick` end to end: report files, keys, and numbers that match the eval outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eagle_align.demo import MODELS, SPLITS, format_summary, format_table, summarize_seeds
+
+
+def _report(sft: tuple, aligned: tuple, seed: int = 0) -> dict:
+    keys = ("iid_click_accuracy", "shifted_click_accuracy", "point_game")
+    return {"seed": seed, "sft": dict(zip(keys, sft)), "aligned": dict(zip(keys, aligned))}
+
+
+def test_table_and_seed_summary():
+    reports = [_report((1.0, 0.5, 0.25), (1.0, 0.75, None)), _report((0.5, 0.25, 0.75), (1.0, 1.0, 0.5), seed=1)]
+    table = format_table(reports[0])
+    assert "shifted click %" in table and "  50.0" in table and "  75.0" in table and "–" in table
+    summary = summarize_seeds(reports)
+    assert summary["sft"]["iid_click_accuracy"] == pytest.approx((0.75, 0.3535534), rel=1e-6)
+    assert summary["aligned"]["shifted_click_accuracy"] == pytest.approx((0.875, 0.1767767), rel=1e-6)
+    assert summary["aligned"]["point_game"] == (0.5, 0.0)  # a missing value is left out, not counted as 0
+    assert summary["seeds"] == [0, 1]
+    assert "75.0 ± 35.4" in format_summary(summary) and "87.5 ± 17.7" in format_summary(summary)
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "eagle_align.cli", "demo", "--quick", "--seed", "3", "--out", str(out)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "5/5 evaluating" in result.stdout and "shifted click %" in result.stdout
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["seed"] == 3 and report["quick"] is True and report["minutes"] > 0
+    assert (out / "report.md").read_text().startswith("# eagle-align demo")
+    assert (out / "attribution_comparison.png").stat().st_size > 10_000
+    for name in MODELS:
+        for split in SPLITS:
+            metrics = json.loads((out / "eval" / name / split / "metrics.json").read_text())
+            assert report[name][f"{split}_click_accuracy"] == metrics["click_accuracy"]
+            predictions = (out / "eval" / name / split / "predictions.jsonl").read_text().splitlines()
+            assert len(predictions) == report["settings"][f"{split}_examples"]
+        shifted = json.loads((out / "eval" / name / "shifted" / "metrics.json").read_text())
+        assert report[name]["point_game"] == shifted["attribution"]["overall"]["point_game"]
+        assert shifted["attribution"]["settings"]["baseline"] == "background"
+    # Same seed, data order and step count: both runs' losses are identical until alignment starts.
+    start = report["settings"]["overrides"]["align_start_step"]
+    sft_curve, aligned_curve = report["sft"]["loss_curve"], report["aligned"]["loss_curve"]
+    assert [step for step, _ in sft_curve] == [step for step, _ in aligned_curve]
+    before = [i for i, (step, _) in enumerate(sft_curve) if step <= start]
+    assert before and all(sft_curve[i] == aligned_curve[i] for i in before)
+    assert sft_curve[-1][0] == aligned_curve[-1][0] == report["settings"]["max_steps"]
+    configs = {name: yaml.safe_load((out / name / "eagle_align_config.yaml").read_text()) for name in MODELS}
+    differing = {k for k in configs["sft"].keys() | configs["aligned"].keys() if configs["sft"].get(k) != configs["aligned"].get(k)}
+    assert differing == {"alignment", "output_dir"} and configs["aligned"]["alignment"] is True
+    assert report["aligned"]["alignment"]["alignment_steps"] > 0
+    assert Path(report["sft"]["eval_dirs"]["iid"]).is_dir()
