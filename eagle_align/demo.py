@@ -1,15 +1,15 @@
 """`eagle-align demo`: plain SFT vs prior-aligned training on a synthetic shortcut benchmark, offline, on CPU.
 
-What it shows: the training screens carry a spurious cue (a white marker beside the target), so a model can
+What it shows: the training screens carry a spurious cue (a magenta marker beside the target), so a model can
 get every training click right by following the marker. The `shifted` test split moves the marker beside a
 distractor. SFT and prior-aligned training run with the same seed, data order, step count and recipe
 (`recipes/train/tiny_synthetic_cpu.yaml`, through the same `run_training` as `eagle-align train`); the eval
 harness then measures click accuracy on both test splits and the point game (is the top-ranked evidence
 inside the target box?) on the shifted one.
 
-The model is a tiny Qwen3-VL built from scratch (its vision tower has learned absolute position embeddings;
-the tiny Qwen2.5-VL, with positions only in rotary embeddings, does not learn quadrant positions here), fully
-fine-tuned: a random model has nothing for LoRA to adapt.
+The model is a tiny Qwen3-VL built from scratch, fully fine-tuned (a random model has nothing for LoRA to
+adapt). The tiny Qwen2.5-VL learns the quadrant positions too but ignored the cue in all three seeds measured,
+so SFT had no shortcut for alignment to remove; the data card (data_cards/synthetic.md) has the measurements.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ MODELS = ("sft", "aligned")
 # take), while a magenta one is learned about as fast as the red square (data card, demo section).
 TRAIN_CUE_FRACTION = 1.0
 CUE_COLOUR = "magenta"
-# Sizes: full run (about 9 minutes on 2 CPU cores) and --quick (about 2 minutes, used by the test suite).
+# Sizes: full run (about 5 minutes on 2 CPU cores) and --quick (under a minute, used by the test suite; at 60
+# steps the cue is not learned yet, so --quick checks the pipeline, not the method).
 SIZES: dict[str, dict[str, Any]] = {
     "full": {"train": 1600, "iid": 128, "shifted": 128, "attribution_samples": 32, "overrides": {}},
     "quick": {"train": 480, "iid": 32, "shifted": 32, "attribution_samples": 4,
@@ -40,8 +41,9 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 # Point game: top-1 region of the model's own click inside the target box. The masking baseline is the
 # screenshot's background colour (removing a region = showing empty screen there), not black: a black cell
-# on a grey screen is an artefact these models never saw. `single_round` ranks by singleton scores, whose
-# top-1 is the greedy search's first pick, so the point game equals the harness default's at 2N forwards.
+# on a grey screen is an artefact these models never saw (with black, SFT models that ignore the cue entirely
+# scored 0 %). `single_round` ranks by singleton scores, whose top-1 is the greedy search's first pick, so the
+# point game equals the harness's default efficient search with the same baseline, at 2N forwards.
 ATTRIBUTION = {"baseline": "background", "strategy": "single_round"}
 FIGURE_SAMPLES = 4
 
