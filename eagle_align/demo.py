@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 FAMILY = "qwen3_vl"
-# 256 x 256 screens -> an 8 x 8 grid of 32-px merged cells (the 64 attribution regions).
+# 256 x 256 screens -> an 8 x 8 grid of 32-px merged cells (the 64 regions of the point game).
 PIXELS = 256 * 256
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
 SPLITS = ("iid", "shifted")
@@ -136,6 +136,7 @@ def _markdown(report: dict[str, Any]) -> str:
             f"| {pct(report[name]['point_game'])} |" for name in MODELS]
     aligned = report["aligned"]["alignment"]
     settings = report["settings"]
+    point = settings["point_game_attribution"]
     return "\n".join([
         "# eagle-align demo: SFT vs prior-aligned on a shortcut benchmark",
         "",
@@ -152,7 +153,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "- **iid**: cue beside the target, as in training. **shifted**: cue beside a distractor; a model that "
         "follows the cue misses.",
         "- **point game**: the top-1 region of the attribution of the model's own click lies in the target box "
-        f"(baseline `{ATTRIBUTION['baseline']}`, {settings['n_regions']} regions).",
+        f"(eval harness: {point['n_regions']}-region {point['region_method']}, baseline `{point['baseline']}`, "
+        f"{point['strategy']} search); alignment attributed over {settings['alignment_regions']}.",
         f"- Alignment: {aligned.get('alignment_steps', 0)} alignment steps, {aligned.get('selected', 0)} samples "
         f"attributed, {aligned.get('deviation_examples', 0)} deviation terms (top-1 evidence off the target box).",
         "",
@@ -208,7 +210,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
             "max_steps": trainer.state.global_step,
             "trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
             "alignment": _alignment_summary(trainer) if name == "aligned" else None,
-            "n_regions": trainer.args.n_regions,
+            "regions": f"{trainer.args.n_regions} {trainer.args.region_method} regions",
             "loss_curve": [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e],
         }
         del trainer
@@ -255,8 +257,8 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
         "shifted_examples": size["shifted"],
         "attribution_samples": size["attribution_samples"],
         "point_game_split": "shifted",
-        "n_regions": trained["aligned"]["n_regions"],
-        "attribution": ATTRIBUTION,
+        "alignment_regions": trained["aligned"]["regions"],
+        "point_game_attribution": metrics["aligned", "shifted"]["attribution"]["settings"],
         "overrides": size["overrides"],
     }
     report["figure"] = figure.name

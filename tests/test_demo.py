@@ -53,6 +53,8 @@ def test_quick_demo_end_to_end(tmp_path):
         shifted = json.loads((out / "eval" / name / "shifted" / "metrics.json").read_text())
         assert report[name]["point_game"] == shifted["attribution"]["overall"]["point_game"]
         assert shifted["attribution"]["settings"]["baseline"] == "background"
+    assert report["settings"]["point_game_attribution"] == shifted["attribution"]["settings"]
+    assert "64-region grid, baseline `background`" in (out / "report.md").read_text()
     # Same seed, data order and step count: both runs' losses are identical until alignment starts.
     start = report["settings"]["overrides"]["align_start_step"]
     sft_curve, aligned_curve = report["sft"]["loss_curve"], report["aligned"]["loss_curve"]
