@@ -144,7 +144,7 @@ def parse_config(config: dict[str, Any]):
 
 def _prepare_model(model_args: ModelArguments, lora_args: LoraArguments, training_args):
     from eagle_align.models import load_model_and_processor
-    from eagle_align.models.lora import apply_lora
+    from eagle_align.models.lora import LORA_TARGET_PRESETS, apply_lora
 
     if model_args.finetuning not in ("lora", "full"):
         raise ValueError(f"finetuning={model_args.finetuning!r}; choose lora or full")
@@ -171,7 +171,7 @@ def _prepare_model(model_args: ModelArguments, lora_args: LoraArguments, trainin
             model, use_gradient_checkpointing=training_args.gradient_checkpointing
         )
     targets = lora_args.lora_targets
-    if "," in targets or targets not in ("language", "language+merger", "all"):
+    if targets not in LORA_TARGET_PRESETS:
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     model = apply_lora(
         model,

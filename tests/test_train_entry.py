@@ -14,17 +14,17 @@ from safetensors.torch import load_file
 
 from eagle_align.data import generate_synthetic, load_examples
 from eagle_align.hub import read_card_header
-from eagle_align.models import detect_family
+from eagle_align.models import FAMILIES, detect_family
 from eagle_align.train import load_config, parse_config, parse_overrides, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes" / "train").glob("*.yaml"))
 REAL_RECIPES = [p for p in RECIPES if p.name != "tiny_synthetic_cpu.yaml"]
-FAMILY_OF_RECIPE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
 
 
 def _family_of(recipe: Path) -> str:
-    return next(f for f in sorted(FAMILY_OF_RECIPE, key=len, reverse=True) if recipe.name.startswith(f))
+    """Recipes are named after their family (qwen2_5_vl_3b_lora.yaml); the longest matching name wins."""
+    return next(f for f in sorted(FAMILIES, key=len, reverse=True) if recipe.name.startswith(f))
 
 
 @pytest.fixture(scope="module")
