@@ -7,7 +7,12 @@ stop, so insertion AUCs compare complete curves. The efficient trade-off curve s
 resort_every; the sweep reuses a cache of already-scored region sets (forward counts are those each
 configuration asks for, seconds are measured only for the uncached default runs).
 
-    python benchmarks/attribution_bench.py [--samples 3] [--train-steps 60]
+The pixel-space speed-up is then broken down (milliseconds per masked variant: the processor call alone, one
+full forward, the reference path, the batched path) and repeated on larger screenshots (`--speed-sizes`), which
+shows where the speed-up comes from on this machine: the reference pays per-call overhead that batching
+amortises, while both paths pay the same model compute, so the ratio falls as that compute grows.
+
+    python benchmarks/attribution_bench.py [--samples 3] [--train-steps 60] [--speed-sizes 256x256,512x512]
 
 The last output line is one JSON object (DESIGN.md §7).
 """
@@ -125,12 +130,66 @@ def reprocess_probs(model, processor, collator, example, meta, keep_cells, facto
     return torch.stack(rows)
 
 
+def per_variant_ms(model, processor, collator, example: GroundingExample, n_variants: int, batch_size: int):
+    """Milliseconds per masked variant of one screenshot: processor alone, one full forward, reference, batched."""
+    batch = collator([example])
+    meta, sample = batch["meta"][0], slice_sample(batch, 0)
+    partition = make_partition(meta.grid_hw, 64)
+    keep = partition.cells_of(torch.rand(n_variants, partition.n_regions) > 0.5)
+    image = image_for_processor(example, processor)
+    text = processor.apply_chat_template(collator.messages(example, meta.answer), tokenize=False)
+    factor = round(image.size[0] / meta.grid_hw[1])
+    with attribution_mode(model):
+        scorer = DecisionScorer(model, sample, meta, batch_size=batch_size)
+        scorer.token_probs(keep[:2])  # warm-up (and the cached row embeddings)
+        timings = {}
+        tic = time.perf_counter()
+        inputs = [processor(text=[text], images=[image], return_tensors="pt") for _ in range(n_variants)]
+        timings["processor_ms"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        for one in inputs:
+            model(**one)
+        timings["forward_ms"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        slow = reprocess_probs(model, processor, collator, example, meta, keep, factor)
+        timings["reference_ms"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        fast = scorer.token_probs(keep)
+        timings["batched_ms"] = time.perf_counter() - tic
+    out = {key: round(1000 * value / n_variants, 2) for key, value in timings.items()}
+    out["speedup"] = round(out["reference_ms"] / out["batched_ms"], 2)
+    out["max_prob_diff"] = float((fast - slow).abs().max())
+    return out
+
+
+def speed_by_size(sizes: list[tuple[int, int]], n_variants: int, batch_size: int) -> dict[str, dict]:
+    """The breakdown on an untrained tiny Qwen3-VL at each screenshot size (timing does not need training)."""
+    results = {}
+    for width, height in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = build_tiny_checkpoint("qwen3_vl", os.path.join(tmp, "tiny"), seed=0, min_pixels=width * height,
+                                         max_pixels=width * height)
+            model, processor = load_model_and_processor(str(path), dtype="float32")
+        example = screenshot(0, 0)
+        scale_x, scale_y = width / SIZE, height / SIZE
+        x1, y1, x2, y2 = example.bbox
+        example = GroundingExample(image=example.image.resize((width, height)), image_size=(width, height),
+                                   instruction=example.instruction, id=example.id,
+                                   bbox=(x1 * scale_x, y1 * scale_y, x2 * scale_x, y2 * scale_y))
+        collator = GroundingCollator(processor, "qwen3_vl")
+        results[f"{width}x{height}"] = per_variant_ms(model, processor, collator, example, n_variants, batch_size)
+        print(f"speed at {width}x{height}: {results[f'{width}x{height}']}", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=32, help="masked variants per forward")
     parser.add_argument("--speed-variants", type=int, default=64, help="variants timed for the speed-up")
+    parser.add_argument("--speed-sizes", default="256x256,512x512,1024x576",
+                        help="screenshot sizes (WxH, comma-separated) for the speed breakdown; '' skips it")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -198,6 +257,11 @@ def main() -> None:
     print(f"best within {BUDGET:.0%} of exact's forwards: search_scope={best[0]} resort_every={best[1]}; "
           f"defaults: search_scope={DEFAULT_SEARCH_SCOPE} resort_every={DEFAULT_RESORT_EVERY}")
 
+    breakdown = per_variant_ms(model, processor, collator, screenshot(0, 99), args.speed_variants, args.batch_size)
+    print(f"per-variant breakdown of the trained model at {SIZE}x{SIZE}: {breakdown}")
+    sizes = [tuple(int(v) for v in size.split("x")) for size in args.speed_sizes.split(",") if size]
+    by_size = speed_by_size(sizes, args.speed_variants // 2, args.batch_size)
+
     def mean(name: str, key: str) -> float:
         return totals[name][key] / args.samples
 
@@ -213,6 +277,8 @@ def main() -> None:
         "single_round_auc_ratio": round(mean("single_round", "auc") / mean("exact", "auc"), 4),
         "pixel_space_speedup": round(float(np.mean(speedups)), 2),
         "max_prob_diff": max(prob_diffs),
+        "speed_breakdown_ms": breakdown,
+        "speedup_by_size": {size: figures["speedup"] for size, figures in by_size.items()},
     }))
 
 
