@@ -3,14 +3,14 @@
 Attribution and alignment losses do a different amount of work on every rank (different samples, early
 stops, nothing selected). Under DDP every rank must run the same number of backward passes through the
 wrapped model, and under ZeRO-3 / FSDP every forward gathers parameters collectively, so every rank must also
-run the same number of forwards. The helpers here let ranks agree on counts and pad with dummy passes.
-Without an initialised process group they are no-ops, so single-process code runs the same path.
+run the same number of forwards, in the same order relative to every other collective. `gather_counts` and
+`pad_passes` let ranks agree on counts and pad the gradient passes; `Lockstep` pairs no-grad forwards one by
+one while their number is still unknown. Without an initialised process group they are no-ops, so single-process code runs the same path.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -54,27 +54,47 @@ def pad_passes(done: int, agreed: int, dummy_pass: Callable[[], None]) -> int:
     return missing
 
 
-class ForwardCounter:
-    """Counts forward calls of a model by hooking its input embeddings (run exactly once per forward).
+class Lockstep:
+    """Pairs the forwards of a block across ranks, then pads the ranks that finished early.
 
-    Counting calls, not masked inputs, is what matters for ZeRO-3 / FSDP: each call gathers parameters.
+    Under ZeRO-3 / FSDP every forward gathers parameters collectively. A rank that runs fewer attribution
+    forwards (an early stop, nothing selected) would otherwise reach its next collective while a peer is still
+    gathering parameters, and the two mismatched collectives hang or abort. Counting first and padding
+    afterwards is not enough for that reason. Instead, inside the block, every forward of `model` first joins an
+    all-reduce of "still working" flags. On leaving, a finished rank keeps joining with 0 and runs
+    `dummy_pass` until every rank is done. Each round is one flag all-reduce and one forward on every rank,
+    so collectives pair in order. `padded` counts the dummy passes. Without a process group it does nothing.
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-        if embeddings is None:
-            raise ValueError(f"{type(model).__name__} has no input embeddings to count forwards on")
-        self.calls = 0
-        self._module = embeddings
+    def __init__(
+        self, model: torch.nn.Module, dummy_pass: Callable[[], object], device: torch.device | str = "cpu"
+    ) -> None:
+        self.model, self.dummy_pass, self.device = model, dummy_pass, device
+        self.padded = 0
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
 
-    def _hook(self, module: torch.nn.Module, args: tuple) -> None:
-        self.calls += 1
+    def _still_working(self, flag: float) -> bool:
+        """All-reduce this rank's flag; True while any rank still has a real forward to run."""
+        total = torch.tensor([flag], dtype=torch.float32, device=self.device)
+        dist.all_reduce(total)
+        return bool(total.item() > 0)
 
-    @contextlib.contextmanager
-    def counting(self) -> Iterator[ForwardCounter]:
-        """Count the forwards run inside the block (calls accumulate across blocks)."""
-        handle = self._module.register_forward_pre_hook(self._hook)
-        try:
-            yield self
-        finally:
-            handle.remove()
+    def __enter__(self) -> Lockstep:
+        if is_distributed():
+            # prepend: the flag must be exchanged before FSDP's own pre-forward hook gathers parameters.
+            self._handle = self.model.register_forward_pre_hook(self._before_forward, prepend=True)
+        return self
+
+    def _before_forward(self, module: torch.nn.Module, args: tuple) -> None:
+        self._still_working(1.0)  # returns None: a pre-hook's return value would replace the inputs
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if self._handle is None:
+            return
+        self._handle.remove()
+        self._handle = None
+        if exc_type is not None:
+            return  # the error is what matters; peers will time out on their next collective
+        while self._still_working(0.0):
+            self.dummy_pass()
+            self.padded += 1

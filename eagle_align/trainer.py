@@ -167,28 +167,26 @@ class PriorAlignedTrainer(Trainer):
         args = self.args
         unwrapped = self.accelerator.unwrap_model(model)
         samples = _BatchSamples({**inputs, "meta": metas}, unwrapped, args)
-        counter = distributed.ForwardCounter(unwrapped)
         stats = dict.fromkeys(("point_hits", "prior_hits", "attribution_forwards", "deviation", "redundancy",
                                "nonfinite", "loss_forwards", "padded"), 0.0)
         start = time.perf_counter()
         built: list[tuple[int, AlignmentExamples]] = []
-        with counter.counting(), attribution_mode(unwrapped):
+        lockstep = distributed.Lockstep(unwrapped, lambda: samples.dummy_pass(unwrapped, grad=False),
+                                        self.accelerator.device)
+        with attribution_mode(unwrapped), lockstep:
             selected, full_probs = self._select(unwrapped, inputs, metas)
             for i in selected:
                 built.append((i, self._attribute(unwrapped, samples, i, full_probs.get(i), stats)))
+        stats["padded"] += lockstep.padded
         per_chunk = args.loss_chunk_size // 2
         chunks = [(i, ex, ex.examples[k : k + per_chunk]) for i, ex in built for k in range(0, len(ex.examples), per_chunk)]
         n_dev = sum(len(ex.deviation) for _, ex in built)
         n_red = sum(len(ex.redundancy) for _, ex in built)
-        counts = distributed.gather_counts([counter.calls, len(chunks), n_dev, n_red], self.accelerator.device)
-        with attribution_mode(unwrapped):
-            stats["padded"] += distributed.pad_passes(
-                counter.calls, int(counts[:, 0].max()), lambda: samples.dummy_pass(unwrapped, grad=False)
-            )
+        counts = distributed.gather_counts([len(chunks), n_dev, n_red], self.accelerator.device)
         attribution_seconds = time.perf_counter() - start
 
         start = time.perf_counter()
-        agreed_chunks, total_dev, total_red = int(counts[:, 1].max()), float(counts[:, 2].sum()), float(counts[:, 3].sum())
+        agreed_chunks, total_dev, total_red = int(counts[:, 0].max()), float(counts[:, 1].sum()), float(counts[:, 2].sum())
         if agreed_chunks:
             scale = distributed.world_size() / getattr(self, "current_gradient_accumulation_steps", 1)
             weights = {

@@ -1,4 +1,8 @@
-"""Two real processes (accelerate launch --multi_gpu → gloo on a CPU machine) with uneven alignment work."""
+"""Two real processes (accelerate launch --multi_gpu → gloo on a CPU machine) with uneven alignment work.
+
+One run trains under DDP; the other shards the model with FSDP2 itself (accelerate does not shard on CPU) and
+runs one alignment step, where every forward is a collective.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import torch
 
 from eagle_align import distributed
 
-SCRIPT = Path(__file__).parent / "scripts" / "ddp_align.py"
+SCRIPTS = Path(__file__).parent / "scripts"
 
 
 def free_port() -> int:
@@ -31,23 +35,32 @@ def test_single_process_helpers_are_no_ops():
     calls = []
     assert distributed.pad_passes(2, 5, lambda: calls.append(1)) == 3 and len(calls) == 3
     assert distributed.pad_passes(5, 2, lambda: calls.append(1)) == 0 and len(calls) == 3
+    model = torch.nn.Linear(2, 2)
+    with distributed.Lockstep(model, lambda: calls.append(1)) as lockstep:
+        model(torch.ones(1, 2))
+        assert not model._forward_pre_hooks  # no process group: no flag exchange
+    assert lockstep.padded == 0 and len(calls) == 3
 
 
-@pytest.mark.slow
-def test_two_ranks_with_uneven_selection_stay_in_step(tiny_checkpoints, tmp_path):
+def launch_two_ranks(script: str, checkpoint: str, out_dir: Path) -> list[dict]:
+    """`accelerate launch` the script on two gloo processes; each rank's rank{r}.json, in rank order."""
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     command = [
         accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-        str(SCRIPT), tiny_checkpoints["qwen2_5_vl"], str(tmp_path),
+        str(SCRIPTS / script), checkpoint, str(out_dir),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-
-    missing = [r for r in (0, 1) if not (tmp_path / f"rank{r}.json").exists()]
+    missing = [r for r in (0, 1) if not (out_dir / f"rank{r}.json").exists()]
     assert not missing, f"ranks {missing} wrote nothing (not a 2-process run?)\n{result.stderr[-3000:]}"
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_two_ranks_with_uneven_selection_stay_in_step(tiny_checkpoints, tmp_path):
+    ranks = launch_two_ranks("ddp_align.py", tiny_checkpoints["qwen2_5_vl"], tmp_path)
     assert [r["world_size"] for r in ranks] == [2, 2]
     for key in ("grad_forwards", "no_grad_forwards", "backwards"):
         assert ranks[0][key] == ranks[1][key], (key, ranks)
@@ -62,3 +75,17 @@ def test_two_ranks_with_uneven_selection_stay_in_step(tiny_checkpoints, tmp_path
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         assert torch.equal(weights[0][name], weights[1][name]), name
+
+
+@pytest.mark.slow
+def test_sharded_alignment_step_keeps_every_forward_paired(tiny_checkpoints, tmp_path):
+    """Under FSDP2 a rank with nothing to attribute must join each of its peer's parameter gathers."""
+    ranks = launch_two_ranks("sharded_align.py", tiny_checkpoints["qwen2_5_vl"], tmp_path)
+    for key in ("forwards", "backwards"):
+        assert ranks[0][key] == ranks[1][key], (key, ranks)
+    assert ranks[0]["metrics"]["align/selected"] == 2  # both of rank 0's samples; none of rank 1's
+    assert ranks[0]["metrics"]["align/padded_passes"] > 0 and ranks[1]["padded_after"] > 0
+    assert ranks[0]["backwards"] > 0 and ranks[0]["grad_norm"] > 0
+    # Attribution on sharded parameters (gathered per forward) ranks and scores as before sharding.
+    assert ranks[0]["ranking_after"] == ranks[0]["ranking_before"]
+    assert ranks[0]["prob_diff"] < 1e-5

@@ -61,11 +61,21 @@ def _input_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _is_sharded(module: torch.nn.Module) -> bool:
+    """Parameters kept in shards between forwards (FSDP2 DTensors, FSDP1 / ZeRO-3 freed storage).
+
+    Such a module only works inside a full model forward, which gathers its parameters first.
+    """
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) or hasattr(p, "ds_id") or p.numel() == 0 for p in module.parameters())
+
+
 def _find_patch_embed(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The vision tower's patch embedding (one linear map per pixel_values row), if the model has one."""
+    """The vision tower's patch embedding (one linear map per pixel_values row), if it can be called alone."""
     for name, module in model.named_modules():
         if name.endswith("visual.patch_embed") and hasattr(module, "proj"):
-            return module
+            return None if _is_sharded(module) else module
     return None
 
 

@@ -1,0 +1,86 @@
+"""Two-rank alignment step with FSDP2-sharded parameters (gloo on CPU), for tests/test_distributed.py.
+
+accelerate does not shard on CPU (an FSDP config falls back to multi-CPU DDP there), so this script shards the
+tiny model itself with torch's `fully_shard`, the FSDP2 that accelerate applies on GPUs, and then runs the
+trainer's alignment step on it. Every forward now gathers parameters collectively. Rank 0 attributes both of
+its samples and rank 1 selects nothing, so the ranks run very different numbers of forwards. The step must
+still finish, and rank 0's attribution under sharding must equal the one computed before sharding.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from ddp_align import examples
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+
+from eagle_align.attribution import attribute_sample, attribution_mode
+from eagle_align.data.collator import GroundingCollator
+from eagle_align.distributed import Lockstep
+from eagle_align.models import get_family, load_model_and_processor
+from eagle_align.models.lora import apply_lora
+from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer
+
+FAMILY = "qwen2_5_vl"
+ATTRIBUTION = dict(n_regions=16, max_regions=3, batch_size=4)
+
+
+def main(checkpoint: str, out_dir: str) -> None:
+    torch.manual_seed(0)
+    model, processor = load_model_and_processor(checkpoint, dtype="float32")
+    model = apply_lora(model, r=4, alpha=8, dropout=0.0)
+    config = PriorAlignedConfig(
+        output_dir=f"{out_dir}/run", per_device_train_batch_size=2, align_every=1, n_regions=16, max_regions=3,
+        selection="all", loss_chunk_size=2, attribution_batch_size=4, report_to="none", save_strategy="no",
+        seed=0, ddp_timeout=120, use_cpu=True,
+    )
+    collator = GroundingCollator(processor, get_family(FAMILY).default_action_format)
+    trainer = PriorAlignedTrainer(model=model, args=config, train_dataset=examples(4), data_collator=collator)
+    rank = trainer.args.process_index
+    batch = collator(examples(4)[2 * rank : 2 * rank + 2])
+    metas = batch.pop("meta")
+    with attribution_mode(model):
+        before = attribute_sample(model, {**batch, "meta": metas}, 0, **ATTRIBUTION)
+
+    for module in model.modules():
+        if type(module).__name__ in ("Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"):
+            fully_shard(module)
+    fully_shard(model)
+    assert any(isinstance(p, DTensor) for p in model.parameters())
+
+    calls = {"forwards": 0, "backwards": 0}
+    model.register_forward_pre_hook(lambda module, args: calls.__setitem__("forwards", calls["forwards"] + 1))
+    model.get_output_embeddings().register_full_backward_hook(
+        lambda module, grad_in, grad_out: calls.__setitem__("backwards", calls["backwards"] + 1)
+    )
+    model.train()
+    if rank == 1:  # deliberately uneven: nothing on this rank passes the filter
+        trainer.args.selection, trainer.args.min_confidence = "confident_correct", 1.0
+    trainer._align(model, dict(batch), metas)
+
+    # Only rank 0 attributes again; rank 1 joins each of its parameter gathers through Lockstep's padding.
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
+                                     "image_grid_thw")}
+    with attribution_mode(model), Lockstep(model, lambda: model(**inputs)) as lockstep:
+        after = attribute_sample(model, {**batch, "meta": metas}, 0, **ATTRIBUTION) if rank == 0 else None
+    grads = [p.grad.full_tensor() for p in model.parameters() if p.requires_grad and p.grad is not None]
+    result = {
+        "rank": rank,
+        **calls,
+        "padded_after": lockstep.padded,
+        "metrics": {k: sum(v) / len(v) for k, v in trainer._metrics.items()},
+        "grad_norm": float(torch.stack([g.norm() for g in grads]).norm()) if grads else 0.0,
+        "ranking_before": list(before.ranking),
+        "ranking_after": list(after.ranking) if after else None,
+        "prob_diff": float((torch.tensor(before.insertion_probs) - torch.tensor(after.insertion_probs)).abs().max())
+        if after else None,
+    }
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
