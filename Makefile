@@ -10,10 +10,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Torch first (these versions resolve from this machine's disk), then the package with its dev extras.
+# Torch first (these versions resolve from this machine's disk), then the package with the extras the tests use.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev,quant]'
+	$(BIN)/pip install --quiet -e '.[dev,quant,deepspeed]'
 	touch $(STAMP)
 
 install: $(STAMP)

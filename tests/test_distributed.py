@@ -20,6 +20,7 @@ import torch
 from eagle_align import distributed
 
 SCRIPTS = Path(__file__).parent / "scripts"
+REPO = Path(__file__).parent.parent
 
 
 def free_port() -> int:
@@ -42,25 +43,28 @@ def test_single_process_helpers_are_no_ops():
     assert lockstep.padded == 0 and len(calls) == 3
 
 
-def launch_two_ranks(script: str, checkpoint: str, out_dir: Path) -> list[dict]:
-    """`accelerate launch` the script on two gloo processes; each rank's rank{r}.json, in rank order."""
+def launch_two_ranks(script: str, checkpoint: str, out_dir: Path, config_file: str | None = None) -> list[dict]:
+    """`accelerate launch` the script on two CPU processes; each rank's rank{r}.json, in rank order.
+
+    Without `config_file` the launch is plain `--multi_gpu` (gloo DDP); with one, that recipe's settings, run
+    from the repository root as a user would.
+    """
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    setup = ["--config_file", config_file] if config_file else ["--multi_gpu", "--mixed_precision", "no"]
     command = [
-        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-        str(SCRIPTS / script), checkpoint, str(out_dir),
+        accelerate, "launch", *setup, "--num_processes", "2", "--num_machines", "1", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()), str(SCRIPTS / script), checkpoint, str(out_dir),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     missing = [r for r in (0, 1) if not (out_dir / f"rank{r}.json").exists()]
     assert not missing, f"ranks {missing} wrote nothing (not a 2-process run?)\n{result.stderr[-3000:]}"
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
-@pytest.mark.slow
-def test_two_ranks_with_uneven_selection_stay_in_step(tiny_checkpoints, tmp_path):
-    ranks = launch_two_ranks("ddp_align.py", tiny_checkpoints["qwen2_5_vl"], tmp_path)
+def assert_ranks_in_step(ranks: list[dict], out_dir: Path) -> None:
+    """Same passes on both ranks, padding used, identical logs and identical LoRA weights afterwards."""
     assert [r["world_size"] for r in ranks] == [2, 2]
     for key in ("grad_forwards", "no_grad_forwards", "backwards"):
         assert ranks[0][key] == ranks[1][key], (key, ranks)
@@ -71,10 +75,31 @@ def test_two_ranks_with_uneven_selection_stay_in_step(tiny_checkpoints, tmp_path
     assert all(h["align/padded_passes"] > 0 for h in logs), logs
     assert logs == ranks[1]["logs"]
 
-    weights = [torch.load(tmp_path / f"lora_rank{r}.pt") for r in (0, 1)]
-    assert weights[0].keys() == weights[1].keys()
+    weights = [torch.load(out_dir / f"lora_rank{r}.pt") for r in (0, 1)]
+    assert weights[0].keys() == weights[1].keys() and weights[0]
     for name in weights[0]:
-        assert torch.equal(weights[0][name], weights[1][name]), name
+        assert weights[0][name].numel() > 0 and torch.equal(weights[0][name], weights[1][name]), name
+
+
+@pytest.mark.slow
+def test_two_ranks_with_uneven_selection_stay_in_step(tiny_checkpoints, tmp_path):
+    ranks = launch_two_ranks("ddp_align.py", tiny_checkpoints["qwen2_5_vl"], tmp_path)
+    assert ranks[0]["distributed_type"] == "MULTI_CPU"
+    assert_ranks_in_step(ranks, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_recipe_trains_with_uneven_selection(tiny_checkpoints, tmp_path, stage):
+    """The shipped ZeRO recipe, on DeepSpeed's CPU accelerator: the trainer's DeepSpeed backward and, for
+    ZeRO-3, attribution forwards that each gather partitioned parameters."""
+    pytest.importorskip("deepspeed")
+    config = f"recipes/accelerate/deepspeed_zero{stage}.yaml"
+    ranks = launch_two_ranks("ddp_align.py", tiny_checkpoints["qwen2_5_vl"], tmp_path, config_file=config)
+    assert ranks[0]["distributed_type"] == "DEEPSPEED" and ranks[0]["zero_stage"] == stage
+    if stage == 3:
+        assert ranks[0]["partitioned_params"] > 0
+    assert_ranks_in_step(ranks, tmp_path)
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Two-rank alignment run for tests/test_distributed.py (launched with `accelerate launch --multi_gpu`).
+"""Two-rank alignment run for tests/test_distributed.py (`accelerate launch --multi_gpu`, or a DeepSpeed recipe).
 
 Rank 0 aligns every sample; rank 1 asks for impossible confidence, so it selects nothing and must still
 take part in every collective pass. Each rank counts its own forwards (with and without gradient) and
@@ -8,6 +8,7 @@ backward passes with hooks, and saves its LoRA weights, so the test can compare 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def main(checkpoint: str, out_dir: str) -> None:
         output_dir=f"{out_dir}/run", per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2,
         align_every=1, n_regions=16, max_regions=3, selection="all", loss_chunk_size=2, report_to="none",
         save_strategy="no", logging_steps=1, learning_rate=1e-2, seed=0, ddp_timeout=300,
-        use_cpu=not torch.cuda.is_available(),  # CPU-only: two gloo processes (MULTI_CPU)
+        # CPU-only: two gloo processes (MULTI_CPU); accelerate only turns DeepSpeed on without use_cpu.
+        use_cpu=not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true",
     )
     trainer = PriorAlignedTrainer(model=model, args=config, train_dataset=examples(16),
                                   data_collator=GroundingCollator(processor, get_family(FAMILY).default_action_format))
@@ -63,9 +65,14 @@ def main(checkpoint: str, out_dir: str) -> None:
     model.get_output_embeddings().register_full_backward_hook(count_backward)
     trainer.train()
     lora = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    # ZeRO-3 leaves partitioned parameters empty between forwards (small LoRA ones stay whole).
+    partitioned = sum(1 for p in model.parameters() if hasattr(p, "ds_id") and p.numel() == 0)
     torch.save(lora, Path(out_dir) / f"lora_rank{rank}.pt")
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    result = {"rank": rank, "world_size": trainer.args.world_size, **counts, "logs": logs}
+    result = {"rank": rank, "world_size": trainer.args.world_size, **counts, "logs": logs,
+              "distributed_type": trainer.accelerator.distributed_type.value,
+              "zero_stage": plugin.zero_stage if plugin else None, "partitioned_params": partitioned}
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
 
 
