@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from scripts.sharded_align import recipe_wrap_policy
 
 from eagle_align import distributed
+from eagle_align.models import load_model_and_processor
+from eagle_align.models.lora import apply_lora
 
 SCRIPTS = Path(__file__).parent / "scripts"
 REPO = Path(__file__).parent.parent
@@ -102,10 +105,25 @@ def test_deepspeed_recipe_trains_with_uneven_selection(tiny_checkpoints, tmp_pat
     assert_ranks_in_step(ranks, tmp_path)
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_fsdp_recipe_wraps_every_layer_and_vision_block(tiny_checkpoints, family):
+    """accelerate's own FSDP2 policy for recipes/accelerate/fsdp.yaml, on a LoRA model of each family."""
+    model, _ = load_model_and_processor(tiny_checkpoints[family], dtype="float32")
+    model = apply_lora(model, r=4, alpha=8)
+    policy, plugin = recipe_wrap_policy(model)
+    units = [m for m in model.modules() if policy(m)]
+    config = model.config
+    assert len(units) == config.text_config.num_hidden_layers + config.vision_config.depth
+    assert {type(m).__name__ for m in units} == set(model._no_split_modules)
+    # The final save must write the adapter itself, which only a full state dict does.
+    assert "FULL_STATE_DICT" in str(plugin.state_dict_type)
+
+
 @pytest.mark.slow
 def test_sharded_alignment_step_keeps_every_forward_paired(tiny_checkpoints, tmp_path):
     """Under FSDP2 a rank with nothing to attribute must join each of its peer's parameter gathers."""
     ranks = launch_two_ranks("sharded_align.py", tiny_checkpoints["qwen2_5_vl"], tmp_path)
+    assert ranks[0]["fsdp_units"] == 4  # 2 decoder layers + 2 vision blocks of the tiny model
     for key in ("forwards", "backwards"):
         assert ranks[0][key] == ranks[1][key], (key, ranks)
     assert ranks[0]["metrics"]["align/selected"] == 2  # both of rank 0's samples; none of rank 1's

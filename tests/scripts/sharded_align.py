@@ -1,8 +1,9 @@
 """Two-rank alignment step with FSDP2-sharded parameters (gloo on CPU), for tests/test_distributed.py.
 
 accelerate does not shard on CPU (an FSDP config falls back to multi-CPU DDP there), so this script shards the
-tiny model itself with torch's `fully_shard`, the FSDP2 that accelerate applies on GPUs, and then runs the
-trainer's alignment step on it. Every forward now gathers parameters collectively. Rank 0 attributes both of
+tiny model itself, the way accelerate's FSDP2 set-up would with `recipes/accelerate/fsdp.yaml`: accelerate's
+own wrap policy for the recipe's settings picks the units, torch's `fully_shard` shards them bottom-up, then
+the root. It then runs the trainer's alignment step on the sharded model. Every forward now gathers parameters collectively. Rank 0 attributes both of
 its samples and rank 1 selects nothing, so the ranks run very different numbers of forwards. The step must
 still finish, and rank 0's attribution under sharding must equal the one computed before sharding.
 """
@@ -14,7 +15,9 @@ import sys
 from pathlib import Path
 
 import torch
-from ddp_align import examples
+import yaml
+from accelerate.utils import FullyShardedDataParallelPlugin
+from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
@@ -27,9 +30,34 @@ from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer
 
 FAMILY = "qwen2_5_vl"
 ATTRIBUTION = dict(n_regions=16, max_regions=3, batch_size=4)
+FSDP_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "accelerate" / "fsdp.yaml"
+
+
+def recipe_wrap_policy(model: torch.nn.Module, recipe: Path = FSDP_RECIPE):
+    """accelerate's FSDP2 wrap policy for the recipe's fsdp_config, and the plugin it came from."""
+    fsdp = yaml.safe_load(recipe.read_text())["fsdp_config"]
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=fsdp["fsdp_version"], auto_wrap_policy=fsdp["fsdp_auto_wrap_policy"].lower(),
+        transformer_cls_names_to_wrap=fsdp.get("fsdp_transformer_layer_cls_to_wrap"),
+        reshard_after_forward=fsdp["fsdp_reshard_after_forward"], state_dict_type=fsdp["fsdp_state_dict_type"],
+    )
+    plugin.set_auto_wrap_policy(model)
+    return fsdp2_prepare_auto_wrap_policy(plugin, model), plugin
+
+
+def shard_like_recipe(model: torch.nn.Module) -> int:
+    """fully_shard every unit the recipe's policy picks (children first), then the root; returns the count."""
+    policy, plugin = recipe_wrap_policy(model)
+    units = [m for m in reversed(list(model.modules())) if m is not model and policy(m)]
+    for module in units:
+        fully_shard(module, reshard_after_forward=plugin.reshard_after_forward)
+    fully_shard(model, reshard_after_forward=plugin.reshard_after_forward)
+    return len(units)
 
 
 def main(checkpoint: str, out_dir: str) -> None:
+    from ddp_align import examples  # a sibling script: importable when this file runs as a script
+
     torch.manual_seed(0)
     model, processor = load_model_and_processor(checkpoint, dtype="float32")
     model = apply_lora(model, r=4, alpha=8, dropout=0.0)
@@ -46,11 +74,8 @@ def main(checkpoint: str, out_dir: str) -> None:
     with attribution_mode(model):
         before = attribute_sample(model, {**batch, "meta": metas}, 0, **ATTRIBUTION)
 
-    for module in model.modules():
-        if type(module).__name__ in ("Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"):
-            fully_shard(module)
-    fully_shard(model)
-    assert any(isinstance(p, DTensor) for p in model.parameters())
+    units = shard_like_recipe(model)
+    assert units > 0 and all(isinstance(p, DTensor) for p in model.parameters())
 
     calls = {"forwards": 0, "backwards": 0}
     model.register_forward_pre_hook(lambda module, args: calls.__setitem__("forwards", calls["forwards"] + 1))
@@ -72,6 +97,7 @@ def main(checkpoint: str, out_dir: str) -> None:
         "rank": rank,
         **calls,
         "padded_after": lockstep.padded,
+        "fsdp_units": units,
         "metrics": {k: sum(v) / len(v) for k, v in trainer._metrics.items()},
         "grad_norm": float(torch.stack([g.norm() for g in grads]).norm()) if grads else 0.0,
         "ranking_before": list(before.ranking),
