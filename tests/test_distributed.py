@@ -46,24 +46,33 @@ def test_single_process_helpers_are_no_ops():
     assert lockstep.padded == 0 and len(calls) == 3
 
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+
+
+def accelerate_launch(setup: list[str], script: str, checkpoint: str, out_dir: Path) -> list[str]:
+    """The `accelerate launch` command line for a script in tests/scripts with launcher options `setup`."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    return [accelerate, "launch", *setup, "--dynamo_backend", "no", str(SCRIPTS / script), checkpoint, str(out_dir)]
+
+
+def read_ranks(out_dir: Path, stderr: str) -> list[dict]:
+    missing = [r for r in (0, 1) if not (out_dir / f"rank{r}.json").exists()]
+    assert not missing, f"ranks {missing} wrote nothing (not a 2-process run?)\n{stderr[-3000:]}"
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
 def launch_two_ranks(script: str, checkpoint: str, out_dir: Path, config_file: str | None = None) -> list[dict]:
     """`accelerate launch` the script on two CPU processes; each rank's rank{r}.json, in rank order.
 
     Without `config_file` the launch is plain `--multi_gpu` (gloo DDP); with one, that recipe's settings, run
     from the repository root as a user would.
     """
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     setup = ["--config_file", config_file] if config_file else ["--multi_gpu", "--mixed_precision", "no"]
-    command = [
-        accelerate, "launch", *setup, "--num_processes", "2", "--num_machines", "1", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), str(SCRIPTS / script), checkpoint, str(out_dir),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    setup += ["--num_processes", "2", "--num_machines", "1", "--main_process_port", str(free_port())]
+    result = subprocess.run(accelerate_launch(setup, script, checkpoint, out_dir), env=ENV, capture_output=True,
+                            text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    missing = [r for r in (0, 1) if not (out_dir / f"rank{r}.json").exists()]
-    assert not missing, f"ranks {missing} wrote nothing (not a 2-process run?)\n{result.stderr[-3000:]}"
-    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return read_ranks(out_dir, result.stderr)
 
 
 def assert_ranks_in_step(ranks: list[dict], out_dir: Path) -> None:
@@ -87,6 +96,34 @@ def assert_ranks_in_step(ranks: list[dict], out_dir: Path) -> None:
 @pytest.mark.slow
 def test_two_ranks_with_uneven_selection_stay_in_step(tiny_checkpoints, tmp_path):
     ranks = launch_two_ranks("ddp_align.py", tiny_checkpoints["qwen2_5_vl"], tmp_path)
+    assert ranks[0]["distributed_type"] == "MULTI_CPU"
+    assert_ranks_in_step(ranks, tmp_path)
+
+
+@pytest.mark.slow
+def test_multi_node_recipe_on_two_local_machines(tiny_checkpoints, tmp_path):
+    """recipes/accelerate/multi_node.yaml as two `accelerate launch` commands (machine ranks 0 and 1)."""
+    port = str(free_port())
+    launches = [
+        subprocess.Popen(
+            accelerate_launch(
+                ["--config_file", "recipes/accelerate/multi_node.yaml", "--num_machines", "2", "--num_processes", "2",
+                 "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+                 "--mixed_precision", "no"],
+                "ddp_align.py", tiny_checkpoints["qwen2_5_vl"], tmp_path,
+            ),
+            env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        outputs = [launch.communicate(timeout=600) for launch in launches]
+    finally:
+        for launch in launches:
+            launch.kill()  # no-op once finished; a machine left waiting for a failed peer must not linger
+    for launch, (stdout, stderr) in zip(launches, outputs):
+        assert launch.returncode == 0, stdout[-2000:] + stderr[-4000:]
+    ranks = read_ranks(tmp_path, outputs[0][1])
     assert ranks[0]["distributed_type"] == "MULTI_CPU"
     assert_ranks_in_step(ranks, tmp_path)
 
