@@ -8,6 +8,7 @@ window. Each mode runs in its own process so that peak memory (RSS on CPU, max_m
 is measured cleanly.
 
     python benchmarks/train_overhead.py [--family qwen2_5_vl] [--windows 2]
+    python benchmarks/train_overhead.py --search single_round --n-regions 16 --lambda-redundancy 0   # demo recipe
 
 The last output line is one JSON object (DESIGN.md §7).
 """
@@ -31,7 +32,7 @@ from eagle_align.models import build_tiny_checkpoint, get_family, load_model_and
 from eagle_align.models.lora import apply_lora
 from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer
 
-FIXED = dict(per_device_train_batch_size=8, align_every=5, n_regions=64, max_regions=10, selection="all")
+FIXED = dict(per_device_train_batch_size=8, align_every=5, selection="all")
 
 
 class RssPeak:
@@ -99,7 +100,8 @@ def run_mode(args: argparse.Namespace) -> dict:
         output_dir=tempfile.mkdtemp(), max_steps=steps, alignment=args.mode == "aligned", learning_rate=1e-4,
         report_to="none", save_strategy="no", logging_steps=1000, seed=0, use_cpu=not cuda,
         dataloader_num_workers=0, disable_tqdm=True, loss_chunk_size=args.loss_chunk_size,
-        attribution_batch_size=args.attribution_batch_size, **FIXED,
+        attribution_batch_size=args.attribution_batch_size, search=args.search, n_regions=args.n_regions,
+        max_regions=args.max_regions, lambda_redundancy=args.lambda_redundancy, **FIXED,
     )
     timer = StepTimer()
     trainer = PriorAlignedTrainer(model=model, args=config, train_dataset=data, callbacks=[timer],
@@ -123,6 +125,11 @@ def main() -> None:
     parser.add_argument("--loss-chunk-size", type=int, default=PriorAlignedConfig.loss_chunk_size)
     parser.add_argument("--attribution-batch-size", type=int, default=PriorAlignedConfig.attribution_batch_size)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps timings stable on a shared machine)")
+    parser.add_argument("--search", default=PriorAlignedConfig.search, choices=["exact", "efficient", "single_round"])
+    parser.add_argument("--n-regions", type=int, default=64, help="DESIGN.md §7 fixes 64; change it to cost a recipe")
+    parser.add_argument("--max-regions", type=int, default=10)
+    parser.add_argument("--lambda-redundancy", type=float, default=PriorAlignedConfig.lambda_redundancy,
+                        help="0 = deviation only (no prefix scores, no redundancy forwards)")
     parser.add_argument("--mode", choices=["sft", "aligned"], help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -136,7 +143,9 @@ def main() -> None:
         for mode in ("sft", "aligned"):
             command = [sys.executable, __file__, "--mode", mode, "--checkpoint", checkpoint, "--family", args.family,
                        "--windows", str(args.windows), "--loss-chunk-size", str(args.loss_chunk_size),
-                       "--attribution-batch-size", str(args.attribution_batch_size), "--threads", str(args.threads)]
+                       "--attribution-batch-size", str(args.attribution_batch_size), "--threads", str(args.threads),
+                       "--search", args.search, "--n-regions", str(args.n_regions), "--max-regions", str(args.max_regions),
+                       "--lambda-redundancy", str(args.lambda_redundancy)]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[mode] = json.loads(output.strip().splitlines()[-1])
             print(f"{mode}: {results[mode]['step_seconds']:.3f} s/step, peak {results[mode]['peak_mb']:.0f} MB", flush=True)
@@ -163,7 +172,9 @@ def main() -> None:
         "alignment_seconds_per_window": (aligned["step_seconds"] - sft["step_seconds"]) * window,
     }
     result = {
-        "config": {**FIXED, "family": args.family, "search": PriorAlignedConfig.search, "windows": args.windows,
+        "config": {**FIXED, "n_regions": args.n_regions, "max_regions": args.max_regions, "search": args.search,
+                   "lambda_redundancy": args.lambda_redundancy,
+                   "family": args.family, "windows": args.windows,
                    "loss_chunk_size": args.loss_chunk_size, "attribution_batch_size": args.attribution_batch_size,
                    "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": args.threads,
                    "memory": sft["memory"]},
