@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import re
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -85,6 +86,26 @@ def valid_keys() -> list[str]:
     return sorted({f.name for cls in _argument_classes() for f in fields(cls) if f.init})
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans and floats: only true/false are booleans, and `1e-4` is a float.
+
+    PyYAML follows YAML 1.1, where `no`, `off`, `yes` and `on` are booleans too, so `save_strategy: no` (or
+    `--save_strategy no`) would arrive as False and the Trainer would reject it; and a float needs a dot
+    there, so `learning_rate: 1e-4` would arrive as a string.
+    """
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
 def parse_overrides(tokens: list[str]) -> dict[str, Any]:
     """`--key value` / `--key=value` pairs; values parsed as YAML scalars (numbers, booleans, lists)."""
     overrides: dict[str, Any] = {}
@@ -100,7 +121,7 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
             else:
                 i += 1
                 value = tokens[i]
-        overrides[key.replace("-", "_")] = yaml.safe_load(value)
+        overrides[key.replace("-", "_")] = yaml.load(value, Loader=RecipeLoader)
         i += 1
     return overrides
 
@@ -112,7 +133,7 @@ def load_config(config_path: str | Path | None, overrides: dict[str, Any] | None
         path = Path(config_path)
         if not path.is_file():
             raise FileNotFoundError(f"training config {path} does not exist")
-        config = yaml.safe_load(path.read_text()) or {}
+        config = yaml.load(path.read_text(), Loader=RecipeLoader) or {}
         if not isinstance(config, dict):
             raise ValueError(f"{path}: a training config must be a mapping of key: value")
     config.update(overrides or {})

@@ -205,6 +205,23 @@ def test_overrides_parse_as_yaml_scalars():
     }
     with pytest.raises(ValueError, match="--key value"):
         parse_overrides(["max_steps", "3"])
+    # YAML 1.2 scalars: `no` is HF's save strategy, not False; exponent floats are floats.
+    assert parse_overrides(["--save_strategy", "no", "--report_to", "none", "--learning_rate", "2e-4",
+                            "--lambda_deviation", "5E-1", "--seed", "7", "--eval_data", "null"]) == {
+        "save_strategy": "no", "report_to": "none", "learning_rate": 2e-4, "lambda_deviation": 0.5, "seed": 7,
+        "eval_data": None,
+    }
+
+
+def test_recipe_yaml_keeps_no_as_a_string_and_reads_exponent_floats(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_name_or_path: m\ntrain_data: t.jsonl\nsave_strategy: no\nlearning_rate: 1e-4\n"
+                      "bf16: false\ngradient_checkpointing: True\n")
+    config = load_config(recipe)
+    assert config["save_strategy"] == "no" and config["learning_rate"] == 1e-4
+    assert config["bf16"] is False and config["gradient_checkpointing"] is True
+    training_args = parse_config(config)[3]
+    assert training_args.save_strategy == "no" and training_args.learning_rate == 1e-4
 
 
 def _cli_env() -> dict[str, str]:
