@@ -31,6 +31,12 @@ class PriorAlignedConfig(TrainingArguments):
     lambda_deviation: float = field(default=0.5, metadata={"help": "Weight of the mean deviation loss."})
     lambda_redundancy: float = field(default=0.5, metadata={"help": "Weight of the mean redundancy loss."})
     loss_variant: str = field(default="paper", metadata={"help": "paper | log | adaptive_log."})
+    deviation_margin: float | None = field(
+        default=None,
+        metadata={"help": "Beyond the paper: also a deviation term for every off-prior region whose singleton score "
+                  "F({v})/(a+b) is within this margin of the best (near-ties with the target; needs search="
+                  "single_round). None: rank 1 only, as in the paper."},
+    )
     adaptive_beta: float = field(default=2.0, metadata={"help": "β of the adaptive_log penalty."})
     insertion_weight: float = field(default=2.0, metadata={"help": "a in F(S) = a·P(x_S) + b·(1 − P(x_¬S))."})
     deletion_weight: float = field(default=1.0, metadata={"help": "b in F(S)."})
@@ -93,6 +99,11 @@ class PriorAlignedConfig(TrainingArguments):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}={value} must lie in [0, 1]")
+        if self.deviation_margin is not None:
+            if not self.deviation_margin >= 0:
+                raise ValueError(f"deviation_margin={self.deviation_margin} must be ≥ 0 (or None)")
+            if self.search != "single_round":
+                raise ValueError(f"deviation_margin needs search=single_round (singleton scores), got {self.search!r}")
         if not self.adaptive_beta > 0:
             raise ValueError(f"adaptive_beta={self.adaptive_beta} must be > 0")
         if self.remove_unused_columns:

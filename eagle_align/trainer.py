@@ -101,6 +101,7 @@ class PriorAlignedTrainer(Trainer):
 
         alignment_keys = (
             "alignment", "align_every", "align_start_step", "lambda_deviation", "lambda_redundancy", "loss_variant",
+            "deviation_margin",
             "insertion_weight", "deletion_weight", "selection", "min_confidence", "prior_overlap", "n_regions",
             "region_method", "search", "max_regions", "baseline", "score_reduction",
         )
@@ -220,7 +221,8 @@ class PriorAlignedTrainer(Trainer):
         stats["attribution_forwards"] += attribution.forwards
         stats["point_hits"] += float(point_game(attribution, prior, args.prior_overlap))
         stats["prior_hits"] += prior_hit_at_k(attribution, prior, k=args.prior_hit_k, prior_overlap=args.prior_overlap)
-        built = build_alignment_examples(attribution, prior, args.prior_overlap, args.insertion_weight, args.deletion_weight)
+        built = build_alignment_examples(attribution, prior, args.prior_overlap, args.insertion_weight,
+                                         args.deletion_weight, deviation_margin=args.deviation_margin)
         # A term with weight 0 would cost gradient forwards and add nothing.
         weight = {"deviation": args.lambda_deviation, "redundancy": args.lambda_redundancy}
         built.examples = [e for e in built.examples if weight[e.kind] > 0]

@@ -101,3 +101,34 @@ def test_single_round_ranking_gives_redundancy_only_where_the_previous_prefix_wa
     built = build_alignment_examples(att, box(slice(0, 2), slice(0, 2)))
     assert [(e.kind, e.rank) for e in built.examples] == [("deviation", 1), ("redundancy", 2)]
     assert built.gains.numel() == 1
+
+
+def single_round(ranking: list[int], singleton_scores: list[float]) -> Attribution:
+    """A single_round attribution (a = 2, b = 1, so Z = 3) with the given singleton scores, best first."""
+    att = attribution(ranking)
+    att.strategy, att.singleton_scores = "single_round", singleton_scores
+    att.prefix_scores, att.insertion_probs, att.deletion_probs = singleton_scores[:1], [0.9], [0.1]
+    return att
+
+
+def test_deviation_margin_gates_off_prior_near_ties_of_an_on_prior_top_region():
+    # Target (region 0) ranks first by a hair over a cue (region 3); region 1 is far behind.
+    att = single_round([0, 3, 1, 2], [2.70, 2.67, 0.30, 0.10])
+    target = box(slice(0, 2), slice(0, 2))
+    assert build_alignment_examples(att, target).deviation == []  # the paper's gate: rank 1 is on-prior
+    near = build_alignment_examples(att, target, deviation_margin=0.05)  # (2.70 - 2.67) / 3 = 0.01
+    assert [(e.rank, e.regions) for e in near.deviation] == [(2, (3,))]
+    assert [e.rank for e in near.redundancy] == [2]  # unchanged: the paper's term for the same region
+    assert build_alignment_examples(att, target, deviation_margin=0.005).deviation == []
+    wide = build_alignment_examples(att, target, deviation_margin=0.85)  # 0.30 is 0.8 behind, 0.10 is 0.87
+    assert [e.rank for e in wide.deviation] == [2, 3]
+
+
+def test_deviation_margin_keeps_an_off_prior_top_region_and_needs_singleton_scores():
+    att = single_round([3, 0], [2.7, 2.6])
+    built = build_alignment_examples(att, box(slice(0, 2), slice(0, 2)), deviation_margin=0.1)
+    assert [(e.rank, e.regions) for e in built.deviation] == [(1, (3,))]
+    with pytest.raises(ValueError, match="single_round"):
+        build_alignment_examples(attribution([1, 2]), box(slice(0, 2), slice(0, 2)), deviation_margin=0.1)
+    with pytest.raises(ValueError, match="≥ 0"):
+        build_alignment_examples(att, box(slice(0, 2), slice(0, 2)), deviation_margin=-0.1)

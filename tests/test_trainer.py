@@ -51,7 +51,7 @@ def test_config_defaults_are_the_papers():
     assert (cfg.prior_overlap, cfg.stop_confidence, cfg.max_regions, cfg.n_regions) == (0.15, 0.8, 10, 64)
     assert (cfg.search, cfg.insertion_weight, cfg.deletion_weight, cfg.loss_variant) == ("efficient", 2.0, 1.0, "paper")
     assert (cfg.adaptive_beta, cfg.baseline, cfg.score_reduction, cfg.alignment) == (2.0, "black", "mean", True)
-    assert cfg.remove_unused_columns is False
+    assert cfg.remove_unused_columns is False and cfg.deviation_margin is None  # rank-1 gate only
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,8 @@ def test_config_defaults_are_the_papers():
     [("loss_variant", "l2"), ("search", "beam"), ("baseline", "white"), ("score_reduction", "max"),
      ("selection", "some"), ("region_method", "voronoi"), ("align_every", 0), ("loss_chunk_size", 1),
      ("min_confidence", 1.5), ("prior_overlap", -0.1), ("adaptive_beta", 0.0), ("lambda_deviation", -1.0),
-     ("max_aligned_per_step", 0), ("remove_unused_columns", True)],
+     ("max_aligned_per_step", 0), ("remove_unused_columns", True),
+     ("deviation_margin", -0.1), ("deviation_margin", 0.1)],  # the second: the default search is not single_round
 )
 def test_config_rejects_bad_values_naming_the_option(option, value):
     with pytest.raises(ValueError, match=option):

@@ -3,6 +3,12 @@
 A ranked region is *on-prior* when the target box covers at least ``prior_overlap`` of it (coverage, not IoU,
 so a small region wholly inside a large box counts). Rank 1 off-prior gives a deviation example; every
 off-prior rank r >= 2 gives a redundancy example, independently of rank 1.
+
+Beyond the paper, ``deviation_margin`` widens the deviation gate to near-ties. A shortcut that is exactly as
+sufficient as the target (a cue that always sits next to it in training) ranks second by a hair and is never
+rank 1. The paper's gate then never fires, and the redundancy term cannot remove it either: it acts on the
+prefix {target, cue}. With a margin, every off-prior region whose singleton score F({v})/Z lies within the
+margin of the best one gets a deviation example of its own.
 """
 
 from __future__ import annotations
@@ -71,13 +77,15 @@ def build_alignment_examples(
     prior_overlap: float = 0.15,
     insertion_weight: float = 2.0,
     deletion_weight: float = 1.0,
+    deviation_margin: float | None = None,
 ) -> AlignmentExamples:
     """Gate an attribution into deviation / redundancy examples.
 
-    The weights must be those the attribution's prefix scores were computed with; they only set the gain
-    scale Z = a + b used by ``adaptive_log``. A redundancy example at rank r needs the measured prefix
-    S_{r−1}; a `single_round` ranking measures only S_1 (see `evaluate_prefixes` to measure the rest), so
-    ranks beyond the measured prefixes + 1 give none.
+    The weights must be those the attribution's prefix scores were computed with; they set the gain scale
+    Z = a + b. A redundancy example at rank r needs the measured prefix S_{r−1}; a `single_round` ranking
+    measures only S_1 (see `evaluate_prefixes` to measure the rest), so ranks beyond the measured prefixes + 1
+    give none. ``deviation_margin`` (None: the paper's rank-1 gate) needs the singleton scores of a
+    `single_round` ranking.
     """
     ranking = [int(r) for r in attribution.ranking]
     on_prior = on_prior_regions(attribution, prior_mask, prior_overlap)
@@ -88,9 +96,10 @@ def build_alignment_examples(
             f"attribution has {len(ranking)} ranked regions, {measured} prefix scores and "
             f"{len(attribution.insertion_probs)} insertion probabilities"
         )
-    examples = []
-    if ranking and not on_prior[0]:
-        examples.append(AlignmentExample("deviation", 1, (ranking[0],)))
+    examples = [
+        AlignmentExample("deviation", rank, (ranking[rank - 1],))
+        for rank in _deviation_ranks(attribution, on_prior, deviation_margin, insertion_weight + deletion_weight)
+    ]
     for rank in range(2, min(len(ranking), measured + 1) + 1):
         if not on_prior[rank - 1]:
             examples.append(
@@ -111,3 +120,20 @@ def build_alignment_examples(
         examples=examples,
         partition=attribution.partition,
     )
+
+
+def _deviation_ranks(attribution: Attribution, on_prior: list[bool], margin: float | None, z: float) -> list[int]:
+    """Ranks (1-based) that get a deviation example: rank 1 if off-prior, or every off-prior near-tie."""
+    if not attribution.ranking:
+        return []
+    if margin is None:
+        return [] if on_prior[0] else [1]
+    if attribution.singleton_scores is None:
+        raise ValueError("deviation_margin needs singleton scores: use search='single_round'")
+    if margin < 0:
+        raise ValueError(f"deviation_margin={margin} must be ≥ 0")
+    best = attribution.singleton_scores[0]
+    return [
+        rank for rank, score in enumerate(attribution.singleton_scores, start=1)
+        if (best - score) / z <= margin and not on_prior[rank - 1]
+    ]
