@@ -5,7 +5,8 @@ stops, nothing selected). Under DDP every rank must run the same number of backw
 wrapped model, and under ZeRO-3 / FSDP every forward gathers parameters collectively, so every rank must also
 run the same number of forwards, in the same order relative to every other collective. `gather_counts` and
 `pad_passes` let ranks agree on counts and pad the gradient passes; `Lockstep` pairs no-grad forwards one by
-one while their number is still unknown. Without an initialised process group they are no-ops, so single-process code runs the same path.
+one while their number is still unknown. Without an initialised process group they are no-ops, so
+single-process code runs the same path.
 """
 
 from __future__ import annotations
