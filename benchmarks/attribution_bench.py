@@ -131,34 +131,45 @@ def reprocess_probs(model, processor, collator, example, meta, keep_cells, facto
 
 
 def per_variant_ms(model, processor, collator, example: GroundingExample, n_variants: int, batch_size: int):
-    """Milliseconds per masked variant of one screenshot: processor alone, one full forward, reference, batched."""
+    """Milliseconds per masked variant of one screenshot: processor alone, one full forward, reference, batched.
+
+    Also used by gpu_check.py; CUDA work is synchronised before each clock read.
+    """
+    device = next(model.parameters()).device
     batch = collator([example])
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     meta, sample = batch["meta"][0], slice_sample(batch, 0)
     partition = make_partition(meta.grid_hw, 64)
     keep = partition.cells_of(torch.rand(n_variants, partition.n_regions) > 0.5)
     image = image_for_processor(example, processor)
     text = processor.apply_chat_template(collator.messages(example, meta.answer), tokenize=False)
     factor = round(image.size[0] / meta.grid_hw[1])
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     with attribution_mode(model):
         scorer = DecisionScorer(model, sample, meta, batch_size=batch_size)
         scorer.token_probs(keep[:2])  # warm-up (and the cached row embeddings)
         timings = {}
-        tic = time.perf_counter()
+        tic = clock()
         inputs = [processor(text=[text], images=[image], return_tensors="pt") for _ in range(n_variants)]
-        timings["processor_ms"] = time.perf_counter() - tic
-        tic = time.perf_counter()
+        timings["processor_ms"] = clock() - tic
+        tic = clock()
         for one in inputs:
-            model(**one)
-        timings["forward_ms"] = time.perf_counter() - tic
-        tic = time.perf_counter()
+            model(**one.to(device))
+        timings["forward_ms"] = clock() - tic
+        tic = clock()
         slow = reprocess_probs(model, processor, collator, example, meta, keep, factor)
-        timings["reference_ms"] = time.perf_counter() - tic
-        tic = time.perf_counter()
+        timings["reference_ms"] = clock() - tic
+        tic = clock()
         fast = scorer.token_probs(keep)
-        timings["batched_ms"] = time.perf_counter() - tic
+        timings["batched_ms"] = clock() - tic
     out = {key: round(1000 * value / n_variants, 2) for key, value in timings.items()}
     out["speedup"] = round(out["reference_ms"] / out["batched_ms"], 2)
-    out["max_prob_diff"] = float((fast - slow).abs().max())
+    out["max_prob_diff"] = float((fast.float() - slow.float()).abs().max())
     return out
 
 
@@ -205,7 +216,7 @@ def main() -> None:
     totals = {name: {"forwards": 0, "seconds": 0.0, "auc": 0.0} for name in ("exact", "efficient", "single_round")}
     sweep_auc = {config: 0.0 for config in SWEEP}
     sweep_forwards = {config: 0 for config in SWEEP}
-    speedups, prob_diffs, n_regions = [], [], 0
+    speeds, n_regions = [], 0
     for i in range(args.samples):
         batch = collator([screenshot(i % 4, i)])
         meta, sample = batch["meta"][0], slice_sample(batch, 0)
@@ -230,20 +241,12 @@ def main() -> None:
                                        resort_every=config[1], **full)
                 sweep_auc[config] += insertion_auc(result)
                 sweep_forwards[config] += result.forwards
-            keep = partition.cells_of(torch.rand(args.speed_variants, n_regions) > 0.5)
-            tic = time.perf_counter()
-            fast = scorer.token_probs(keep)
-            fast_seconds = time.perf_counter() - tic
-            tic = time.perf_counter()
-            slow = reprocess_probs(model, processor, collator, meta.example, meta, keep, 32)
-            slow_seconds = time.perf_counter() - tic
-        speedups.append(slow_seconds / fast_seconds)
-        prob_diffs.append(float((fast - slow).abs().max()))
+        speeds.append(per_variant_ms(model, processor, collator, meta.example, args.speed_variants, args.batch_size))
         for name, result in runs.items():
             totals[name]["auc"] += insertion_auc(result)
         print(f"sample {i}: P(x)={runs['exact'].full_prob:.3f} P(empty)={runs['exact'].empty_prob:.3f} "
               + " ".join(f"{k}: auc {insertion_auc(r):.4f} {r.seconds:.1f}s" for k, r in runs.items())
-              + f" speedup {speedups[-1]:.1f}x", flush=True)
+              + f" speedup {speeds[-1]['speedup']:.1f}x", flush=True)
 
     exact_forwards = totals["exact"]["forwards"] / args.samples
     print("\nefficient trade-off (mean over samples): scope resort -> AUC/exact, forwards, share of exact")
@@ -257,8 +260,9 @@ def main() -> None:
     print(f"best within {BUDGET:.0%} of exact's forwards: search_scope={best[0]} resort_every={best[1]}; "
           f"defaults: search_scope={DEFAULT_SEARCH_SCOPE} resort_every={DEFAULT_RESORT_EVERY}")
 
-    breakdown = per_variant_ms(model, processor, collator, screenshot(0, 99), args.speed_variants, args.batch_size)
-    print(f"per-variant breakdown of the trained model at {SIZE}x{SIZE}: {breakdown}")
+    breakdown = {key: round(float(np.mean([speed[key] for speed in speeds])), 2) for key in speeds[0]}
+    breakdown["max_prob_diff"] = max(speed["max_prob_diff"] for speed in speeds)
+    print(f"per-variant breakdown of the trained model at {SIZE}x{SIZE} (mean over samples): {breakdown}")
     sizes = [tuple(int(v) for v in size.split("x")) for size in args.speed_sizes.split(",") if size]
     by_size = speed_by_size(sizes, args.speed_variants // 2, args.batch_size)
 
@@ -275,8 +279,8 @@ def main() -> None:
         "single_round_seconds": round(mean("single_round", "seconds"), 3),
         "efficient_auc_ratio": round(mean("efficient", "auc") / mean("exact", "auc"), 4),
         "single_round_auc_ratio": round(mean("single_round", "auc") / mean("exact", "auc"), 4),
-        "pixel_space_speedup": round(float(np.mean(speedups)), 2),
-        "max_prob_diff": max(prob_diffs),
+        "pixel_space_speedup": breakdown["speedup"],
+        "max_prob_diff": breakdown["max_prob_diff"],
         "speed_breakdown_ms": breakdown,
         "speedup_by_size": {size: figures["speedup"] for size, figures in by_size.items()},
     }))

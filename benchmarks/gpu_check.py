@@ -28,14 +28,11 @@ from PIL import Image, ImageDraw
 from transformers import AutoConfig, AutoModelForImageTextToText, TrainerCallback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from attribution_bench import per_variant_ms  # noqa: E402
 from train_overhead import StepTimer  # noqa: E402
 
 from eagle_align.attribution import (  # noqa: E402
-    DecisionScorer,
     attribute_sample,
-    attribution_mode,
-    make_partition,
-    slice_sample,
 )
 from eagle_align.data import GroundingCollator, GroundingExample  # noqa: E402
 from eagle_align.models import get_family  # noqa: E402
@@ -122,30 +119,6 @@ class PeakPerStep(TrainerCallback):
         self.peaks.append(torch.cuda.max_memory_allocated() / 2**30)
 
 
-def pixel_space_speedup(model, processor, collator, batch, device, n_variants: int) -> tuple[float, float]:
-    """Per-explanation speed of pixel_values masking + batched scoring vs processor + forward per variant."""
-    from attribution_bench import reprocess_probs  # the reference path, shared with the CPU benchmark
-
-    meta, sample = batch["meta"][0], slice_sample(batch, 0)
-    keep = make_partition(meta.grid_hw, 64).cells_of(torch.rand(n_variants, 64, generator=torch.Generator().manual_seed(0)) > 0.5)
-    with attribution_mode(model):
-        scorer = DecisionScorer(model, sample, meta, batch_size=n_variants)
-        scorer.token_probs(keep[:2])  # warm-up
-        timings = []
-        for path in ("fast", "slow"):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            tic = time.perf_counter()
-            if path == "fast":
-                fast = scorer.token_probs(keep)
-            else:
-                slow = reprocess_probs(model, processor, collator, meta.example, meta, keep, get_family("qwen2_5_vl").factor)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            timings.append(time.perf_counter() - tic)
-    return timings[1] / timings[0], float((fast.float() - slow.float()).abs().max())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="scaled-down model (CPU smoke test of this script)")
@@ -194,7 +167,8 @@ def main() -> None:
     if cuda:
         torch.cuda.synchronize()
     explain_seconds = time.perf_counter() - start
-    speedup, prob_diff = pixel_space_speedup(model, processor, collator, batch, device, args.speed_variants)
+    speed = per_variant_ms(model, processor, collator, screenshots(1, size)[0], args.speed_variants,
+                           batch_size=args.speed_variants)
 
     state = trainer.alignment_state
     result = {
@@ -210,8 +184,9 @@ def main() -> None:
         "attribution_seconds_per_sample": explain_seconds,
         "masked_forwards_per_second": explanation.forwards / explain_seconds,
         "peak_gpu_gb": max(peaks.peaks) if cuda else None,
-        "pixel_space_speedup": speedup,
-        "max_prob_diff": prob_diff,
+        "pixel_space_speedup": speed["speedup"],
+        "max_prob_diff": speed["max_prob_diff"],
+        "speed_breakdown_ms": speed,
         "breakdown": {
             "alignment_step_seconds": alignment_step,
             "alignment_attribution_seconds": trainer.alignment_seconds["attribution"],
