@@ -141,11 +141,9 @@ def main() -> None:
         checkpoint = str(build_tiny_checkpoint(args.family, os.path.join(tmp, "tiny"), seed=0))
         results = {}
         for mode in ("sft", "aligned"):
-            command = [sys.executable, __file__, "--mode", mode, "--checkpoint", checkpoint, "--family", args.family,
-                       "--windows", str(args.windows), "--loss-chunk-size", str(args.loss_chunk_size),
-                       "--attribution-batch-size", str(args.attribution_batch_size), "--threads", str(args.threads),
-                       "--search", args.search, "--n-regions", str(args.n_regions), "--max-regions", str(args.max_regions),
-                       "--lambda-redundancy", str(args.lambda_redundancy)]
+            settings = [token for key, value in vars(args).items() if key not in ("mode", "checkpoint")
+                        for token in (f"--{key.replace('_', '-')}", str(value))]
+            command = [sys.executable, __file__, "--mode", mode, "--checkpoint", checkpoint, *settings]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[mode] = json.loads(output.strip().splitlines()[-1])
             print(f"{mode}: {results[mode]['step_seconds']:.3f} s/step, peak {results[mode]['peak_mb']:.0f} MB", flush=True)
