@@ -13,7 +13,7 @@ $(BIN)/python:
 # Torch first (these versions resolve from this machine's disk), then the package with the extras the tests use.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev,quant,deepspeed]'
+	$(BIN)/pip install --quiet -e '.[dev,quant,deepspeed,tensorboard]'
 	touch $(STAMP)
 
 install: $(STAMP)
