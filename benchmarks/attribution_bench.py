@@ -14,7 +14,7 @@ amortises, while both paths pay the same model compute, so the ratio falls as th
 
     python benchmarks/attribution_bench.py [--samples 3] [--train-steps 60] [--speed-sizes 256x256,512x512]
 
-The last output line is one JSON object (DESIGN.md §7).
+The last output line is one JSON object with the figures, so runs can be compared.
 """
 
 from __future__ import annotations

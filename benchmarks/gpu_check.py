@@ -10,7 +10,7 @@ on one H200; `benchmarks/gpu_check.sh` wraps it with a timeout.
     bash benchmarks/gpu_check.sh                       # the real check (needs CUDA)
     python benchmarks/gpu_check.py --tiny --image-size 448x252 --batch-size 2    # CPU smoke test
 
-The last output line is one JSON object (DESIGN.md §7).
+The last output line is one JSON object with the figures, so runs can be compared.
 """
 
 from __future__ import annotations

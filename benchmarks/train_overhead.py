@@ -10,7 +10,7 @@ is measured cleanly.
     python benchmarks/train_overhead.py [--family qwen2_5_vl] [--windows 2]
     python benchmarks/train_overhead.py --search single_round --n-regions 16 --lambda-redundancy 0   # demo recipe
 
-The last output line is one JSON object (DESIGN.md §7).
+The last output line is one JSON object with the figures, so runs can be compared.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--attribution-batch-size", type=int, default=PriorAlignedConfig.attribution_batch_size)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps timings stable on a shared machine)")
     parser.add_argument("--search", default=PriorAlignedConfig.search, choices=["exact", "efficient", "single_round"])
-    parser.add_argument("--n-regions", type=int, default=64, help="DESIGN.md §7 fixes 64; change it to cost a recipe")
+    parser.add_argument("--n-regions", type=int, default=64, help="the fixed benchmark uses 64; change it to cost a recipe")
     parser.add_argument("--max-regions", type=int, default=10)
     parser.add_argument("--lambda-redundancy", type=float, default=PriorAlignedConfig.lambda_redundancy,
                         help="0 = deviation only (no prefix scores, no redundancy forwards)")

@@ -1,4 +1,4 @@
-"""`PriorAlignedConfig`: `TrainingArguments` plus every knob of prior alignment (DESIGN.md §2).
+"""`PriorAlignedConfig`: `TrainingArguments` plus every knob of prior alignment (docs/method.md).
 
 Kept apart from the trainer, TRL-style (`SFTConfig` beside `SFTTrainer`): a recipe's alignment keys are
 validated here, at construction, with messages that name the option.

@@ -1,4 +1,4 @@
-"""Rank synchronisation for data-dependent work (DESIGN.md §6).
+"""Rank synchronisation for data-dependent work (docs/conventions.md).
 
 Attribution and alignment losses do a different amount of work on every rank (different samples, early
 stops, nothing selected). Under DDP every rank must run the same number of backward passes through the

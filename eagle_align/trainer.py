@@ -1,4 +1,4 @@
-"""PriorAlignedTrainer: SFT on click answers plus EAGLE prior-alignment losses every few steps (DESIGN.md §2).
+"""PriorAlignedTrainer: SFT on click answers plus EAGLE prior-alignment losses every few steps (docs/method.md).
 
 Every optimizer step trains the answer tokens (plain SFT). On alignment steps the trainer also picks the
 samples the model already gets right with confidence, asks the attribution engine which screenshot regions

@@ -1,4 +1,4 @@
-"""Alignment losses against hand-computed values and gradients (DESIGN.md §2)."""
+"""Alignment losses against hand-computed values and gradients (docs/method.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Turn one attribution into the alignment examples the losses train on (DESIGN.md §2).
+"""Turn one attribution into the alignment examples the losses train on (docs/method.md).
 
 A ranked region is *on-prior* when the target box covers at least ``prior_overlap`` of it (coverage, not IoU,
 so a small region wholly inside a large box counts). Rank 1 off-prior gives a deviation example; every

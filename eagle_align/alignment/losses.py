@@ -1,4 +1,4 @@
-"""Alignment losses on decision-token probabilities (DESIGN.md §2).
+"""Alignment losses on decision-token probabilities (docs/method.md).
 
 Everything here is a pure function of probability tensors, so the losses can be checked by hand and reused
 outside the trainer. Inputs are P(x_S) ("insertion": only the regions of S kept) and P(x_¬S) ("deletion":

@@ -1,7 +1,7 @@
 """Masked screenshot variants built directly in pixel_values space.
 
 For one image with image_grid_thw = [t, gh, gw] the processor emits t·gh·gw rows; merge window k (raster
-order over the (gh/m, gw/m) merged grid) owns rows k·m²..k·m²+m²−1 of each temporal frame (DESIGN.md §4).
+order over the (gh/m, gw/m) merged grid) owns rows k·m²..k·m²+m²−1 of each temporal frame (docs/conventions.md).
 Masking a set of merged cells is therefore a row overwrite with a constant baseline row — no PIL, no
 processor, no resampling — which is what makes thousands of masked forwards per explanation affordable.
 """

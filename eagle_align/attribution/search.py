@@ -2,7 +2,7 @@
 
 F(S) = a·P(x_S) + b·(1 − P(x_¬S)) rewards regions that suffice for the answer (insertion) and whose removal
 destroys it (deletion). The greedy search picks, step by step, the region that maximises F of the growing
-set; `exact`, `efficient` and `single_round` differ only in which candidates they pay to score (DESIGN.md §2).
+set; `exact`, `efficient` and `single_round` differ only in which candidates they pay to score (docs/method.md).
 """
 
 from __future__ import annotations
