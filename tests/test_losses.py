@@ -65,6 +65,34 @@ def test_deviation_log_value_gradient_and_clamp():
     assert torch.isfinite(saturated).all() and saturated.item() == pytest.approx(-2 * math.log(1e-4))
 
 
+@pytest.mark.parametrize("p_ins, p_del", [(0.99995, 5e-5), (1.0, 0.0)])
+def test_log_deviation_keeps_a_finite_gradient_on_a_saturated_shortcut(p_ins, p_del):
+    """Past the bound the value stops growing but the gradient still pushes P(x_π1) down and P(x_¬π1) up."""
+    p_ins, p_del = leaf(p_ins), leaf(p_del)
+    loss = deviation_loss(p_ins, p_del, "log", 2.0, 1.0)
+    assert torch.isfinite(loss).all() and loss.item() == pytest.approx(-3 * math.log(1e-4))
+    loss.sum().backward()
+    assert torch.isfinite(p_ins.grad).all() and torch.isfinite(p_del.grad).all()
+    assert p_ins.grad.item() == pytest.approx(2 / 1e-4)  # the log's gradient at the bound
+    assert p_del.grad.item() == pytest.approx(-1 / 1e-4)
+
+
+def test_log_redundancy_keeps_a_gradient_at_saturated_probabilities():
+    # Adding π_r made the set fully sufficient and its removal fatal: ℓ(S_r) needs no bound, its gradient is exact.
+    after_ins, after_del = leaf(0.99995), leaf(5e-5)
+    loss = redundancy_loss(after_ins, after_del, torch.tensor(0.5), torch.tensor(0.5), "log", 2.0, 1.0)
+    loss.sum().backward()
+    assert after_ins.grad.item() == pytest.approx(2 / 0.99995)
+    assert after_del.grad.item() == pytest.approx(-1 / (1 - 5e-5))
+    # P(x_¬S_r) past the bound (removing S_r left the answer intact): bounded value, gradient at the bound.
+    after_ins, after_del = leaf(0.9), leaf(1.0)
+    loss = redundancy_loss(after_ins, after_del, leaf(1e-5), leaf(0.99999), "log", 2.0, 1.0)
+    assert torch.isfinite(loss).all()
+    assert loss.item() == pytest.approx(2 * math.log(0.9) + math.log(1e-4) - 3 * math.log(1e-4))
+    loss.sum().backward()
+    assert after_del.grad.item() == pytest.approx(-1 / 1e-4) and after_ins.grad.item() == pytest.approx(2 / 0.9)
+
+
 @pytest.mark.parametrize("variant", ["paper", "log", "adaptive_log"])
 def test_redundancy_gradient_flows_only_through_after(variant):
     after_ins, after_del = leaf(0.7), leaf(0.2)

@@ -21,8 +21,30 @@ from collections.abc import Sequence
 import torch
 
 LOSS_VARIANTS = ("paper", "log", "adaptive_log")
-# Probabilities are clamped into [PROB_EPS, 1 - PROB_EPS] before taking logs.
+# The log variant's bound: log(p) sees p ≥ PROB_EPS and log(1 − p) sees p ≤ 1 − PROB_EPS (in value only).
 PROB_EPS = 1e-4
+
+
+def _bounded(p: torch.Tensor, low: float | None = None, high: float | None = None) -> torch.Tensor:
+    """p clamped into [low, high] in value, with p's own gradient (straight-through).
+
+    A plain clamp has gradient 0 outside the bounds, so a log term of a saturated probability (a confident
+    shortcut: P(x_S) → 1, P(x_¬S) → 0) would stop training exactly where it is meant to act. Here the value
+    stays bounded (finite even at p = 0 or 1, which float32 softmax outputs reach) and the gradient of
+    log(bounded p) is the log's gradient at the bound: the right sign and at most 1/PROB_EPS in size. Exact
+    log1p in float64 was not chosen: its gradient is infinite at p = 1 and unboundedly large just below it.
+    """
+    return p + (p.clamp(low, high) - p).detach()
+
+
+def _log(p: torch.Tensor) -> torch.Tensor:
+    """log p, bounded below at log PROB_EPS (in value) and never with a vanishing gradient."""
+    return torch.log(_bounded(p, low=PROB_EPS))
+
+
+def _log1m(p: torch.Tensor) -> torch.Tensor:
+    """log(1 − p), bounded below at log PROB_EPS (in value) and never with a vanishing gradient."""
+    return torch.log1p(-_bounded(p, high=1.0 - PROB_EPS))
 
 
 def set_score(
@@ -38,10 +60,8 @@ def set_score(
 def log_set_score(
     p_insert: torch.Tensor, p_delete: torch.Tensor, insertion_weight: float = 2.0, deletion_weight: float = 1.0
 ) -> torch.Tensor:
-    """Log-space set function ℓ(S) = a·log P(x_S) + b·log(1 − P(x_¬S)), probabilities clamped."""
-    p_insert = p_insert.clamp(PROB_EPS, 1.0 - PROB_EPS)
-    p_delete = p_delete.clamp(PROB_EPS, 1.0 - PROB_EPS)
-    return insertion_weight * torch.log(p_insert) + deletion_weight * torch.log1p(-p_delete)
+    """Log-space set function ℓ(S) = a·log P(x_S) + b·log(1 − P(x_¬S)), each log bounded below (see `_bounded`)."""
+    return insertion_weight * _log(p_insert) + deletion_weight * _log1m(p_delete)
 
 
 def normalised_gains(
@@ -111,9 +131,7 @@ def deviation_loss(
     if variant == "paper":
         return set_score(p_insert, p_delete, insertion_weight, deletion_weight)
     if variant == "log":
-        p_insert = p_insert.clamp(PROB_EPS, 1.0 - PROB_EPS)
-        p_delete = p_delete.clamp(PROB_EPS, 1.0 - PROB_EPS)
-        return -insertion_weight * torch.log1p(-p_insert) - deletion_weight * torch.log(p_delete)
+        return -insertion_weight * _log1m(p_insert) - deletion_weight * _log(p_delete)
     gain = set_score(p_insert, p_delete, insertion_weight, deletion_weight) / (insertion_weight + deletion_weight)
     return adaptive_log_penalty(gain, best_on_prior, full_prob, beta)
 
