@@ -1,0 +1,75 @@
+"""The repository documents itself: no pointer to files outside it, and every relative doc link resolves."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# The outside design notes users never see; spelled in two parts so this file does not match itself.
+OUTSIDE_REFERENCES = ("DESIGN" + ".md", "DESIGN" + " §")
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+_FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+
+
+def _tracked_files() -> list[Path]:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return [ROOT / name for name in listed.stdout.split("\0") if name]
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped (except - and _), spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(markdown: Path) -> set[str]:
+    text = _FENCE.sub("", markdown.read_text(encoding="utf-8"))
+    return {_anchor(line.lstrip("#")) for line in text.splitlines() if line.startswith("#")}
+
+
+def _doc_pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_no_tracked_file_points_outside_the_repository():
+    offenders = []
+    for path in _tracked_files():
+        if not path.is_file():
+            continue  # deleted in the working tree, not yet committed
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue  # binary
+        for number, line in enumerate(text.splitlines(), start=1):
+            if any(reference in line for reference in OUTSIDE_REFERENCES):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, "references to design notes that are not part of the repository:\n" + "\n".join(offenders)
+
+
+def test_docs_exist_and_readme_links_them():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for page in ("docs/method.md", "docs/conventions.md"):
+        assert (ROOT / page).is_file(), page
+        assert f"]({page})" in readme, f"README.md does not link {page}"
+
+
+@pytest.mark.parametrize("page", _doc_pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(page: Path):
+    text = _FENCE.sub("", page.read_text(encoding="utf-8"))
+    broken = []
+    for target in _LINK.findall(text):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+            continue
+        path_part, _, fragment = target.partition("#")
+        linked = (page.parent / path_part).resolve() if path_part else page
+        if not linked.exists():
+            broken.append(f"{target} (no such file)")
+        elif fragment and linked.suffix == ".md" and fragment not in _anchors(linked):
+            broken.append(f"{target} (no heading #{fragment} in {linked.name})")
+    assert not broken, f"{page.relative_to(ROOT)} has broken links: {broken}"
