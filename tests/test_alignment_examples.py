@@ -124,6 +124,19 @@ def test_deviation_margin_gates_off_prior_near_ties_of_an_on_prior_top_region():
     assert [e.rank for e in wide.deviation] == [2, 3]
 
 
+def test_best_on_prior_gain_of_a_single_round_ranking_comes_from_singleton_scores():
+    # Cue (region 3) first, target (region 0) a close second: only prefix S_1 = {cue} was measured.
+    att = single_round([3, 0, 1], [2.70, 2.40, 0.30])
+    built = build_alignment_examples(att, box(slice(0, 2), slice(0, 2)))
+    assert [e.kind for e in built.examples] == ["deviation"] and built.gains.numel() == 1
+    assert built.best_on_prior_gain == pytest.approx(2.40 / 3)  # the target's own gain F({0})/Z
+    # Measuring the later prefixes (redundancy on) does not change which evidence h is taken from.
+    att.prefix_scores, att.insertion_probs, att.deletion_probs = [2.70, 2.75, 2.80], [0.9] * 3, [0.1] * 3
+    assert build_alignment_examples(att, box(slice(0, 2), slice(0, 2))).best_on_prior_gain == pytest.approx(0.8)
+    # No on-prior region among the ranked ones: h = 0.
+    assert build_alignment_examples(att, box(slice(2, 4), slice(0, 2))).best_on_prior_gain == 0.0
+
+
 def test_deviation_margin_keeps_an_off_prior_top_region_and_needs_singleton_scores():
     att = single_round([3, 0], [2.7, 2.6])
     built = build_alignment_examples(att, box(slice(0, 2), slice(0, 2)), deviation_margin=0.1)

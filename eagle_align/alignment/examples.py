@@ -115,11 +115,25 @@ def build_alignment_examples(
         ranking=ranking,
         on_prior=on_prior,
         gains=gains,
-        best_on_prior_gain=float(best_on_prior_gain(gains, on_prior[:measured])) if measured else 0.0,
+        best_on_prior_gain=_best_on_prior_gain(attribution, gains, on_prior, insertion_weight + deletion_weight),
         full_prob=float(attribution.full_prob),
         examples=examples,
         partition=attribution.partition,
     )
+
+
+def _best_on_prior_gain(attribution: Attribution, gains: torch.Tensor, on_prior: list[bool], z: float) -> float:
+    """h of `adaptive_log`, from what the search measured for every ranked region.
+
+    With singleton scores (`single_round`), every ranked region's own gain F({v})/Z is known, while prefixes
+    beyond S_1 are only measured when redundancy asks for them. h over measured prefix gains would then see rank
+    1 alone: 0 for every rank-1 deviation example, ignoring exactly the on-prior evidence h exists for.
+    Otherwise h is taken over the prefix gains g_r, which greedy searches measure for every ranked region.
+    """
+    if attribution.singleton_scores is not None:
+        singles = torch.as_tensor(attribution.singleton_scores, dtype=torch.float64) / z
+        return float(best_on_prior_gain(singles, on_prior[: singles.numel()]))
+    return float(best_on_prior_gain(gains, on_prior[: gains.numel()])) if gains.numel() else 0.0
 
 
 def _deviation_ranks(attribution: Attribution, on_prior: list[bool], margin: float | None, z: float) -> list[int]:
