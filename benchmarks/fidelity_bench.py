@@ -1,0 +1,296 @@
+"""Fidelity of every attribution strategy on the decisions training needs, measured against `exact`.
+
+Training asks the attribution of each selected sample for few decisions: is the rank-1 region off-prior (the
+deviation gate), which region is it, and, with redundancy, the top ranks with their prefix scores. This
+benchmark measures, for every strategy in `eagle_align.attribution.search.STRATEGIES`, how often it makes the
+same decisions as `exact` on the same regions, and what it pays for them.
+
+The fidelity set (built once, cached under `--root`, default outputs/fidelity): tiny Qwen3-VL models trained
+as plain SFT on the demo's shortcut data (the demo's checkpoint, data and recipe for seeds 0-2, so the step-300
+model is the demo's SFT model), saved at steps 100 / 200 / 300. Early models and some seeds lean on the cue,
+others on the target, so both off-prior and on-prior rank-1 decisions occur. On each model: its first
+confident-correct training screens (argmax right at every decision token and P(x) >= min_confidence, the
+trainer's own selection), at N = 16 SLIC and N = 64 grid regions, with the demo recipe's baseline and weights.
+
+Every strategy runs with the arguments the trainer passes it (max_regions 10, stop_confidence, search_scope,
+resort_every, P(x) from the selection): its forwards, seconds, rank-1 region and gate are what training pays
+and decides. max_regions 10 is enough: the gate and the top-1 need rank 1 only, and the AUC compares the top
+10. For the top-10 insertion AUC, a ranking that stopped early at stop_confidence is ranked again without the
+stop (not counted in its forwards), and prefixes the search did not score are scored apart; the curve runs over
+the ranked regions and closes at the full screenshot. `exact`'s results are cached per model, layout and
+sample (reference.json, with the settings they were made with), so a re-run pays only for the other strategies.
+
+    python benchmarks/fidelity_bench.py                 # build the set if missing, then measure
+    python benchmarks/fidelity_bench.py --build-only    # just the set
+    python benchmarks/fidelity_bench.py --samples 4 --seeds 0 --steps 300   # a quick look
+
+The last output line is one JSON object: per strategy (and per layout, "grid64" / "slic16") forwards per
+sample, gate agreement, top-1 agreement, top-10 insertion-AUC ratio and seconds, the N = 64 figures also at the
+top level, a per-model breakdown, and `default_strategy` (PriorAlignedConfig's search).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+FIDELITY_STEPS = (100, 200, 300)
+FIDELITY_SEEDS = (0, 1, 2)
+SAMPLES_PER_MODEL = 8
+# Screens scanned per model for confident-correct ones (the training set's first ones, in order).
+SCAN_LIMIT = 128
+LAYOUTS = {"grid64": ("grid", 64), "slic16": ("slic", 16)}
+README = """Fidelity set of benchmarks/fidelity_bench.py (tiny Qwen3-VL, plain SFT on the demo's shortcut data).
+
+manifest.json lists every model: {"key": "seed0-step100", "seed": 0, "step": 100, "path": ".../checkpoint-100",
+"train_data": ".../data/train.jsonl", "samples": [indices of confident-correct training screens]}.
+
+Load one model as the trainer sees it:
+    from eagle_align.models import load_model_and_processor
+    from eagle_align.data import GroundingCollator, load_examples
+    model, processor = load_model_and_processor(path, dtype="float32", min_pixels=65536, max_pixels=65536)
+    examples = load_examples(train_data)
+    batch = GroundingCollator(processor, "qwen3_vl")([examples[i] for i in samples])
+The demo recipe (recipes/train/tiny_synthetic_cpu.yaml) holds the baseline, weights and min_confidence used.
+reference.json caches exact's attributions per model, layout and sample (with the settings they were made with).
+Re-measure: .venv/bin/python benchmarks/fidelity_bench.py (the set and the reference are reused).
+"""
+
+
+def recipe_config(output_dir: str | Path):
+    """The demo recipe as a PriorAlignedConfig (baseline, weights, selection and search settings)."""
+    from eagle_align.demo import RECIPE
+    from eagle_align.train import load_config, parse_config
+
+    config = load_config(RECIPE, {"model_name_or_path": "unused", "train_data": "unused",
+                                  "output_dir": str(output_dir), "use_cpu": True})
+    return parse_config(config)[3]
+
+
+def build_set(root: Path, seeds: tuple[int, ...], steps: tuple[int, ...]) -> list[dict]:
+    """Train one SFT run per seed with the demo's settings, saving the model at each of `steps`."""
+    from eagle_align.demo import (
+        FAMILY,
+        PIXELS,
+        RECIPE,
+        SIZES,
+        TRAIN_CUE_FRACTION,
+        synthetic_split,
+        training_config,
+    )
+    from eagle_align.models import build_tiny_checkpoint
+    from eagle_align.train import run_training
+
+    models = []
+    for seed in seeds:
+        out = root / f"seed-{seed}"
+        paths = {step: out / f"checkpoint-{step}" for step in steps}
+        train = out / "data" / "train.jsonl"
+        if not all((path / "config.json").is_file() for path in paths.values()):
+            start = time.perf_counter()
+            checkpoint = build_tiny_checkpoint(FAMILY, out / "checkpoint", seed=seed, min_pixels=PIXELS,
+                                               max_pixels=PIXELS)
+            train = synthetic_split(out / "data", "train", SIZES["full"]["train"], seed, TRAIN_CUE_FRACTION)
+            overrides = {"max_steps": max(steps), "save_strategy": "steps", "save_steps": min(steps),
+                         "save_only_model": True, "disable_tqdm": True}
+            run_training(training_config(RECIPE, checkpoint, train, out, seed, False, overrides))
+            print(f"seed {seed}: trained {max(steps)} SFT steps in {time.perf_counter() - start:.0f}s", flush=True)
+        for step, path in paths.items():
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(f"{path}: no model saved at step {step} (save_steps must divide it)")
+            models.append({"key": f"seed{seed}-step{step}", "seed": seed, "step": step, "path": str(path),
+                           "train_data": str(train)})
+    return models
+
+
+def confident_correct(model, processor, config, train_data: str, limit: int) -> tuple[list[int], list[float]]:
+    """Indices (and P(x)) of the first `limit` training screens the trainer's selection would align."""
+    from eagle_align.attribution import attribution_mode
+    from eagle_align.data import GroundingCollator, load_examples
+    from eagle_align.trainer import PriorAlignedTrainer
+
+    examples = load_examples(train_data)
+    collator = GroundingCollator(processor, "qwen3_vl")
+    trainer = PriorAlignedTrainer(model=model, args=config, data_collator=collator)
+    chosen, probs = [], []
+    width = config.per_device_train_batch_size
+    for begin in range(0, min(SCAN_LIMIT, len(examples)), width):
+        batch = collator([examples[i] for i in range(begin, min(begin + width, len(examples)))])
+        metas = batch.pop("meta")
+        with attribution_mode(model):
+            selected, full_probs = trainer._select(model, batch, metas)
+        chosen += [begin + i for i in selected]
+        probs += [full_probs[i] for i in selected]
+        if len(chosen) >= limit:
+            break
+    return chosen[:limit], probs[:limit]
+
+
+def search_kwargs(config) -> dict:
+    """What the trainer passes the search besides the model and sample (settings of the recipe)."""
+    return dict(baseline=config.baseline, batch_size=config.attribution_batch_size, reduction=config.score_reduction,
+                max_regions=config.max_regions, stop_confidence=config.stop_confidence,
+                search_scope=config.search_scope, resort_every=config.resort_every,
+                insertion_weight=config.insertion_weight, deletion_weight=config.deletion_weight)
+
+
+def run_strategy(model, batch, meta, config, layout: str, strategy: str, full_prob: float) -> dict:
+    """One strategy on one sample: its decisions, its cost, and the insertion AUC of its ranking."""
+    from eagle_align.attribution import (
+        DecisionScorer,
+        attribute_sample,
+        attribution_mode,
+        evaluate_prefixes,
+        insertion_auc,
+        point_game,
+        set_prob_for,
+        slice_sample,
+    )
+
+    method, n_regions = LAYOUTS[layout]
+    kwargs = dict(n_regions=n_regions, region_method=method, strategy=strategy, full_prob=full_prob,
+                  prior_overlap=config.prior_overlap, **search_kwargs(config))
+    start = time.perf_counter()
+    attribution = attribute_sample(model, batch, 0, **kwargs)
+    seconds = time.perf_counter() - start
+    decided = {"forwards": attribution.forwards, "seconds": seconds, "rank1": attribution.ranking[0],
+               "off_prior": not point_game(attribution, meta.prior_mask, config.prior_overlap)}
+    ranked = attribution
+    if len(ranked.ranking) < min(config.max_regions, ranked.n_regions):  # stopped at stop_confidence
+        ranked = attribute_sample(model, batch, 0, **{**kwargs, "stop_confidence": None})
+    with attribution_mode(model):
+        scorer = DecisionScorer(model, slice_sample(batch, 0), meta, baseline=config.baseline,
+                                batch_size=config.attribution_batch_size, reduction=config.score_reduction)
+        evaluate_prefixes(ranked, set_prob_for(scorer, ranked.partition))  # the curve, not the search's cost
+    return {**decided, "auc": insertion_auc(ranked), "top10": ranked.ranking}
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Agreement with exact and mean cost over (sample, strategy result, exact result) rows."""
+    n = len(rows)
+    exact_auc = sum(row["exact"]["auc"] for row in rows)
+    return {
+        "forwards_per_sample": round(sum(row["run"]["forwards"] for row in rows) / n, 2),
+        "gate_agreement": round(sum(row["run"]["off_prior"] == row["exact"]["off_prior"] for row in rows) / n, 4),
+        "top1_agreement": round(sum(row["run"]["rank1"] == row["exact"]["rank1"] for row in rows) / n, 4),
+        "top10_auc_ratio": round(sum(row["run"]["auc"] for row in rows) / exact_auc, 4),
+        "seconds_per_sample": round(sum(row["run"]["seconds"] for row in rows) / n, 3),
+        "samples": n,
+    }
+
+
+def measure(root: Path, models: list[dict], samples: int, strategies: tuple[str, ...]) -> dict:
+    """Every strategy on every model's confident-correct screens, at each layout, against exact (cached)."""
+    from tqdm import tqdm
+
+    from eagle_align.data import GroundingCollator, load_examples
+    from eagle_align.demo import PIXELS
+    from eagle_align.models import load_model_and_processor
+
+    config = recipe_config(root / "trainer")
+    settings = {**search_kwargs(config), "prior_overlap": config.prior_overlap, "pixels": PIXELS,
+                "min_confidence": config.min_confidence, "layouts": {k: list(v) for k, v in LAYOUTS.items()}}
+    cache_path = root / "reference.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    if cache.get("settings") != settings:
+        cache = {"settings": settings, "entries": {}}
+    rows: dict[tuple[str, str, str], list[dict]] = {}
+    progress = tqdm(total=len(models) * samples, desc="fidelity", unit="sample", mininterval=10)
+    for entry in models:
+        model, processor = load_model_and_processor(entry["path"], dtype="float32", min_pixels=PIXELS,
+                                                    max_pixels=PIXELS)
+        indices, full_probs = confident_correct(model, processor, config, entry["train_data"], samples)
+        entry["samples"] = indices
+        examples = load_examples(entry["train_data"])
+        collator = GroundingCollator(processor, "qwen3_vl")
+        for index, full_prob in zip(indices, full_probs):
+            batch = collator([examples[index]])
+            meta = batch["meta"][0]
+            for layout in LAYOUTS:
+                key = f"{entry['key']}/{layout}/{index}"
+                if key not in cache["entries"]:
+                    cache["entries"][key] = run_strategy(model, batch, meta, config, layout, "exact", full_prob)
+                exact = cache["entries"][key]
+                for strategy in strategies:
+                    run = exact if strategy == "exact" else run_strategy(model, batch, meta, config, layout,
+                                                                         strategy, full_prob)
+                    rows.setdefault((entry["key"], layout, strategy), []).append({"run": run, "exact": exact})
+            progress.update()
+        cache_path.write_text(json.dumps(cache) + "\n")
+        skipped = samples - len(indices)
+        progress.write(f"{entry['key']}: {len(indices)} confident-correct screens"
+                       + (f" ({skipped} short of {samples} within the first {SCAN_LIMIT})" if skipped else "")
+                       + "; exact rank-1 off-prior: "
+                       + ", ".join(f"{layout} {sum(r['exact']['off_prior'] for r in rows.get((entry['key'], layout, 'exact'), []))}"
+                                   for layout in LAYOUTS))
+    progress.close()
+
+    def pooled(layout: str, strategy: str, keys=None) -> list[dict]:
+        return [row for (key, lay, strat), group in rows.items() if lay == layout and strat == strategy
+                and (keys is None or key in keys) for row in group]
+
+    fidelity = {}
+    for strategy in strategies:
+        per_layout = {layout: summarise(pooled(layout, strategy)) for layout in LAYOUTS if pooled(layout, strategy)}
+        fidelity[strategy] = {**per_layout.get("grid64", {}), **per_layout}
+    per_model = {}
+    for entry in models:
+        exact_rows = {layout: pooled(layout, "exact", {entry["key"]}) for layout in LAYOUTS}
+        if not exact_rows["grid64"]:
+            per_model[entry["key"]] = {"samples": 0}
+            continue
+        per_model[entry["key"]] = {
+            "samples": len(exact_rows["grid64"]),
+            "exact_off_prior_share": {layout: round(sum(r["exact"]["off_prior"] for r in group) / len(group), 4)
+                                      for layout, group in exact_rows.items()},
+            **{layout: {strategy: {k: v for k, v in summarise(pooled(layout, strategy, {entry["key"]})).items()
+                                   if k in ("forwards_per_sample", "gate_agreement", "top1_agreement")}
+                        for strategy in strategies} for layout in LAYOUTS},
+        }
+    (root / "manifest.json").write_text(json.dumps({"models": models}, indent=2) + "\n")
+    return {"fidelity": fidelity, "per_model": per_model, "settings": settings, "demo_recipe_search": config.search}
+
+
+def main() -> None:
+    from eagle_align.attribution.search import STRATEGIES
+    from eagle_align.config import PriorAlignedConfig
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="outputs/fidelity", help="where the fidelity set is built and cached")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(FIDELITY_SEEDS))
+    parser.add_argument("--steps", type=int, nargs="+", default=list(FIDELITY_STEPS),
+                        help="SFT steps at which models are saved (the smallest must divide the others)")
+    parser.add_argument("--samples", type=int, default=SAMPLES_PER_MODEL, help="confident-correct screens per model")
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument("--build-only", action="store_true", help="build (or check) the set and stop")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps a shared machine usable)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "README.txt").write_text(README)
+    start = time.perf_counter()
+    models = build_set(root, tuple(args.seeds), tuple(sorted(args.steps)))
+    if args.build_only:
+        (root / "manifest.json").write_text(json.dumps({"models": models}, indent=2) + "\n")
+        print(json.dumps({"models": [m["key"] for m in models], "root": str(root)}))
+        return
+    strategies = tuple(dict.fromkeys(["exact", *args.strategies]))
+    result = measure(root, models, args.samples, strategies)
+    for strategy, figures in result["fidelity"].items():
+        for layout in LAYOUTS:
+            if layout in figures:
+                f = figures[layout]
+                print(f"{strategy:>14} {layout}: {f['forwards_per_sample']:7.1f} forwards, gate {f['gate_agreement']:.3f}, "
+                      f"top-1 {f['top1_agreement']:.3f}, top-10 AUC ratio {f['top10_auc_ratio']:.4f}, "
+                      f"{f['seconds_per_sample']:.2f} s/sample", flush=True)
+    print(json.dumps({"default_strategy": PriorAlignedConfig.search, **result,
+                      "minutes": round((time.perf_counter() - start) / 60, 2)}))
+
+
+if __name__ == "__main__":
+    main()
