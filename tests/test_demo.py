@@ -66,4 +66,9 @@ def test_quick_demo_end_to_end(tmp_path):
     differing = {k for k in configs["sft"].keys() | configs["aligned"].keys() if configs["sft"].get(k) != configs["aligned"].get(k)}
     assert differing == {"alignment", "output_dir"} and configs["aligned"]["alignment"] is True
     assert report["aligned"]["alignment"]["alignment_steps"] > 0
+    # Training time of each model's training loop, and what alignment costs on top of SFT.
+    minutes = {name: report[name]["training_minutes"] for name in MODELS}
+    assert 0 < minutes["sft"] < report["minutes"] and 0 < minutes["aligned"] < report["minutes"]
+    assert report["training_overhead_ratio"] == pytest.approx(minutes["aligned"] / minutes["sft"])
+    assert f"training_overhead_ratio {report['training_overhead_ratio']:.2f}" in (out / "report.md").read_text()
     assert Path(report["sft"]["eval_dirs"]["iid"]).is_dir()
