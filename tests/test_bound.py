@@ -1,0 +1,183 @@
+"""The `bounded` search on hand-built set functions: analytic forward counts, exact's decisions, sound pruning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from eagle_align.attribution import attribute_sample, greedy_search
+from eagle_align.attribution.bound import build_hierarchy, region_centroids
+from eagle_align.config import PriorAlignedConfig
+
+
+class SetFunction:
+    """P(x_S) from a function of the kept set, counting the sets asked and remembering which."""
+
+    def __init__(self, value) -> None:
+        self.value, self.rows, self.asked = value, 0, []
+
+    def __call__(self, sets: torch.Tensor) -> torch.Tensor:
+        self.rows += sets.shape[0]
+        self.asked += [tuple(row.nonzero().view(-1).tolist()) for row in sets]
+        return torch.stack([self.value(row) for row in sets]).float()
+
+
+def additive(weights: torch.Tensor) -> SetFunction:
+    """P(x_S) = Σ_{v∈S} w_v with Σ w = 1, so F(S) = a·W(S) + b·W(S) = (a + b)·W(S)."""
+    return SetFunction(lambda row: (row.float() * weights).sum())
+
+
+def on_prior(n: int, regions: list[int]) -> list[bool]:
+    return [v in regions for v in range(n)]
+
+
+# 16 regions, 0-3 on-prior. Index order is the spatial order (no centroids): the off-prior side 4..15 halves
+# into 4..9 | 10..15, then 10..12 | 13..15, then 13 | 14..15, then 14 | 15 (leaf size 2).
+N = 16
+OFF_SHORTCUT = torch.tensor([0.025] * 4 + [0.03, 0.04, 0.035, 0.045, 0.03, 0.04, 0.035, 0.045, 0.03, 0.5, 0.025, 0.05])
+ON_TARGET = torch.tensor([0.05, 0.03, 0.5, 0.02] + [0.4 / 12] * 12)
+
+
+def test_shortcut_region_is_found_along_one_path_with_analytic_forwards():
+    weights = OFF_SHORTCUT / OFF_SHORTCUT.sum()
+    prob = additive(weights)
+    result = greedy_search(prob, N, "bounded", max_regions=1, stop_confidence=None,
+                           hierarchy=build_hierarchy(N, on_prior(N, [0, 1, 2, 3])))
+    exact = greedy_search(additive(weights), N, "exact", max_regions=1, stop_confidence=None)
+    assert result.ranking == exact.ranking == [13]
+    assert result.prefix_scores == pytest.approx(exact.prefix_scores)
+    # Prior test: x_on and x_off, each the other's deletion set (2). Then insertion of both halves at each split
+    # on the way down: {4..9, 10..15}, {10..12, 13..15}, {13, 14..15}... the shortcut is region 13, reached
+    # at the third split (2 + 2 + 2). Its deletion (1) makes it the best (3·w_13); every open group's bound
+    # 2·W(G) + 1·(1 − P(x_on)) is then below it. P(x) and P(x_∅) close the attribution (2).
+    assert result.forwards == prob.rows == 2 + 2 + 2 + 2 + 1 + 2
+    assert exact.forwards == 2 * N + 2
+
+
+def test_target_evidence_settles_with_the_off_prior_side_pruned_whole():
+    weights = ON_TARGET / ON_TARGET.sum()
+    prob = additive(weights)
+    result = greedy_search(prob, N, "bounded", max_regions=1, stop_confidence=None, full_prob=1.0,
+                           hierarchy=build_hierarchy(N, on_prior(N, [0, 1, 2, 3])))
+    assert result.ranking == [2]
+    # Prior test (2); on-prior side {0, 1} | {2, 3} (2), then {2} | {3} (2), deletion of 2 (1); P(x_∅) (1).
+    # F(off) = 3·0.4 < F({2}) = 1.5: no off-prior region was ever scored alone.
+    assert result.forwards == prob.rows == 2 + 2 + 2 + 1 + 1
+    assert not any(len(s) == 1 and s[0] >= 4 for s in prob.asked)
+
+
+def test_a_pair_that_only_helps_together_is_found_as_exact_finds_it():
+    # 8 regions, 0-1 on-prior (1 the target). Regions 3 and 6, in different halves of the off-prior side
+    # (2..4 | 5..7), add 0.5 only together. Alone each is weak, but removing either breaks the pair, so the
+    # deletion term ranks them above the target: F({3}) = 2·0.06 + 1 − 0.45 = 0.67, F({6}) = 0.64,
+    # F({1}) = 2·0.15 + 1 − 0.86 = 0.44, every other region 2·0.05 + 1 − 0.96 = 0.14.
+    weights = torch.tensor([1, 3, 1, 1.2, 1, 1, 1, 1]) / 20
+
+    def value(row: torch.Tensor) -> torch.Tensor:
+        return (row.float() * weights).sum() + 0.5 * (row[3] & row[6]).float()
+
+    prob = SetFunction(value)
+    result = greedy_search(prob, 8, "bounded", max_regions=1, stop_confidence=None,
+                           hierarchy=build_hierarchy(8, on_prior(8, [0, 1])))
+    exact = greedy_search(SetFunction(value), 8, "exact", max_regions=1, stop_confidence=None)
+    assert result.ranking == exact.ranking == [3]
+    assert result.prefix_scores == pytest.approx(exact.prefix_scores)
+    # Here grouping cannot help: every half holds one of the pair, so no group's insertion shows it, and the
+    # inherited deletion bound P(x_on) = 0.2 is loose. Insertions: prior test (2), then 2..4 | 5..7, 2 | 3..4,
+    # 5 | 6..7, 3 | 4, 6 | 7 (10); each off-prior region's bound 2·w + 1 − 0.2 stays above 0.67, so each
+    # needs its own deletion (6); P(x), P(x_∅) (2).
+    # That is 2 more than exact's 2N + 2: the price of the tree when pruning fails.
+    assert result.forwards == prob.rows == 2 + 10 + 6 + 2
+    assert exact.forwards == 2 * 8 + 2
+
+
+def _random_case(seed: int):
+    """Random nonnegative weights (some dominant), a random prior, random centroids, leaf size and budget."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 33))
+    weights = torch.tensor(rng.random(n) ** rng.uniform(1, 8), dtype=torch.float64)
+    prior = on_prior(n, rng.choice(n, size=int(rng.integers(0, n // 2 + 1)), replace=False).tolist())
+    centroids = torch.tensor(rng.random((n, 2)), dtype=torch.float32)
+    hierarchy = build_hierarchy(n, prior, centroids, leaf_size=int(rng.integers(1, 5)))
+    budget = None if rng.random() < 0.5 else int(rng.integers(0, 3 * n))
+    return n, weights / weights.sum(), prior, hierarchy, budget
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_pruning_is_sound_on_additive_and_monotone_functions(seed):
+    """Whatever the search skips, it skips soundly: the rank-1 region, its gate and every later greedy choice
+    equal exact's, on additive functions and on a monotone non-additive one (noisy-or), budget or not."""
+    n, weights, prior, hierarchy, budget = _random_case(seed)
+    functions = {
+        "additive": lambda row: (row.double() * weights).sum(),
+        "noisy_or": lambda row: 1 - torch.prod(1 - weights * row.double()),  # each kept region may suffice
+    }
+    for name, value in functions.items():
+        steps = min(4, n)
+        bounded = greedy_search(SetFunction(value), n, "bounded", max_regions=steps, stop_confidence=None,
+                                hierarchy=hierarchy, step_budget=budget)
+        exact = greedy_search(SetFunction(value), n, "exact", max_regions=steps, stop_confidence=None)
+        assert bounded.ranking == exact.ranking, name
+        assert prior[bounded.ranking[0]] == prior[exact.ranking[0]], f"{name}: gate differs"
+        assert bounded.prefix_scores == pytest.approx(exact.prefix_scores), name
+
+
+def test_a_spent_budget_scores_the_open_regions_flat_and_stays_exact():
+    weights = ON_TARGET / ON_TARGET.sum()
+    prob = additive(weights)
+    hierarchy = build_hierarchy(N, on_prior(N, [0, 1, 2, 3]))
+    result = greedy_search(prob, N, "bounded", max_regions=1, stop_confidence=None, full_prob=1.0, empty_prob=0.0,
+                           hierarchy=hierarchy, step_budget=0)
+    assert result.ranking == [2]
+    # The prior test (2) is always paid; then both sides are open and all 16 regions are scored (2 each).
+    assert result.forwards == prob.rows == 2 + 2 * N
+
+
+def test_hierarchy_splits_the_prior_first_then_space():
+    prior = on_prior(6, [1, 4])
+    centroids = torch.tensor([[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]], dtype=torch.float32)
+    root = build_hierarchy(6, prior, centroids, leaf_size=2)
+    assert [child.members for child in root.children] == [(1, 4), (0, 2, 3, 5)]
+    inside, outside = root.children
+    assert [c.members for c in inside.children] == [(1,), (4,)]
+    # Off-prior 0, 2, 3, 5 spread more along columns (0..2) than rows (0..1): halves by column.
+    assert [c.members for c in outside.children] == [(0, 3), (2, 5)]
+    assert build_hierarchy(3, [False] * 3).members == (0, 1, 2)  # no on-prior region: no prior split
+    grid = torch.zeros(2, 2, 3, dtype=torch.bool)
+    grid[0, :, :2], grid[1, :, 2] = True, True
+    assert region_centroids(grid).tolist() == [[0.5, 0.5], [0.5, 2.0]]
+    with pytest.raises(ValueError, match="leaf_size=0"):
+        build_hierarchy(4, leaf_size=0)
+    with pytest.raises(ValueError, match="3 flags for 4 regions"):
+        build_hierarchy(4, [True, False, False])
+    with pytest.raises(ValueError, match="covers 3 regions, not 4"):
+        greedy_search(additive(torch.ones(4) / 4), 4, "bounded", hierarchy=build_hierarchy(3))
+
+
+def test_attribute_sample_counts_every_forward_of_the_bounded_search(tiny_checkpoints):
+    from scripts.ddp_align import examples  # small grey screens with one red button
+
+    from eagle_align.data.collator import GroundingCollator
+    from eagle_align.models import load_model_and_processor
+
+    model, processor = load_model_and_processor(tiny_checkpoints["qwen3_vl"], dtype="float32")
+    batch = GroundingCollator(processor, "qwen3_vl")(examples(1))
+    rows = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]),
+                                    with_kwargs=True)
+    result = attribute_sample(model, batch, 0, n_regions=16, strategy="bounded", max_regions=2, batch_size=4,
+                              stop_confidence=None)
+    assert result.strategy == "bounded" and len(result.ranking) == 2 and len(result.prefix_scores) == 2
+    assert result.forwards == sum(rows) > 0
+    assert len(set(result.ranking)) == 2 and all(0 <= v < result.partition.n_regions for v in result.ranking)
+
+
+def test_ranked_regions_asks_bounded_for_what_the_losses_read():
+    def ranked(**options) -> int:
+        return PriorAlignedConfig(output_dir="unused", report_to="none", **options).ranked_regions
+
+    assert ranked(search="bounded", lambda_redundancy=0.0) == 1  # the deviation gate reads rank 1 only
+    assert ranked(search="bounded", lambda_redundancy=0.5) == 10  # redundancy reads every off-prior rank
+    assert ranked(search="bounded", lambda_redundancy=0.0, loss_variant="adaptive_log") == 10
+    assert ranked(search="efficient", lambda_redundancy=0.0) == 10  # the paper's strategies rank max_regions
