@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from eagle_align.errors import UsageError
+
 Size = tuple[int, int]
 _NUM = r"-?\d+(?:\.\d+)?"
 
@@ -175,7 +177,7 @@ def get_action_format(name: str | ActionFormat) -> ActionFormat:
     if isinstance(name, ActionFormat):
         return name
     if name not in ACTION_FORMATS:
-        raise ValueError(f"action_format={name!r} is not registered; choose one of {', '.join(ACTION_FORMATS)}")
+        raise UsageError(f"action_format={name!r} is not registered; choose one of {', '.join(ACTION_FORMATS)}")
     return ACTION_FORMATS[name]
 
 

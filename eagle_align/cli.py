@@ -2,13 +2,28 @@
 
 Each subcommand is "module:name"; the module defines `{name}_arguments(parser)` and `{name}_command(args)`.
 Modules are imported only when their subcommand runs, so `eagle-align --help` stays fast.
+
+Mistakes in what the user gave (options, recipes, data, paths, model folders) print one line,
+`eagle-align <command>: <message>` (plus a hint), and exit 2; `--debug` or EAGLE_ALIGN_DEBUG=1 shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
 import sys
+from collections.abc import Callable
+
+import yaml
+
+from eagle_align.errors import UsageError
+
+# Errors that come from what the user gave, not from a bug: reported as one line, exit status 2.
+USER_ERRORS = (UsageError, OSError, yaml.YAMLError, json.JSONDecodeError)
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "EAGLE_ALIGN_DEBUG"
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("eagle_align.train:train", "Train a LoRA adapter (SFT or prior-aligned) from a YAML recipe."),
@@ -30,6 +45,8 @@ def _load(target: str):
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eagle-align", description="Teach GUI agents to click for the right reason.")
+    parser.add_argument(DEBUG_FLAG, action="store_true",
+                        help=f"show the traceback of errors in the input (also: {DEBUG_ENV}=1); may stand anywhere")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (target, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -38,8 +55,37 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def describe_error(error: BaseException) -> str:
+    """One line for a user error (plus UsageError's hint line), naming the file where the error has one."""
+    if isinstance(error, UsageError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.strerror}: {error.filename}"
+    return " ".join(str(error).split())
+
+
+def run_reporting_errors(command: str, run: Callable[[], int | None], debug: bool = False) -> int:
+    """Run one command; a user error becomes `eagle-align <command>: <message>` on stderr and exit status 2.
+
+    With `debug` (or EAGLE_ALIGN_DEBUG=1) the error propagates with its traceback.
+    """
+    debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        return int(run() or 0)
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        print(f"eagle-align {command}: {describe_error(error)}", file=sys.stderr)
+        return 2
+
+
+def strip_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """`--debug` may stand anywhere (train passes everything after the recipe on as overrides)."""
+    return [a for a in argv if a != DEBUG_FLAG], DEBUG_FLAG in argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv, debug = strip_debug_flag(sys.argv[1:] if argv is None else list(argv))
     command = next((a for a in argv if not a.startswith("-")), None)
     if command is not None and command not in COMMANDS:
         build_parser().error(f"unknown command {command!r}; choose from {', '.join(COMMANDS)}")
@@ -48,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return int(_load(COMMANDS[args.command][0])[1](args) or 0)
+    return run_reporting_errors(args.command, lambda: _load(COMMANDS[args.command][0])[1](args), debug)
 
 
 if __name__ == "__main__":

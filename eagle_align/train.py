@@ -4,7 +4,8 @@
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m eagle_align.train CONFIG.yaml
 
 The YAML is flat (like TRL / LLaMA-Factory recipes): model, data, LoRA, alignment and Trainer keys side by side.
-`HfArgumentParser` splits it into the dataclasses below and `PriorAlignedConfig`.
+`HfArgumentParser` splits it into the dataclasses below and `PriorAlignedConfig`. `preset: paper` sets every
+method setting to the paper's first; the recipe's own keys (and command-line overrides) then win over it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from typing import Any
 
 import yaml
 
+from eagle_align.errors import UsageError
+
 logger = logging.getLogger(__name__)
+FINETUNING_CHOICES = ("lora", "full")
 
 
 @dataclass
@@ -45,6 +49,18 @@ class ModelArguments:
         default=True, metadata={"help": "Keep the vision tower frozen (false: train it fully alongside)."}
     )
 
+    def __post_init__(self) -> None:
+        from eagle_align.models.loading import QUANTIZATION_CHOICES, resolve_dtype
+
+        if self.finetuning not in FINETUNING_CHOICES:
+            raise UsageError(f"finetuning={self.finetuning!r}; choose one of {', '.join(FINETUNING_CHOICES)}")
+        if self.quantization not in QUANTIZATION_CHOICES:
+            raise UsageError(f"quantization={self.quantization!r}; choose 4bit or 8bit (or leave it out)")
+        if self.finetuning == "full" and self.quantization:
+            raise UsageError("quantization needs finetuning=lora (QLoRA); full fine-tuning of 4/8-bit weights is "
+                             "not possible")
+        resolve_dtype(self.dtype)
+
 
 @dataclass
 class LoraArguments:
@@ -65,7 +81,20 @@ class DataArguments:
     action_format: str | None = field(default=None, metadata={"help": "Answer format; default per family."})
     system_prompt: str | None = field(default=None, metadata={"help": "Optional system turn."})
     max_length: int | None = field(default=None, metadata={"help": "Token limit; never cuts image tokens."})
-    on_error: str = field(default="raise", metadata={"help": "raise, or skip bad records and report the count."})
+    on_error: str = field(
+        default="raise",
+        metadata={"help": "raise, or skip bad records (at load time, and images that do not decode during "
+                  "training) and report the count."},
+    )
+    train_split: str | None = field(
+        default="train",
+        metadata={"help": "Split(s) of train_data to train on (comma-separated), when it has several (a "
+                  "DatasetDict, a folder of split files); null: all of them."},
+    )
+    eval_split: str | None = field(
+        default=None,
+        metadata={"help": "Split(s) of eval_data (default: all); without eval_data, taken from train_data."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N examples."})
     click_eval: bool = field(
         default=False, metadata={"help": "Run the click-accuracy harness on eval_data at eval_steps."}
@@ -74,6 +103,16 @@ class DataArguments:
     click_eval_attribution_samples: int = field(
         default=0, metadata={"help": "Samples per click evaluation that also get attribution (point game)."}
     )
+
+    def __post_init__(self) -> None:
+        from eagle_align.actions import get_action_format
+
+        if self.action_format is not None:
+            get_action_format(self.action_format)
+        if self.on_error not in ("raise", "skip"):
+            raise UsageError(f"on_error={self.on_error!r}; choose raise or skip")
+        if self.click_eval and not (self.eval_data or self.eval_split):
+            raise UsageError("click_eval: true needs eval_data (or eval_split of train_data)")
 
 
 def _argument_classes():
@@ -113,7 +152,7 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
     while i < len(tokens):
         token = tokens[i]
         if not token.startswith("--"):
-            raise ValueError(f"expected --key value, got {token!r}")
+            raise UsageError(f"expected --key value, got {token!r}")
         key, eq, value = token[2:].partition("=")
         if not eq:
             if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
@@ -121,7 +160,11 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
             else:
                 i += 1
                 value = tokens[i]
-        overrides[key.replace("-", "_")] = yaml.load(value, Loader=RecipeLoader)
+        key = key.replace("-", "_")
+        try:
+            overrides[key] = yaml.load(value, Loader=RecipeLoader)
+        except yaml.YAMLError as error:
+            raise UsageError(f"--{key} {value!r}: not a YAML value ({getattr(error, 'problem', error)})") from None
         i += 1
     return overrides
 
@@ -132,20 +175,26 @@ def load_config(config_path: str | Path | None, overrides: dict[str, Any] | None
     if config_path is not None:
         path = Path(config_path)
         if not path.is_file():
-            raise FileNotFoundError(f"training config {path} does not exist")
-        config = yaml.load(path.read_text(), Loader=RecipeLoader) or {}
+            raise UsageError(f"training config {path} " + ("is a directory" if path.is_dir() else "does not exist"),
+                             hint="pass a recipe YAML, e.g. one of recipes/train/")
+        try:
+            with open(path, encoding="utf-8") as handle:  # from the file, so YAML errors name it
+                config = yaml.load(handle, Loader=RecipeLoader) or {}
+        except yaml.MarkedYAMLError as error:
+            mark = error.problem_mark
+            raise UsageError(f"{path}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {error.problem}") from None
         if not isinstance(config, dict):
-            raise ValueError(f"{path}: a training config must be a mapping of key: value")
+            raise UsageError(f"{path}: a training config must be a mapping of key: value")
     config.update(overrides or {})
     known = set(valid_keys())
     unknown = [k for k in config if k not in known]
     if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, known, n=3)
-            hints.append(f"{key!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-        raise ValueError(
-            f"unknown config key(s): {'; '.join(hints)}. Valid keys: {', '.join(sorted(known))}"
+        close = {key: difflib.get_close_matches(key, known, n=3) for key in unknown}
+        hints = [f"did you mean {' or '.join(matches)} (for {key})?" for key, matches in close.items() if matches]
+        raise UsageError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
+            hint=" ".join(hints) or "the keys are the fields of ModelArguments, DataArguments, LoraArguments "
+            "(eagle_align.train) and PriorAlignedConfig (TrainingArguments + alignment); see recipes/train/",
         )
     return config
 
@@ -157,20 +206,44 @@ def parse_config(config: dict[str, Any]):
     parser = HfArgumentParser(_argument_classes())
     for cls, required in ((ModelArguments, "model_name_or_path"), (DataArguments, "train_data")):
         if required not in config:
-            raise ValueError(f"missing required config key {required!r} ({cls.__name__})")
+            raise UsageError(f"missing required config key {required!r} ({cls.__name__})")
     config = dict(config)
     config.setdefault("output_dir", "outputs/run")
-    return parser.parse_dict(config, allow_extra_keys=False)
+    try:
+        return parser.parse_dict(config, allow_extra_keys=False)
+    except UsageError:
+        raise
+    except ValueError as error:  # the argument classes' own checks, e.g. TrainingArguments' value rules
+        raise UsageError(f"training config: {' '.join(str(error).split())}") from None
+
+
+def load_training_data(data_args: DataArguments):
+    """(train examples, eval examples or None) for a recipe, loaded and validated before any model loads.
+
+    `train_split` picks among the splits of a source that has several (default "train": a DatasetDict with
+    train and test trains on train only); without eval_data, `eval_split` takes the eval set from train_data.
+    """
+    from eagle_align.data import DataError, ExampleSet, load_examples
+
+    def load(source: str, split: str | None, role: str) -> ExampleSet:
+        examples = load_examples(source, image_root=data_args.image_root, on_error=data_args.on_error, split=split)
+        if role == "train_data" and data_args.max_train_samples:
+            examples = ExampleSet(examples[: data_args.max_train_samples], examples.problems, examples.skipped)
+        if not examples:
+            first = f"; first problem: {examples.problems[0]}" if examples.problems else ""
+            raise DataError(f"{role} {source} has no usable examples ({examples.skipped} skipped{first})")
+        return examples
+
+    train_set = load(data_args.train_data, data_args.train_split, "train_data")
+    eval_source = data_args.eval_data or (data_args.train_data if data_args.eval_split else None)
+    eval_set = load(eval_source, data_args.eval_split, "eval_data") if eval_source else None
+    return train_set, eval_set
 
 
 def _prepare_model(model_args: ModelArguments, lora_args: LoraArguments, training_args):
     from eagle_align.models import load_model_and_processor
     from eagle_align.models.lora import LORA_TARGET_PRESETS, apply_lora
 
-    if model_args.finetuning not in ("lora", "full"):
-        raise ValueError(f"finetuning={model_args.finetuning!r}; choose lora or full")
-    if model_args.finetuning == "full" and model_args.quantization:
-        raise ValueError("quantization needs finetuning=lora (QLoRA); full fine-tuning of 4/8-bit weights is not possible")
     model, processor = load_model_and_processor(
         model_args.model_name_or_path,
         dtype=model_args.dtype,
@@ -229,7 +302,8 @@ def _startup_summary(model, model_args, data_args, training_args, train_set, eva
         + (
             f": every {training_args.align_every} steps, {training_args.search} search over "
             f"{training_args.n_regions} regions, loss {training_args.loss_variant}, "
-            f"lambda dev/red {training_args.lambda_deviation}/{training_args.lambda_redundancy}"
+            f"lambda dev/red {training_args.lambda_deviation}/{training_args.lambda_redundancy}; "
+            f"preset {training_args.preset_description()}"
             if align
             else ""
         ),
@@ -242,40 +316,40 @@ def run_training(config: dict[str, Any]):
     """Train from a flat config dict; returns the trainer (for tests and scripts)."""
     from transformers import set_seed
 
-    from eagle_align.data import GroundingCollator, load_examples
+    from eagle_align.data import GroundingCollator
     from eagle_align.hub import resolve_base_model_id
-    from eagle_align.models import family_of, pixel_limits
+    from eagle_align.models import CoordinateSpace, family_of, pixel_limits
     from eagle_align.trainer import PriorAlignedTrainer
 
     model_args, data_args, lora_args, training_args = parse_config(config)
     push = training_args.push_to_hub
     if push:
-        if not training_args.hub_model_id:
-            raise ValueError("push_to_hub: true needs hub_model_id (namespace/name of the adapter repo)")
+        from eagle_align.hub import check_push_ready
+
+        # Before any work: a push that cannot start should not wait for the end of training to say so.
+        check_push_ready(training_args.hub_model_id, training_args.hub_token)
         # The finished adapter (weights, processor, eagle-align card) is pushed once, at the end, by
         # eagle_align.hub; the Trainer's own pushes of intermediate checkpoints are switched off.
         training_args.push_to_hub = False
+    train_set, eval_set = load_training_data(data_args)  # bad data fails before any weights load
     set_seed(training_args.seed)
     model, processor = _prepare_model(model_args, lora_args, training_args)
     family = family_of(model)
-    train_set = load_examples(data_args.train_data, image_root=data_args.image_root, on_error=data_args.on_error)
-    if data_args.max_train_samples:
-        train_set = train_set[: data_args.max_train_samples]
-    if len(train_set) == 0:
-        raise ValueError(f"train_data {data_args.train_data} has no usable examples")
-    eval_set = None
-    if data_args.eval_data:
-        eval_set = load_examples(data_args.eval_data, image_root=data_args.image_root, on_error=data_args.on_error)
     collator = GroundingCollator(
         processor,
         data_args.action_format or family.default_action_format,
         system_prompt=data_args.system_prompt,
         max_length=data_args.max_length,
+        on_error=data_args.on_error,
     )
+    if collator.action_format.name != family.default_action_format:
+        logger.warning(
+            "action_format %r is not the format %s was pretrained to answer in (%r): training starts from another "
+            "coordinate convention; eval, explain and merge will read its answers as %r (eagle_align.json)",
+            collator.action_format.name, family.name, family.default_action_format, collator.action_format.name,
+        )
     callbacks = []
     if data_args.click_eval:
-        if eval_set is None:
-            raise ValueError("click_eval: true needs eval_data")
         from eagle_align.eval.callback import ClickEvalCallback
 
         callbacks.append(
@@ -286,6 +360,7 @@ def run_training(config: dict[str, Any]):
                 limit=data_args.click_eval_limit,
                 attribution_samples=data_args.click_eval_attribution_samples,
                 system_prompt=data_args.system_prompt,
+                out_dir=Path(training_args.output_dir) / "click_eval",  # per-step predictions and report
             )
         )
     min_pixels, max_pixels = pixel_limits(processor)
@@ -300,12 +375,16 @@ def run_training(config: dict[str, Any]):
     )
     for callback in callbacks:
         callback.attach(trainer)  # click-eval metrics then go through trainer.log (TensorBoard, W&B, console)
-    trainer.model_card_fields = dict(
-        base_model_id=resolve_base_model_id(model_args.model_name_or_path, model_args.base_model_id),
+    trainer.coordinate_space = CoordinateSpace(
+        family=family.name,
         action_format=collator.action_format.name,
         min_pixels=min_pixels,
         max_pixels=max_pixels,
         system_prompt=data_args.system_prompt,
+        base_model_id=resolve_base_model_id(model_args.model_name_or_path, model_args.base_model_id),
+        finetuning="qlora" if model_args.quantization else model_args.finetuning,
+    )
+    trainer.model_card_fields = dict(
         training={
             "finetuning": model_args.finetuning,
             "quantization": model_args.quantization,
@@ -322,6 +401,8 @@ def run_training(config: dict[str, Any]):
         print(_startup_summary(model, model_args, data_args, training_args, train_set, eval_set, collator, family))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
+    trainer.save_state()  # trainer_state.json (log history) and alignment_state.json beside the weights
+    skipped_in_training = _count_skipped(trainer)
     if trainer.is_world_process_zero():
         out = Path(training_args.output_dir)
         (out / "eagle_align_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -332,6 +413,9 @@ def run_training(config: dict[str, Any]):
                     "train_examples": len(train_set),
                     "train_skipped": getattr(train_set, "skipped", 0),
                     "train_problems": list(getattr(train_set, "problems", []))[:100],
+                    # under on_error: skip, examples the collator could not encode (e.g. images that do not decode)
+                    "skipped_during_training": skipped_in_training,
+                    "skipped_during_training_problems": sorted(trainer.skipped_examples)[:100],
                     "model": asdict(model_args),
                 },
                 indent=2,
@@ -351,6 +435,19 @@ def run_training(config: dict[str, Any]):
     return trainer
 
 
+def _count_skipped(trainer) -> int:
+    """Distinct examples the collator left out during training, summed over processes (every rank calls this)."""
+    import torch
+    from accelerate.utils import reduce
+
+    count = torch.tensor(float(len(trainer.skipped_examples)), device=trainer.args.device)
+    total = int(reduce(count, reduction="sum").item())
+    if total and trainer.is_world_process_zero():
+        print(f"skipped {total} example(s) during training that could not be encoded (on_error: skip); "
+              f"see data_report.json in {trainer.args.output_dir}")
+    return total
+
+
 def train_arguments(parser) -> None:
     import argparse
 
@@ -361,18 +458,25 @@ def train_arguments(parser) -> None:
 
 
 def train_command(args) -> int:
-    run_training(load_config(args.config, parse_overrides(args.overrides)))
+    return train_from_argv([args.config, *args.overrides])
+
+
+def train_from_argv(argv: list[str]) -> int:
+    """Train from `CONFIG.yaml [--key value ...]`."""
+    run_training(load_config(argv[0], parse_overrides(argv[1:])))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m eagle_align.train CONFIG.yaml [--key value ...]` (what `accelerate launch -m` runs)."""
     argv = sys.argv[1:] if argv is None else argv
+    from eagle_align.cli import run_reporting_errors, strip_debug_flag
+
+    argv, debug = strip_debug_flag(sys.argv[1:] if argv is None else list(argv))
     if not argv or argv[0].startswith("-"):
-        print("usage: python -m eagle_align.train CONFIG.yaml [--key value ...]", file=sys.stderr)
+        print("usage: python -m eagle_align.train CONFIG.yaml [--key value ...] [--debug]", file=sys.stderr)
         return 2
-    run_training(load_config(argv[0], parse_overrides(argv[1:])))
-    return 0
+    return run_reporting_errors("train", lambda: train_from_argv(argv), debug)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,7 +25,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from transformers.utils import logging
 
 from eagle_align import distributed
-from eagle_align.alignment import AlignmentExamples, build_alignment_examples, deviation_loss, redundancy_loss
+from eagle_align.alignment import (
+    AlignmentExample,
+    AlignmentExamples,
+    build_alignment_examples,
+    deviation_loss,
+    redundancy_loss,
+)
 from eagle_align.attribution.masking import baseline_row
 from eagle_align.attribution.metrics import point_game, prior_hit_at_k
 from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, slice_sample
@@ -34,10 +41,13 @@ from eagle_align.attribution.search import (
     set_prob_for,
 )
 from eagle_align.config import PriorAlignedConfig
+from eagle_align.models.space import CoordinateSpace
 
 ALIGNMENT_STATE_FILE = "alignment_state.json"
 logger = logging.get_logger(__name__)
 _MODEL_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+_PLAN_KEY = "alignment_plan"  # set on a micro-batch by get_batch_samples, popped by compute_loss
+_NEEDS_META = "alignment=True needs batches with 'meta' (use eagle_align.data.GroundingCollator)"
 
 
 @contextlib.contextmanager
@@ -85,15 +95,19 @@ class PriorAlignedTrainer(Trainer):
         # wall-clock totals are kept apart (not state: they differ from run to run).
         self.alignment_state: dict[str, float] = defaultdict(float)
         self.alignment_seconds: dict[str, float] = defaultdict(float)
-        # Set by `eagle_align.train`: base model id, action format, pixel limits for the model card.
-        self.model_card_fields: dict[str, Any] | None = None
+        # Set by `eagle_align.train`: the coordinate space (family, action format, pixel limits, prompt, base id),
+        # written as eagle_align.json with every save, and the training settings for the model card.
+        self.coordinate_space: CoordinateSpace | None = None
+        self.model_card_fields: dict[str, Any] = {}
+        # Examples the collator left out under on_error="skip" (message -> times), on this process.
+        self.skipped_examples: dict[str, int] = defaultdict(int)
 
     def create_model_card(self, **kwargs: Any) -> None:
-        """eagle-align's card: the real base id, coordinate space, alignment settings, last click eval.
+        """eagle-align's card: the real base id, coordinate space, alignment settings and totals, last click eval.
 
         The Trainer's default card records a local base path and none of what reproduces the clicks.
         """
-        if self.model_card_fields is None:
+        if self.coordinate_space is None:
             return super().create_model_card(**kwargs)
         if not self.is_world_process_zero():
             return None
@@ -112,7 +126,9 @@ class PriorAlignedTrainer(Trainer):
         )
         write_model_card(
             self.args.output_dir,
-            alignment={k: getattr(self.args, k) for k in alignment_keys},
+            self.coordinate_space,
+            alignment={"preset": self.args.preset_description(), **{k: getattr(self.args, k) for k in alignment_keys}},
+            alignment_totals=dict(self.alignment_state),
             evaluation=evaluation,
             **self.model_card_fields,
         )
@@ -124,12 +140,32 @@ class PriorAlignedTrainer(Trainer):
         step = self.state.global_step
         return self.args.alignment and step >= self.args.align_start_step and (step + 1) % self.args.align_every == 0
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The Trainer's prefetch of one optimizer step's micro-batches; on alignment steps, also their attribution.
+
+        Attributing every micro-batch of the step before its first backward (the weights cannot change in
+        between: no optimizer step) gives each alignment mean its denominator over the whole step, all
+        micro-batches on all ranks, so gradient accumulation does not change the alignment loss. Each
+        micro-batch carries its plan to `compute_loss`, which back-propagates it.
+        """
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.args.alignment and batch_samples and self.is_alignment_step():
+            plans = self._plan_alignment(self.model_wrapped, [self._prepare_inputs(b) for b in batch_samples])
+            for batch, plan in zip(batch_samples, plans):
+                batch[_PLAN_KEY] = plan
+        return batch_samples, num_items_in_batch
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         metas = inputs.pop("meta", None)
+        for message in inputs.pop("skipped", ()):
+            self.skipped_examples[message] += 1
+        plan = inputs.pop(_PLAN_KEY, None)
         if self.args.alignment and model.training:
             if metas is None:
-                raise ValueError("alignment=True needs batches with 'meta' (use eagle_align.data.GroundingCollator)")
-            if self.is_alignment_step():
+                raise ValueError(_NEEDS_META)
+            if plan is not None:
+                self._align_backward(model, plan)
+            elif self.is_alignment_step():  # training_step called outside train(): the micro-batch is the step
                 self._align(model, inputs, metas)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
@@ -160,47 +196,70 @@ class PriorAlignedTrainer(Trainer):
 
     # ---------------------------------------------------------------------------------------- alignment
     def _align(self, model: torch.nn.Module, inputs: dict, metas: list) -> None:
-        """Attribute, build examples and back-propagate the alignment losses of one micro-batch.
+        """Attribute and back-propagate one micro-batch's alignment losses as an optimizer step of its own."""
+        self._align_backward(model, self._plan_alignment(model, [{**inputs, "meta": metas}])[0])
 
-        Order matters under DDP: all of it (attribution, then every gradient chunk with its own backward)
-        finishes before the SFT forward, so no DDP forward is ever left waiting for its backward.
+    def _plan_alignment(self, model: torch.nn.Module, batches: list[dict]) -> list[_AlignmentPlan]:
+        """Select, attribute and gate the micro-batches of one optimizer step (no gradient).
+
+        The loss is λ·mean over every example of the step's global batch, so each term weighs
+        λ·world_size / (count of its kind over all micro-batches and ranks); world_size undoes the gradient
+        averaging over ranks. Every rank plans the same micro-batches, so its Lockstep forwards pair up.
         """
         args = self.args
         unwrapped = self.accelerator.unwrap_model(model)
-        samples = _BatchSamples({**inputs, "meta": metas}, unwrapped, args)
-        stats = dict.fromkeys(("point_hits", "prior_hits", "attribution_forwards", "deviation", "redundancy",
-                               "nonfinite", "loss_forwards", "padded"), 0.0)
-        start = time.perf_counter()
-        built: list[tuple[int, AlignmentExamples]] = []
-        lockstep = distributed.Lockstep(unwrapped, lambda: samples.dummy_pass(unwrapped, grad=False),
-                                        self.accelerator.device)
-        with attribution_mode(unwrapped), lockstep:
-            selected, full_probs = self._select(unwrapped, inputs, metas)
-            for i in selected:
-                built.append((i, self._attribute(unwrapped, samples, i, full_probs.get(i), stats)))
-        stats["padded"] += lockstep.padded
         per_chunk = args.loss_chunk_size // 2
-        chunks = [(i, ex, ex.examples[k : k + per_chunk]) for i, ex in built for k in range(0, len(ex.examples), per_chunk)]
-        n_dev = sum(len(ex.deviation) for _, ex in built)
-        n_red = sum(len(ex.redundancy) for _, ex in built)
-        counts = distributed.gather_counts([len(chunks), n_dev, n_red], self.accelerator.device)
-        attribution_seconds = time.perf_counter() - start
+        plans, local_counts = [], []
+        for batch in batches:
+            if batch.get("meta") is None:
+                raise ValueError(_NEEDS_META)
+            samples = _BatchSamples(batch, unwrapped, args)
+            stats = dict.fromkeys(("point_hits", "prior_hits", "attribution_forwards", "deviation", "redundancy",
+                                   "nonfinite", "loss_forwards", "padded"), 0.0)
+            start = time.perf_counter()
+            built: list[tuple[int, AlignmentExamples]] = []
+            lockstep = distributed.Lockstep(unwrapped, lambda s=samples: s.dummy_pass(unwrapped, grad=False),
+                                            self.accelerator.device)
+            with attribution_mode(unwrapped), lockstep:
+                selected, full_probs = self._select(unwrapped, batch, batch["meta"])
+                for i in selected:
+                    built.append((i, self._attribute(unwrapped, samples, i, full_probs.get(i), stats)))
+            stats["padded"] += lockstep.padded
+            chunks = [(i, ex, ex.examples[k : k + per_chunk])
+                      for i, ex in built for k in range(0, len(ex.examples), per_chunk)]
+            n_dev = sum(len(ex.deviation) for _, ex in built)
+            n_red = sum(len(ex.redundancy) for _, ex in built)
+            plans.append(_AlignmentPlan(samples, chunks, (len(selected), len(built), n_dev, n_red), stats,
+                                        time.perf_counter() - start))
+            local_counts += [len(chunks), n_dev, n_red]
+        # [ranks, micro-batches, (chunks, deviation, redundancy)], one collective for the whole step.
+        counts = distributed.gather_counts(local_counts, self.accelerator.device).view(-1, len(batches), 3)
+        total_dev, total_red = float(counts[..., 1].sum()), float(counts[..., 2].sum())
+        weights = {
+            "deviation": args.lambda_deviation * distributed.world_size() / total_dev if total_dev else 0.0,
+            "redundancy": args.lambda_redundancy * distributed.world_size() / total_red if total_red else 0.0,
+        }
+        for k, plan in enumerate(plans):
+            plan.agreed_chunks, plan.weights = int(counts[:, k, 0].max()), weights
+        return plans
 
+    def _align_backward(self, model: torch.nn.Module, plan: _AlignmentPlan) -> None:
+        """Back-propagate one micro-batch's alignment chunks, each with its own backward, and log the step.
+
+        Order matters under DDP: this finishes before the micro-batch's SFT forward, so no DDP forward is ever
+        left waiting for its backward; every rank runs the micro-batch's agreed number of gradient passes.
+        """
         start = time.perf_counter()
-        agreed_chunks, total_dev, total_red = int(counts[:, 0].max()), float(counts[:, 1].sum()), float(counts[:, 2].sum())
-        if agreed_chunks:
-            scale = distributed.world_size() / getattr(self, "current_gradient_accumulation_steps", 1)
-            weights = {
-                "deviation": args.lambda_deviation * scale / total_dev if total_dev else 0.0,
-                "redundancy": args.lambda_redundancy * scale / total_red if total_red else 0.0,
-            }
-            with dropout_off(unwrapped):
-                for i, examples, chunk in chunks:
-                    self._loss_chunk(samples.scorer(model, i), examples, chunk, weights, stats)
+        stats = plan.stats
+        if plan.agreed_chunks:
+            with dropout_off(self.accelerator.unwrap_model(model)):
+                for i, examples, chunk in plan.chunks:
+                    self._loss_chunk(plan.samples.scorer(model, i), examples, chunk, plan.weights, stats)
                 stats["padded"] += distributed.pad_passes(
-                    len(chunks), agreed_chunks, lambda: self._backward(samples.dummy_pass(model, grad=True))
+                    len(plan.chunks), plan.agreed_chunks,
+                    lambda: self._backward(plan.samples.dummy_pass(model, grad=True)),
                 )
-        self._record(len(selected), len(built), n_dev, n_red, stats, attribution_seconds, time.perf_counter() - start)
+        self._record(*plan.counts, stats, plan.attribution_seconds, time.perf_counter() - start)
 
     def _attribute(
         self, model: torch.nn.Module, samples: _BatchSamples, i: int, full_prob: float | None, stats: dict
@@ -210,9 +269,9 @@ class PriorAlignedTrainer(Trainer):
         attribution = attribute_sample(
             model, samples.batch, i, n_regions=args.n_regions, region_method=args.region_method,
             baseline=samples.row(i), strategy=args.search, batch_size=args.attribution_batch_size,
-            reduction=args.score_reduction, max_regions=args.max_regions, stop_confidence=args.stop_confidence,
+            reduction=args.score_reduction, max_regions=args.ranked_regions, stop_confidence=args.stop_confidence,
             search_scope=args.search_scope, resort_every=args.resort_every, insertion_weight=args.insertion_weight,
-            deletion_weight=args.deletion_weight, full_prob=full_prob,
+            deletion_weight=args.deletion_weight, full_prob=full_prob, prior_overlap=args.prior_overlap,
         )
         if args.search == "single_round" and args.lambda_redundancy > 0:
             # Redundancy needs F(S_{r-1}) of every prefix; single_round measured only S_1.
@@ -319,13 +378,29 @@ class PriorAlignedTrainer(Trainer):
         super().log({**logs, **window}, start_time)
 
     # --------------------------------------------------------------------------------------- checkpoints
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Trainer._save (weights, processor), plus eagle_align.json: the final folder and every checkpoint
+        carry the coordinate space their clicks are in."""
+        super()._save(output_dir, state_dict)
+        if self.args.should_save and self.coordinate_space is not None:
+            self.coordinate_space.save(output_dir if output_dir is not None else self.args.output_dir)
+
+    def _write_alignment_state(self, folder: str) -> None:
+        state = {**self.alignment_state, "last_aligned_step": self._last_aligned_step}
+        with open(os.path.join(folder, ALIGNMENT_STATE_FILE), "w") as handle:
+            json.dump(state, handle, indent=2)
+
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            state = {**self.alignment_state, "last_aligned_step": self._last_aligned_step}
-            with open(os.path.join(folder, ALIGNMENT_STATE_FILE), "w") as handle:
-                json.dump(state, handle, indent=2)
+            self._write_alignment_state(folder)
+
+    def save_state(self) -> None:
+        """trainer_state.json (log history) and alignment_state.json into the output directory."""
+        super().save_state()
+        if self.is_world_process_zero():
+            self._write_alignment_state(self.args.output_dir)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         """Trainer.train, restoring the alignment counters saved with the checkpoint being resumed."""
@@ -339,6 +414,19 @@ class PriorAlignedTrainer(Trainer):
             self._last_aligned_step = int(saved.pop("last_aligned_step", -1))
             self.alignment_state = defaultdict(float, {k: float(v) for k, v in saved.items() if math.isfinite(v)})
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+
+@dataclass
+class _AlignmentPlan:
+    """One micro-batch's attributed alignment examples, weighted for the optimizer step it belongs to."""
+
+    samples: _BatchSamples
+    chunks: list[tuple[int, AlignmentExamples, list[AlignmentExample]]]
+    counts: tuple[int, int, int, int]  # this rank's selected, attributed, deviation and redundancy examples
+    stats: dict[str, float]
+    attribution_seconds: float
+    agreed_chunks: int = 0  # gradient passes every rank runs for this micro-batch (the most chunks of any rank)
+    weights: dict[str, float] = field(default_factory=dict)  # λ·world_size / global count, per kind
 
 
 class _BatchSamples:

@@ -123,13 +123,13 @@ def test_screenspot_layouts_xywh_pixels(tmp_path, v2):
     assert "image file not found" in examples.problems[0]
 
 
-def test_screenspot_normalised_xyxy_mirror_in_json_layout(tmp_path):
+def test_screenspot_normalised_boxes_in_json_layout_stay_xywh(tmp_path):
     _png(tmp_path / "screenspot_imgs" / "d.png", (1000, 500))
-    records = [{"img_filename": "d.png", "bbox": [0.5, 0.1, 0.6, 0.2], "instruction": "a", "data_type": "icon",
+    records = [{"img_filename": "d.png", "bbox": [0.5, 0.1, 0.1, 0.1], "instruction": "a", "data_type": "icon",
                 "data_source": "macos"},
-               {"img_filename": "d.png", "bbox": [0.05, 0.5, 0.3, 0.9], "instruction": "b", "data_type": "text",
+               {"img_filename": "d.png", "bbox": [0.05, 0.5, 0.25, 0.4], "instruction": "b", "data_type": "text",
                 "data_source": "windows"},
-               {"img_filename": "d.png", "bbox": [500, 50, 600, 100], "instruction": "c", "data_type": "text",
+               {"img_filename": "d.png", "bbox": [500, 50, 100, 50], "instruction": "c", "data_type": "text",
                 "data_source": "windows"}]
     (tmp_path / "screenspot_desktop.json").write_text(json.dumps(records))
     examples = load_examples(tmp_path, on_error="skip")
@@ -137,19 +137,52 @@ def test_screenspot_normalised_xyxy_mirror_in_json_layout(tmp_path):
     assert examples.skipped == 1 and "record 2" in examples.problems[0] and "normalised" in examples.problems[0]
 
 
-def test_ambiguous_convention_is_refused_unless_forced(tmp_path):
-    _png(tmp_path / "screenspot_imgs" / "s.png", (800, 600))
-    # Every box fits both readings (x1 + x2 ≤ W, y1 + y2 ≤ H): nothing in the file decides.
-    records = [{"img_filename": "s.png", "bbox": [10, 10, 100, 50], "instruction": "a"},
-               {"img_filename": "s.png", "bbox": [200, 100, 300, 200], "instruction": "b"}]
-    (tmp_path / "screenspot_web.json").write_text(json.dumps(records))
-    with pytest.raises(DataError, match=r"record 0.*could be xyxy or xywh.*bbox_format"):
-        load_examples(tmp_path)
-    forced = load_examples(tmp_path, bbox_format="xywh")
-    assert forced[1].bbox == (200.0, 100.0, 500.0, 300.0)
-    assert load_examples(tmp_path, bbox_format="xyxy")[1].bbox == (200.0, 100.0, 300.0, 200.0)
+def test_benchmark_layouts_are_trusted_where_boxes_fit_both_readings(tmp_path):
+    # Every box fits both readings (x1 + x2 ≤ W, y1 + y2 ≤ H); the benchmark's own definition decides.
+    v2 = tmp_path / "v2"
+    _png(v2 / "screenspotv2_image" / "s.png", (800, 600))
+    records = [{"img_filename": "s.png", "bbox": [10, 10, 100, 50], "instruction": "a", "data_type": "text"},
+               {"img_filename": "s.png", "bbox": [200, 100, 300, 200], "instruction": "b", "data_type": "icon"}]
+    (v2 / "screenspot_web_v2.json").write_text(json.dumps(records))
+    assert [ex.bbox for ex in load_examples(v2)] == [(10.0, 10.0, 110.0, 60.0), (200.0, 100.0, 500.0, 300.0)]
+    assert load_examples(v2, bbox_format="xyxy")[1].bbox == (200.0, 100.0, 300.0, 200.0)
+    pro = tmp_path / "pro"
+    _png(pro / "images" / "app" / "s.png", (2560, 1440))  # only left-half, top-half elements
+    annotations = [{"img_filename": "app/s.png", "bbox": [100, 200, 400, 260], "instruction": "a", "img_size": [2560, 1440],
+                    "ui_type": "text", "application": "app", "group": "Dev"},
+                   {"img_filename": "app/s.png", "bbox": [900, 300, 1000, 340], "instruction": "b",
+                    "img_size": [2560, 1440], "ui_type": "icon", "application": "app", "group": "Dev"}]
+    (pro / "annotations").mkdir()
+    (pro / "annotations" / "app_windows.json").write_text(json.dumps(annotations))
+    assert [ex.bbox for ex in load_examples(pro)] == [(100.0, 200.0, 400.0, 260.0), (900.0, 300.0, 1000.0, 340.0)]
     with pytest.raises(ValueError, match="bbox_format='yxyx'"):
-        load_examples(tmp_path, bbox_format="yxyx")
+        load_examples(pro, bbox_format="yxyx")
+
+
+def test_hf_screenspot_mirror_with_undecidable_boxes_is_refused_unless_forced(tmp_path):
+    import datasets
+
+    table = datasets.Dataset.from_dict({
+        "image": [Image.new("RGB", (800, 600))] * 2, "instruction": ["a", "b"], "data_type": ["text", "icon"],
+        "bbox": [[10, 10, 100, 50], [200, 100, 300, 200]],
+    }, features=datasets.Features({"image": datasets.Image(), "instruction": datasets.Value("string"),
+                                   "data_type": datasets.Value("string"),
+                                   "bbox": datasets.Sequence(datasets.Value("int32"))}))
+    table.save_to_disk(str(tmp_path / "mirror"))  # not the benchmark's own layout: either reading is possible
+    with pytest.raises(DataError, match=r"row 0.*could be xyxy or xywh.*bbox_format"):
+        load_examples(tmp_path / "mirror")
+    assert load_examples(tmp_path / "mirror", bbox_format="xywh")[1].bbox == (200.0, 100.0, 500.0, 300.0)
+
+
+def test_tiny_pixel_box_is_not_read_as_normalised_without_evidence(tmp_path):
+    _png(tmp_path / "a.png", (400, 300))
+    lone = _write_jsonl(tmp_path / "lone.jsonl", [{"image": "a.png", "instruction": "x", "bbox": [0, 0, 1, 1]}])
+    assert load_examples(lone)[0].bbox == (0.0, 0.0, 1.0, 1.0)  # one pixel, not the whole screen
+    # With fractions in the file, [0, 0, 1, 1] is the whole screen in a normalised file.
+    normalised = _write_jsonl(tmp_path / "norm.jsonl", [
+        {"image": "a.png", "instruction": "x", "bbox": [0, 0, 1, 1]},
+        {"image": "a.png", "instruction": "y", "bbox": [0.25, 0.5, 0.5, 1.0]}])
+    assert [ex.bbox for ex in load_examples(normalised)] == [(0.0, 0.0, 400.0, 300.0), (100.0, 150.0, 200.0, 300.0)]
 
 
 def test_screenspot_pro_layout(tmp_path):
@@ -250,3 +283,80 @@ def test_cli_validate_prints_splits_and_problems(jsonl_dir, capsys):
     assert main(["data", "validate", str(clean)]) == 0
     with pytest.raises(DataError, match="cannot tell its layout"):
         load_examples(jsonl_dir / "imgs")
+
+
+def _truncated_png(path: Path, size=(400, 300)) -> Path:
+    """A PNG whose header is intact but whose pixel data stops halfway (an interrupted download)."""
+    Image.effect_noise(size, 60).convert("RGB").save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_validate_decodes_images_and_fast_mode_reads_headers_only(jsonl_dir, capsys):
+    _truncated_png(jsonl_dir / "imgs" / "cut.png")
+    source = _write_jsonl(jsonl_dir / "cut.jsonl", [
+        {"image": "imgs/a.png", "instruction": "x", "bbox": [1, 1, 9, 9]},
+        {"image": "imgs/cut.png", "instruction": "y", "bbox": [1, 1, 9, 9], "id": "cut-1"}])
+    assert load_examples(source)[1].image_size == (400, 300)  # the header alone looks fine
+    assert main(["data", "validate", str(source), "--fast"]) == 0
+    capsys.readouterr()
+    assert main(["data", "validate", str(source)]) == 1
+    out = capsys.readouterr().out
+    assert "1 valid examples, 1 skipped" in out
+    assert "PROBLEM " in out and "cut.jsonl:2 (id=cut-1)" in out and "cannot decode image" in out
+
+
+def test_hf_image_bytes_that_do_not_decode_are_reported(tmp_path):
+    import datasets
+
+    cut = _truncated_png(tmp_path / "cut.png")
+    table = datasets.Dataset.from_dict({
+        "image": [{"bytes": cut.read_bytes(), "path": None}], "instruction": ["a"], "bbox": [[1, 1, 9, 9]]},
+        features=datasets.Features({"image": datasets.Image(), "instruction": datasets.Value("string"),
+                                    "bbox": datasets.Sequence(datasets.Value("int32"))}))
+    table.save_to_disk(str(tmp_path / "table"))
+    assert len(load_examples(tmp_path / "table")) == 1
+    with pytest.raises(DataError, match=r"\[train\] row 0.*cannot decode image"):
+        load_examples(tmp_path / "table", decode_images=True)
+
+
+def test_split_selection_in_a_dataset_dict_and_a_folder_of_split_files(tmp_path):
+    import datasets
+
+    def table(prefix, n):
+        return datasets.Dataset.from_dict({"image": [Image.new("RGB", (64, 48))] * n, "instruction": ["x"] * n,
+                                           "bbox": [[1, 1, 9, 9]] * n, "id": [f"{prefix}{i}" for i in range(n)]},
+                                          features=datasets.Features({
+                                              "image": datasets.Image(), "instruction": datasets.Value("string"),
+                                              "bbox": datasets.Sequence(datasets.Value("int32")),
+                                              "id": datasets.Value("string")}))
+
+    datasets.DatasetDict({"train": table("tr", 3), "test": table("te", 2)}).save_to_disk(str(tmp_path / "dd"))
+    assert load_examples(tmp_path / "dd").by_split() == {"train": 3, "test": 2}  # no split asked: every split
+    assert [ex.id for ex in load_examples(tmp_path / "dd", split="train")] == ["tr0", "tr1", "tr2"]
+    assert load_examples(tmp_path / "dd", split="train, test").by_split() == {"train": 3, "test": 2}
+    with pytest.raises(DataError, match=r"no split 'validation'; it has train, test") as info:
+        load_examples(tmp_path / "dd", split="validation")
+    assert "train_split" in info.value.hint
+
+    _png(tmp_path / "files" / "a.png", (64, 48))
+    for name, n in (("train", 2), ("test", 1)):
+        _write_jsonl(tmp_path / "files" / f"{name}.jsonl",
+                     [{"image": "a.png", "instruction": "x", "bbox": [1, 1, 9, 9], "id": f"{name}{i}"} for i in range(n)])
+    assert [ex.id for ex in load_examples(tmp_path / "files", split="train")] == ["train0", "train1"]
+    # One file is the data itself whatever it is called; a lone test split only when asked for by name.
+    assert len(load_examples(tmp_path / "files" / "train.jsonl", split="validation")) == 2
+    with pytest.raises(DataError, match="no split 'train'; it has test"):
+        load_examples(tmp_path / "files" / "test.jsonl", split="train")
+    assert len(load_examples(tmp_path / "files" / "test.jsonl", split="test")) == 1
+
+
+def test_empty_sources_are_errors(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="empty.jsonl: no records"):
+        load_examples(tmp_path / "empty.jsonl")
+    (tmp_path / "ss").mkdir()
+    (tmp_path / "ss" / "screenspot_web.json").write_text("[]")
+    with pytest.raises(DataError, match="no records"):
+        load_examples(tmp_path / "ss")

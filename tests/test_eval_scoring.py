@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from eagle_align.actions import clamp_point
+from eagle_align.actions import clamp_point, get_action_format
 from eagle_align.cli import main
-from eagle_align.data import DataError, load_examples
+from eagle_align.data import load_examples
 from eagle_align.eval import (
     point_in_box,
     read_predictions,
@@ -226,9 +226,30 @@ def test_scoring_only_rejects_foreign_ids_and_counts_missing(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["missing_predictions"] == 5
     assert "5 of 6 examples have no prediction" in capsys.readouterr().err
 
-    predictions.write_text(json.dumps({"id": "not-an-example", "point": [1, 1]}) + "\n")
-    with pytest.raises(DataError, match="line 1: id 'not-an-example'"):
-        main(["eval", "--predictions", str(predictions), "--data", str(data), "--out", str(out)])
-    predictions.write_text(json.dumps({"id": first.id, "answer": "(1, 2)"}) + "\n")
-    with pytest.raises(DataError, match="without `action_format`"):
-        main(["eval", "--predictions", str(predictions), "--data", str(data), "--out", str(out)])
+    for line, words in (({"id": "not-an-example", "point": [1, 1]}, "line 1: id 'not-an-example'"),
+                        ({"id": first.id, "answer": "(1, 2)"}, "without `action_format`"),
+                        ({"id": first.id, "answer": "[1, 2]", "action_format": "qwen2_5_vl"},
+                         f"line 1 (id {first.id!r}): action_format qwen2_5_vl answers in pixels of the resized "
+                         "image, so the line needs `resized_size`")):
+        predictions.write_text(json.dumps(line) + "\n")
+        assert main(["eval", "--predictions", str(predictions), "--data", str(data), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"eagle-align eval: {predictions}") and words in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("fmt", ["qwen2_vl", "qwen3_vl", "pyautogui", "agentcpm"])
+def test_scoring_only_relative_formats_need_no_resized_size(fmt, tmp_path):
+    data = write_screenspot(tmp_path / "ss")
+    examples = load_examples(data)
+    action_format = get_action_format(fmt)
+    # Each answer rendered for the target's centre, as a model of that format would write it.
+    lines = [{"id": ex.id, "answer": action_format.render(ex.point, ex.image_size, (1, 1)), "action_format": fmt}
+             for ex in examples[:4]]
+    lines.append({"id": examples[4].id, "answer": "I would click the next page link", "action_format": fmt})
+    lines.append({"id": examples[5].id, "answer": None, "action_format": fmt})
+    predictions = tmp_path / "preds.jsonl"
+    predictions.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out"
+    assert main(["eval", "--predictions", str(predictions), "--data", str(data), "--out", str(out), "--no-plots"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["n"], metrics["hits"], metrics["wrong_format"]) == (6, 4, 2)

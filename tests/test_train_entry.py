@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,10 +13,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from eagle_align.cli import main
+from eagle_align.config import PRESETS
 from eagle_align.data import generate_synthetic, load_examples
+from eagle_align.errors import UsageError
 from eagle_align.hub import read_card_header
 from eagle_align.models import FAMILIES, detect_family
-from eagle_align.train import load_config, parse_config, parse_overrides, run_training
+from eagle_align.train import load_config, load_training_data, parse_config, parse_overrides, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes" / "train").glob("*.yaml"))
@@ -92,6 +96,7 @@ def test_real_recipe_dry_run_on_a_tiny_checkpoint(recipe, tiny_checkpoints, synt
     # The recipe's real Hub id is not recorded for a local override: the card must not claim a local path.
     assert "base_model" not in header or not Path(str(header["base_model"])).exists()
     assert detect_family(tiny_checkpoints[family]).name == family
+    assert "| preset | paper (changed: " in (out / "README.md").read_text()  # the card records the preset
     if quantized:
         assert "Linear4bit" in {type(m).__name__ for m in trainer.model.modules()}
 
@@ -188,8 +193,9 @@ def test_resume_reaches_the_same_adapter(tiny_checkpoints, synth_train, tmp_path
 def test_misspelled_key_and_invalid_value_fail_clearly(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"model_name_or_path": "x", "train_data": "y", "lerning_rate": 1e-4}))
-    with pytest.raises(ValueError, match="lerning_rate.*learning_rate"):
+    with pytest.raises(UsageError, match="unknown config key 'lerning_rate'") as info:
         load_config(config)
+    assert "did you mean learning_rate" in info.value.hint
     with pytest.raises(ValueError, match="loss_variant"):
         parse_config({"model_name_or_path": "x", "train_data": "y", "loss_variant": "quadratic"})
     with pytest.raises(ValueError, match="train_data"):
@@ -222,6 +228,22 @@ def test_recipe_yaml_keeps_no_as_a_string_and_reads_exponent_floats(tmp_path):
     assert config["bf16"] is False and config["gradient_checkpointing"] is True
     training_args = parse_config(config)[3]
     assert training_args.save_strategy == "no" and training_args.learning_rate == 1e-4
+
+
+def test_recipe_preset_comes_first_and_the_recipes_keys_and_overrides_win(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_name_or_path: m\ntrain_data: t.jsonl\npreset: paper\nn_regions: 16\nloss_variant: log\n")
+    training_args = parse_config(load_config(recipe, {"baseline": "mean"}))[3]
+    changed = {"n_regions": 16, "loss_variant": "log", "baseline": "mean"}
+    for key, value in PRESETS["paper"].items():
+        assert getattr(training_args, key) == changed.get(key, value), key
+    assert training_args.preset_description() == "paper (changed: loss_variant=log, n_regions=16, baseline=mean)"
+
+
+@pytest.mark.parametrize("recipe", REAL_RECIPES, ids=lambda p: p.name)
+def test_real_recipes_are_the_paper_with_a_gui_baseline_and_a_cheaper_search(recipe):
+    training_args = parse_config(load_config(recipe, {} if torch.cuda.is_available() else {"bf16": False}))[3]
+    assert training_args.preset_description() == "paper (changed: search_scope=1, resort_every=21, baseline=background)"
 
 
 def _cli_env() -> dict[str, str]:
@@ -283,3 +305,67 @@ def test_lora_recipe_under_deepspeed_zero3_saves_a_trained_adapter(tiny_checkpoi
     lora_b = [w for name, w in weights.items() if "lora_B" in name]
     assert lora_b and all(w.numel() > 0 for w in weights.values())  # gathered, not empty ZeRO-3 partitions
     assert sum(float(w.abs().sum()) for w in lora_b) > 0  # LoRA B starts at zero: it trained
+
+
+def _split_dataset(root: Path) -> Path:
+    """A DatasetDict folder (save_to_disk) with 3 train and 2 test records."""
+    import datasets
+    from PIL import Image
+
+    def table(split: str, n: int):
+        return datasets.Dataset.from_dict(
+            {"image": [Image.new("RGB", (64, 48))] * n, "instruction": ["x"] * n, "bbox": [[1, 1, 9, 9]] * n,
+             "id": [f"{split}-{i}" for i in range(n)]},
+            features=datasets.Features({"image": datasets.Image(), "instruction": datasets.Value("string"),
+                                        "bbox": datasets.Sequence(datasets.Value("int32")),
+                                        "id": datasets.Value("string")}))
+
+    datasets.DatasetDict({"train": table("train", 3), "test": table("test", 2)}).save_to_disk(str(root))
+    return root
+
+
+def test_dataset_dict_trains_on_its_train_split_unless_told_otherwise(tmp_path):
+    source = str(_split_dataset(tmp_path / "dd"))
+    data_args = parse_config({"model_name_or_path": "m", "train_data": source})[1]
+    train, evaluation = load_training_data(data_args)
+    assert [ex.id for ex in train] == ["train-0", "train-1", "train-2"] and evaluation is None
+    data_args = parse_config({"model_name_or_path": "m", "train_data": source, "eval_split": "test"})[1]
+    train, evaluation = load_training_data(data_args)  # eval from the same source's test split
+    assert len(train) == 3 and [ex.id for ex in evaluation] == ["test-0", "test-1"]
+    data_args = parse_config({"model_name_or_path": "m", "train_data": source, "train_split": None})[1]
+    assert len(load_training_data(data_args)[0]) == 5  # null: every split, when asked for
+
+
+def _with_truncated_image(synth_train: str, root: Path) -> Path:
+    """The synthetic training set plus one record whose PNG stops halfway (its header is intact)."""
+    records = [json.loads(line) for line in Path(synth_train).read_text().splitlines()][:5]
+    image = Path(synth_train).parent / records[0]["image"]
+    root.mkdir(parents=True)
+    data = image.read_bytes()
+    (root / "cut.png").write_bytes(data[: len(data) // 2])
+    for record in records:
+        record["image"] = str(Path(synth_train).parent / record["image"])
+    records.append({**records[0], "image": str(root / "cut.png"), "id": "cut-1"})
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root / "train.jsonl"
+
+
+def test_image_that_does_not_decode_is_skipped_and_counted_or_stops_naming_it(tiny_checkpoints, synth_train,
+                                                                              tmp_path, capsys):
+    source = _with_truncated_image(synth_train, tmp_path / "data")
+    base = dict(model_name_or_path=tiny_checkpoints["qwen2_vl"], train_data=str(source), alignment=False,
+                max_steps=3, per_device_train_batch_size=2, min_pixels=64 * 64, max_pixels=128 * 128,
+                dtype="float32", save_strategy="no", report_to="none", use_cpu=True, lora_r=2, logging_steps=1)
+    trainer = run_training({**base, "on_error": "skip", "output_dir": str(tmp_path / "skip")})
+    assert len(trainer.train_dataset) == 6  # headers all fine: the loader cannot know
+    assert len(trainer.skipped_examples) == 1 and "example 'cut-1'" in next(iter(trainer.skipped_examples))
+    report = json.loads((tmp_path / "skip" / "data_report.json").read_text())
+    assert report["skipped_during_training"] == 1 and "image file is truncated" in report[
+        "skipped_during_training_problems"][0]
+    assert "skipped 1 example(s) during training" in capsys.readouterr().out
+
+    recipe = tmp_path / "raise.yaml"
+    recipe.write_text(yaml.safe_dump({**base, "on_error": "raise", "output_dir": str(tmp_path / "raise")}))
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "eagle-align train: example 'cut-1': cannot load image" in err and "Traceback" not in err

@@ -11,12 +11,17 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
     from eagle_align.data.synth import CUE_COLOURS, LAYOUTS, PRESETS, RELATIONS, SPLITS
 
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    validate = sub.add_parser("validate", help="Load a dataset, print counts per split and every problem found.")
+    validate = sub.add_parser("validate", help="Load a dataset, decode every image, print counts per split and "
+                              "every problem found (exit status 1 when there is one).")
     validate.add_argument("source", help="JSONL file/dir, HF datasets dir, or a ScreenSpot(-v2/-Pro) folder")
     validate.add_argument("--format", default="auto", choices=FORMATS)
     validate.add_argument("--image-root", default=None, help="folder holding the images, if not the layout's own")
     validate.add_argument("--bbox-format", default=None, choices=BBOX_FORMATS,
                           help="force the box convention instead of detecting it")
+    validate.add_argument("--split", default=None,
+                          help="check only this split (comma-separated splits) of a source that has several")
+    validate.add_argument("--fast", action="store_true",
+                          help="read image headers only (sizes), without decoding: misses truncated files")
     synth = sub.add_parser("synth", help="Write synthetic GUI screenshots + JSONL with an optional spurious cue.")
     synth.add_argument("--out", required=True, help="output directory (gets SPLIT.jsonl and images/)")
     synth.add_argument("--n", type=int, required=True, help="number of samples")
@@ -45,7 +50,7 @@ def data_command(args: argparse.Namespace) -> int:
     from eagle_align.data.loaders import load_examples
 
     examples = load_examples(args.source, format=args.format, image_root=args.image_root, on_error="skip",
-                             bbox_format=args.bbox_format)
+                             bbox_format=args.bbox_format, split=args.split, decode_images=not args.fast)
     print(f"{args.source}: {len(examples)} valid examples, {examples.skipped} skipped")
     for split, count in sorted(examples.by_split().items()):
         print(f"  split {split}: {count}")

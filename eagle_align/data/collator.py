@@ -7,6 +7,7 @@ image tokens are known exactly before padding; padding then extends every sequen
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,9 @@ import torch
 from eagle_align.actions import ActionFormat, get_action_format
 from eagle_align.data.images import image_for_processor
 from eagle_align.data.schema import DataError, GroundingExample
+from eagle_align.errors import UsageError
 
+logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 _SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
@@ -54,6 +57,11 @@ class GroundingCollator:
     at the resized size; labels cover the answer and its end-of-turn token, everything else is -100; pads
     right. Inference mode: the prompt ends with the generation prompt, no labels; pads left.
     The image is pre-resized with qwen-vl-utils using the processor's pixel limits (see data.images).
+
+    on_error "skip": an example that cannot be encoded (an image that does not decode, too many tokens) is
+    logged and left out of its batch, and its message is listed under the batch's `"skipped"` key (the trainer
+    counts them); a batch left empty repeats the last good example, so the step still trains. "raise" stops
+    with the example named.
     """
 
     def __init__(
@@ -63,9 +71,14 @@ class GroundingCollator:
         system_prompt: str | None = None,
         max_length: int | None = None,
         inference: bool = False,
+        on_error: str = "raise",
     ):
         if max_length is not None and max_length <= 0:
-            raise ValueError(f"max_length={max_length} must be positive")
+            raise UsageError(f"max_length={max_length} must be positive")
+        if on_error not in ("raise", "skip"):
+            raise UsageError(f"on_error={on_error!r}; choose 'raise' or 'skip'")
+        self.on_error = on_error
+        self._spare: GroundingExample | None = None  # the last example that encoded (stands in for an empty batch)
         self.processor = processor
         self.action_format = get_action_format(action_format)
         self.system_prompt = system_prompt
@@ -93,7 +106,20 @@ class GroundingCollator:
     def __call__(self, examples: list[GroundingExample]) -> dict:
         if not examples:
             raise DataError("GroundingCollator got an empty batch")
-        samples = [self._encode(example) for example in examples]
+        samples, skipped = [], []
+        for example in examples:
+            try:
+                samples.append(self._encode(example))
+            except DataError as error:
+                if self.on_error == "raise":
+                    raise
+                logger.warning("on_error=skip: leaving out %s", error)
+                skipped.append(str(error))
+        if not samples:
+            if self._spare is None:
+                raise DataError(f"no example of the batch could be used: {'; '.join(skipped)}")
+            samples.append(self._encode(self._spare))
+        self._spare = samples[-1]["meta"].example
         length = max(s["input_ids"].shape[0] for s in samples)
         batch = {key: [] for key in (*_SEQUENCE_KEYS, "labels")}
         metas = []
@@ -114,6 +140,8 @@ class GroundingCollator:
         out["pixel_values"] = torch.cat([s["pixel_values"] for s in samples])
         out["image_grid_thw"] = torch.stack([s["image_grid_thw"] for s in samples])
         out["meta"] = metas
+        if skipped:
+            out["skipped"] = skipped
         return out
 
     def _encode(self, example: GroundingExample) -> dict:

@@ -25,7 +25,7 @@ def load_image(example: GroundingExample, min_pixels: int, max_pixels: int, patc
     image = example.image
     try:
         if isinstance(image, Image.Image):
-            image = _private_copy(image)
+            image = decoded_copy(image)
         else:
             with Image.open(image) as handle:
                 image = handle.copy()  # read fully now so corrupt files fail here, not inside the processor
@@ -45,7 +45,7 @@ def image_for_processor(example: GroundingExample, processor) -> Image.Image:
     return load_image(example, min_pixels, max_pixels, processor.image_processor.patch_size)
 
 
-def _private_copy(image: Image.Image) -> Image.Image:
+def decoded_copy(image: Image.Image) -> Image.Image:
     """Decode a lazily opened in-memory image into a new object, leaving the example's image compressed
     (decoding it in place would keep every screenshot of a dataset decoded in memory)."""
     if isinstance(getattr(image, "fp", None), io.BytesIO):  # only lazily opened files have fp

@@ -1,9 +1,13 @@
 """`load_examples`: one call for our JSONL, Hugging Face datasets and the ScreenSpot family layouts.
 
-Every layout is turned into raw records first; box conventions are then decided per file (pixels or
-normalised, xyxy or xywh) from the records themselves, because mirrors of the same benchmark disagree and a
-wrong guess silently moves every target. A record whose convention cannot be decided is refused, never
-guessed.
+Every layout is turned into raw records first; box conventions are then decided per file. A benchmark's own
+layout defines its boxes (ScreenSpot v1/v2: xywh, ScreenSpot-Pro: xyxy), so only pixels vs normalised is read
+from the file; other tables (HF mirrors) may use either layout and are decided from the records themselves,
+because mirrors of the same benchmark disagree and a wrong guess silently moves every target. A record whose
+convention cannot be decided is refused, never guessed.
+
+Sources with several splits (a DatasetDict, a folder of split files) are read whole, or only the splits asked
+for: training reads `train` unless told otherwise, so a test split is never trained on silently.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from eagle_align.data.images import decoded_copy
 from eagle_align.data.schema import (
     EDGE_TOLERANCE_PX,
     DataError,
@@ -25,6 +30,7 @@ from eagle_align.data.schema import (
     read_image_size,
     validate_example,
 )
+from eagle_align.errors import UsageError
 
 FORMATS = ("auto", "jsonl", "hf", "screenspot", "screenspot_v2", "screenspot_pro")
 BBOX_FORMATS = ("xyxy", "xywh", "xyxy_norm", "xywh_norm")
@@ -54,19 +60,24 @@ def load_examples(
     image_root: str | Path | None = None,
     on_error: str = "raise",
     bbox_format: str | None = None,
+    split: str | None = None,
+    decode_images: bool = False,
 ) -> ExampleSet:
     """Load and validate grounding examples from `source` (file or directory).
 
     format: one of FORMATS ("auto" detects the layout). image_root: folder to find images in, instead of
     where the layout ships them. on_error: "raise" stops at the first bad record; "skip" drops bad records
     and lists them in `.problems` / `.skipped`. bbox_format: force one of BBOX_FORMATS instead of detecting.
+    split: read only this split (or comma-separated splits) of a source that has several (see `choose_splits`);
+    None reads every split. decode_images: decode every image fully (slow; catches truncated files) instead
+    of reading headers only.
     """
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error={on_error!r}; choose 'raise' or 'skip'")
+        raise UsageError(f"on_error={on_error!r}; choose 'raise' or 'skip'")
     if format not in FORMATS:
-        raise ValueError(f"format={format!r}; choose one of {', '.join(FORMATS)}")
+        raise UsageError(f"format={format!r}; choose one of {', '.join(FORMATS)}")
     if bbox_format is not None and bbox_format not in BBOX_FORMATS:
-        raise ValueError(f"bbox_format={bbox_format!r}; choose one of {', '.join(BBOX_FORMATS)}")
+        raise UsageError(f"bbox_format={bbox_format!r}; choose one of {', '.join(BBOX_FORMATS)}")
     source = Path(source)
     if not source.exists():
         raise DataError(f"{source}: no such file or directory")
@@ -74,14 +85,16 @@ def load_examples(
     root = Path(image_root) if image_root is not None else None
     readers = {"jsonl": _read_jsonl, "hf": _read_hf, "screenspot": _read_screenspot,
                "screenspot_v2": _read_screenspot, "screenspot_pro": _read_screenspot_pro}
-    raws = list(readers[fmt](source, root, fmt))
-    _decide_boxes(raws, bbox_format)
+    raws = list(readers[fmt](source, root, fmt, lambda available: choose_splits(source, available, split)))
+    if not raws:
+        raise DataError(f"{source}: no records" + (f" in split {split!r}" if split else "") + " (empty file?)")
+    _decide_boxes(raws, bbox_format, decode_images)
     examples, problems, seen = [], [], {}
     for raw in raws:
         try:
-            if raw.error:
-                raise DataError(f"{raw.where}: {raw.error}")
             where = f"{raw.where} (id={raw.fields['id']})" if raw.fields.get("id") else raw.where
+            if raw.error:
+                raise DataError(f"{where}: {raw.error}")
             example = validate_example(GroundingExample(**raw.fields), where)
             if example.id in seen:
                 raise DataError(f"{raw.where}: duplicate id {example.id!r} (first at {seen[example.id]})")
@@ -92,6 +105,25 @@ def load_examples(
                 raise
             problems.append(str(exc))
     return ExampleSet(examples, problems=problems, skipped=len(problems))
+
+
+def choose_splits(source: Path, available: list[str], wanted: str | None) -> list[str]:
+    """The splits of `source` to read: every one when `wanted` is None, else the comma-separated names.
+
+    A source with a single split is the data itself and is read whatever its split is called, except a lone
+    "test" split, which is only read when asked for by name: test data is never used silently.
+    """
+    if wanted is None:
+        return available
+    names = [name.strip() for name in wanted.split(",") if name.strip()]
+    missing = [name for name in names if name not in available]
+    if not missing:
+        return names
+    if len(available) == 1 and available[0] != "test":
+        return available
+    raise DataError(f"{source}: no split {', '.join(map(repr, missing))}; it has {', '.join(available) or 'none'}",
+                    hint="name the splits to use (comma-separated): train_split / eval_split in a recipe, "
+                         "--split on the command line")
 
 
 def detect_format(source: Path) -> str:
@@ -191,9 +223,10 @@ def _canonical_fields(record: dict, image, default_id: str, split: str) -> dict:
     )
 
 
-def _read_jsonl(source: Path, root: Path | None, fmt: str):
+def _read_jsonl(source: Path, root: Path | None, fmt: str, choose):
     files = sorted(source.glob("*.jsonl")) if source.is_dir() else [source]
-    for path in files:
+    chosen = choose([path.stem for path in files])
+    for path in (p for p in files if p.stem in chosen):
         with open(path, encoding="utf-8") as handle:
             index = 0
             for line_no, line in enumerate(handle, start=1):
@@ -217,17 +250,22 @@ def _jsonl_fields(record: dict, folders: list[Path], default_id: str, split: str
     return _canonical_fields(record, _resolve_image(_require(record, "image"), folders), default_id, split)
 
 
-def _read_screenspot(source: Path, root: Path | None, fmt: str):
+def _platform_of(path: Path) -> str:
+    return path.stem.removeprefix("screenspot_").removesuffix("_v2")
+
+
+def _read_screenspot(source: Path, root: Path | None, fmt: str, choose):
     v2 = fmt == "screenspot_v2"
     folder = source if source.is_dir() else source.parent
     files = [source] if source.is_file() else sorted(
         p for p in folder.glob("screenspot_*.json") if p.stem.endswith("_v2") == v2)
     images = [root] if root else [folder / ("screenspotv2_image" if v2 else "screenspot_imgs"), folder]
-    for path in files:
-        platform = path.stem.removeprefix("screenspot_").removesuffix("_v2")
+    chosen = choose([_platform_of(path) for path in files])
+    for path in (p for p in files if _platform_of(p) in chosen):
         for index, record in enumerate(_json_list(path)):
-            yield _raw(f"{path}:record {index}", str(path), ("xywh", "xyxy"), _screenspot_fields, record, images,
-                       f"{path.stem}:{index}", platform)
+            # The benchmark defines [x, y, w, h]; only pixels vs normalised is read from the file.
+            yield _raw(f"{path}:record {index}", str(path), ("xywh",), _screenspot_fields, record, images,
+                       f"{path.stem}:{index}", _platform_of(path))
 
 
 def _screenspot_fields(r: dict, images: list[Path], default_id: str, platform: str) -> dict:
@@ -246,13 +284,15 @@ def _screenspot_fields(r: dict, images: list[Path], default_id: str, platform: s
     )
 
 
-def _read_screenspot_pro(source: Path, root: Path | None, fmt: str):
+def _read_screenspot_pro(source: Path, root: Path | None, fmt: str, choose):
     folder = source.parent.parent if source.is_file() else source
     files = [source] if source.is_file() else sorted((folder / "annotations").glob("*.json"))
     images = [root] if root else [folder / "images", folder]
-    for path in files:
+    chosen = choose([path.stem for path in files])
+    for path in (p for p in files if p.stem in chosen):
         for index, record in enumerate(_json_list(path)):
-            yield _raw(f"{path}:record {index}", str(path), ("xyxy", "xywh"), _pro_fields, record, images,
+            # The benchmark defines [x1, y1, x2, y2]; only pixels vs normalised is read from the file.
+            yield _raw(f"{path}:record {index}", str(path), ("xyxy",), _pro_fields, record, images,
                        f"{path.stem}:{index}", path.stem)
 
 
@@ -271,7 +311,7 @@ def _pro_fields(r: dict, images: list[Path], default_id: str, split: str) -> dic
     )
 
 
-def _read_hf(source: Path, root: Path | None, fmt: str):
+def _read_hf(source: Path, root: Path | None, fmt: str, choose):
     import datasets
 
     if source.is_file():
@@ -281,9 +321,10 @@ def _read_hf(source: Path, root: Path | None, fmt: str):
     else:
         dataset = datasets.load_dataset(str(source))
     splits = dataset if isinstance(dataset, datasets.DatasetDict) else {"train": dataset}
+    chosen = choose(list(splits))
     folder = source if source.is_dir() else source.parent
     folders = [root] if root else [folder]
-    for split, table in splits.items():
+    for split, table in ((name, splits[name]) for name in chosen):
         for name, feature in table.features.items():
             if isinstance(feature, datasets.Image) and feature.decode:
                 table = table.cast_column(name, datasets.Image(decode=False))
@@ -308,10 +349,26 @@ def _hf_fields(row: dict, folders: list[Path], default_id: str, split: str) -> d
     return _canonical_fields(record, _resolve_image(image, folders), default_id, split)
 
 
-def _size_of(raw: _Raw) -> tuple[int, int]:
-    """The image's real size (header only); a stated image_size is checked against it by validation."""
+def _size_of(raw: _Raw, decode: bool) -> tuple[int, int]:
+    """The image's real size (header only, unless `decode`); a stated image_size is checked against it by
+    validation."""
     image = raw.fields["image"]
-    return image.size if isinstance(image, Image.Image) else read_image_size(image)
+    if not isinstance(image, Image.Image):
+        return read_image_size(image, decode=decode)
+    if decode:
+        try:
+            decoded_copy(image)
+        except Exception as exc:  # PIL raises several types for corrupt data
+            raise DataError(f"cannot decode image: {exc}") from exc
+    return image.size
+
+
+def _looks_normalised(box: list[float]) -> bool | None:
+    """True for values in [0, 1] with a fraction among them, False for pixels; None when only 0s and 1s (a
+    whole-screen normalised box or a 1-pixel box: no evidence either way)."""
+    if not all(0 <= v <= 1 for v in box):
+        return False
+    return None if all(v in (0, 1) for v in box) else True
 
 
 def _fits(box: list[float], size: tuple[int, int], layout: str) -> bool:
@@ -321,14 +378,14 @@ def _fits(box: list[float], size: tuple[int, int], layout: str) -> bool:
     return x2 > x1 and y2 > y1 and x1 >= -tol and y1 >= -tol and x2 <= size[0] + tol and y2 <= size[1] + tol
 
 
-def _decide_boxes(raws: list[_Raw], forced: str | None) -> None:
+def _decide_boxes(raws: list[_Raw], forced: str | None, decode: bool = False) -> None:
     """Convert every record's bbox (and point) to xyxy pixels, deciding the convention per group."""
     groups: dict[str, list[_Raw]] = {}
     for raw in raws:
         if raw.error:
             continue
         try:
-            raw.size = _size_of(raw)
+            raw.size = _size_of(raw, decode)
         except DataError as exc:
             raw.error = str(exc)
             continue
@@ -340,12 +397,13 @@ def _decide_boxes(raws: list[_Raw], forced: str | None) -> None:
         if forced:
             layout, normalised = forced.removesuffix("_norm"), forced.endswith("_norm")
         else:
-            looks_norm = [all(0 <= v <= 1 for v in r.fields["bbox"]) for r in members]
-            normalised = sum(looks_norm) * 2 >= len(looks_norm)
+            # Normalised only on evidence: a majority of the records that decide (a lone [0, 0, 1, 1] stays pixels).
+            votes = [v for v in (_looks_normalised(r.fields["bbox"]) for r in members) if v is not None]
+            normalised = bool(votes) and sum(votes) * 2 >= len(votes)
             layout = None if len(members[0].layouts) > 1 else members[0].layouts[0]
         for raw in members:
             box = [float(v) for v in raw.fields["bbox"]]
-            if not forced and all(0 <= v <= 1 for v in box) != normalised:
+            if not forced and _looks_normalised(box) not in (None, normalised):
                 raw.error = (f"bbox {box} looks {'normalised' if not normalised else 'like pixels'} but this "
                              f"file's boxes are {'normalised' if normalised else 'pixels'}")
                 continue

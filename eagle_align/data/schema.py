@@ -13,11 +13,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from eagle_align.errors import UsageError
+
 # Boxes may overhang the image by this many pixels (annotation rounding); they are clipped, not rejected.
 EDGE_TOLERANCE_PX = 2.0
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A data problem; the message names the file and line/record and what is wrong."""
 
 
@@ -50,16 +52,22 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_image_size(path: str | Path) -> tuple[int, int]:
-    """(W, H) from the file header only (cheap); DataError if the file is missing or not an image."""
+def read_image_size(path: str | Path, decode: bool = False) -> tuple[int, int]:
+    """(W, H) of an image file, from its header only (cheap) or, with `decode`, after decoding every pixel,
+    which also catches truncated and corrupt files. DataError if the file is missing, a folder or not an image.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"image path {path} is a directory, not an image file")
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
     try:
         with Image.open(path) as img:
+            if decode:
+                img.load()
             return img.size
     except Exception as exc:  # PIL raises several types for unreadable files
-        raise DataError(f"cannot read image {path}: {exc}") from exc
+        raise DataError(f"cannot {'decode' if decode else 'read'} image {path}: {exc}") from exc
 
 
 def validate_example(example: GroundingExample, where: str, check_file: bool = True) -> GroundingExample:

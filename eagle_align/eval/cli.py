@@ -18,19 +18,27 @@ def eval_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--model", help="Hub id or local directory of the base model (generation mode)")
     what.add_argument("--predictions", help="JSONL of predictions to score (scoring-only mode): one line per "
                       "sample with `id` and either `point` [x, y] in original pixels or `answer` + "
-                      "`action_format` + `resized_size` [W, H]")
+                      "`action_format` (+ `resized_size` [W, H] for formats in resized pixels: qwen2_5_vl)")
     parser.add_argument("--adapter", help="LoRA adapter directory to load onto --model")
     parser.add_argument("--data", required=True, help="benchmark or dataset: any source `load_examples` accepts")
     parser.add_argument("--data-format", default="auto", help="loader format (default: detect)")
+    parser.add_argument("--split", help="evaluate only this split (comma-separated splits) of a source that has "
+                        "several (default: all)")
     parser.add_argument("--image-root", help="folder holding the screenshots, if not where the benchmark ships them")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                         help="invalid records: stop (default) or skip them and report the count")
     parser.add_argument("--out", required=True, help="output directory for metrics.json, predictions.jsonl, report.md, PNGs")
-    parser.add_argument("--action-format", help="answer syntax (default: the model family's own; in scoring-only "
-                        "mode, the format of lines that do not name one)")
-    parser.add_argument("--min-pixels", type=int, help="processor min_pixels (default: the checkpoint's)")
-    parser.add_argument("--max-pixels", type=int, help="processor max_pixels (default: the checkpoint's)")
-    parser.add_argument("--system-prompt", help="system prompt given to the model (default: none)")
+    parser.add_argument("--action-format", help="answer syntax (default: the adapter's recorded one, else the model "
+                        "family's own; in scoring-only mode, the format of lines that do not name one)")
+    parser.add_argument("--min-pixels", type=int, help="processor min_pixels (default: the adapter's recorded "
+                        "value, else the checkpoint's)")
+    parser.add_argument("--max-pixels", type=int, help="processor max_pixels (default: the adapter's recorded "
+                        "value, else the checkpoint's)")
+    parser.add_argument("--system-prompt", help="system prompt given to the model (default: the adapter's "
+                        "recorded one, else none)")
+    parser.add_argument("--force-coordinate-space", action="store_true",
+                        help="use --action-format / --min-pixels / --max-pixels / --system-prompt even where they "
+                        "contradict what the adapter recorded in eagle_align.json")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, help="evaluate only the first K samples")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -45,12 +53,14 @@ def eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
 
 
-def _prediction_point(line: dict, number: int, example: Any, default_format: str | None):
-    """The click of one predictions line in original pixels (None = unparseable answer)."""
+def _prediction_point(line: dict, where: str, example: Any, default_format: str | None):
+    """The click of one predictions line in original pixels (None = unparseable answer: wrong format).
+
+    Relative formats need only the original size; formats in resized pixels also need the line's `resized_size`.
+    """
     from eagle_align.actions import get_action_format
     from eagle_align.data import DataError
 
-    where = f"predictions line {number} (id {line['id']!r})"
     if "point" in line:
         point = line["point"]
         if point is None:
@@ -63,14 +73,21 @@ def _prediction_point(line: dict, number: int, example: Any, default_format: str
     fmt_name = line.get("action_format") or default_format
     if fmt_name is None:
         raise DataError(f"{where}: `answer` given without `action_format` (or pass --action-format)")
-    resized = line.get("resized_size")
-    if not (isinstance(resized, (list, tuple)) and len(resized) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in resized)):
-        raise DataError(f"{where}: `resized_size` must be [W, H] of the image the model saw, got {resized!r}")
     try:
         fmt = get_action_format(fmt_name)
     except ValueError as error:
         raise DataError(f"{where}: {error}") from None
-    return fmt.parse(str(line["answer"]), tuple(example.image_size), (int(resized[0]), int(resized[1])))
+    resized = line.get("resized_size")
+    if fmt.space == "relative":
+        resized = example.image_size  # relative answers do not depend on the size the model saw
+    elif not (isinstance(resized, (list, tuple)) and len(resized) == 2
+              and all(isinstance(v, (int, float)) and v > 0 for v in resized)):
+        raise DataError(f"{where}: action_format {fmt.name} answers in pixels of the resized image, so the line "
+                        f"needs `resized_size` [W, H] of the image the model saw, got {resized!r}")
+    answer = line["answer"]
+    if not isinstance(answer, str):
+        return None  # null or a non-text answer: nothing to parse, a wrong-format miss
+    return fmt.parse(answer, tuple(example.image_size), (int(resized[0]), int(resized[1])))
 
 
 def score_file(predictions_path: str | Path, examples, default_format: str | None = None) -> tuple[list[dict], list, int]:
@@ -93,7 +110,8 @@ def score_file(predictions_path: str | Path, examples, default_format: str | Non
             raise DataError(f"{predictions_path}: line {number}: id {key!r} appears twice")
         seen.add(key)
         example = by_id[key]
-        record = score_sample(example, _prediction_point(line, number, example, default_format), line.get("answer"))
+        where = f"{predictions_path}: line {number} (id {key!r})"
+        record = score_sample(example, _prediction_point(line, where, example, default_format), line.get("answer"))
         if "resized_size" in line:
             record["resized_size"] = line["resized_size"]
         records.append(record)
@@ -123,38 +141,52 @@ def _score_only(args, examples) -> dict:
 def _generate(args, examples) -> dict:
     import torch
 
+    from eagle_align.actions import get_action_format
     from eagle_align.eval.harness import evaluate
     from eagle_align.models import load_model_and_processor
+    from eagle_align.models.space import read_coordinate_space, settle
 
+    # The trained folder's record (eagle_align.json) decides the answer syntax, prompt and pixel limits;
+    # contradicting options fail here, before any weights load.
+    source = args.adapter or args.model
+    space = read_coordinate_space(source)
+    prompt = settle(space, source, args.force_coordinate_space, action_format=args.action_format,
+                    system_prompt=args.system_prompt)
+    if prompt["action_format"] is not None:
+        get_action_format(prompt["action_format"])
     model, processor = load_model_and_processor(
-        args.model, dtype=args.dtype, min_pixels=args.min_pixels, max_pixels=args.max_pixels
+        args.model, dtype=args.dtype, min_pixels=args.min_pixels, max_pixels=args.max_pixels, adapter=args.adapter,
+        force_coordinate_space=args.force_coordinate_space,
     )
-    if args.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, args.adapter)
     model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     attribution_options = {"n_regions": args.n_regions, "region_method": args.region_method,
                            "baseline": args.baseline, "strategy": args.search}
     return evaluate(
-        model, processor, examples, action_format=args.action_format, batch_size=args.batch_size,
+        model, processor, examples, action_format=prompt["action_format"], batch_size=args.batch_size,
         limit=args.limit, attribution_samples=args.attribution_samples, out_dir=args.out,
-        system_prompt=args.system_prompt, max_new_tokens=args.max_new_tokens,
+        system_prompt=prompt["system_prompt"], max_new_tokens=args.max_new_tokens,
         attribution_options=attribution_options, plots=not args.no_plots,
-        settings={"model": args.model, "adapter": args.adapter, "data": args.data, "dtype": args.dtype},
+        settings={"model": args.model, "adapter": args.adapter, "data": args.data, "dtype": args.dtype,
+                  "coordinate_space": "recorded" if space else "defaults",
+                  "force_coordinate_space": args.force_coordinate_space},
     )
 
 
 def eval_command(args: argparse.Namespace) -> int:
+    from eagle_align.actions import get_action_format
     from eagle_align.data import load_examples
+    from eagle_align.errors import UsageError
 
     for option in ("batch_size", "limit", "max_new_tokens", "min_pixels", "max_pixels"):
         value = getattr(args, option)
         if value is not None and value < 1:
-            raise SystemExit(f"error: --{option.replace('_', '-')} must be positive, got {value}")
+            raise UsageError(f"--{option.replace('_', '-')} must be positive, got {value}")
     if args.attribution_samples < 0:
-        raise SystemExit(f"error: --attribution-samples must be ≥ 0, got {args.attribution_samples}")
-    examples = load_examples(args.data, format=args.data_format, image_root=args.image_root, on_error=args.on_error)
+        raise UsageError(f"--attribution-samples must be ≥ 0, got {args.attribution_samples}")
+    if args.action_format is not None:
+        get_action_format(args.action_format)  # before any data or model is loaded
+    examples = load_examples(args.data, format=args.data_format, image_root=args.image_root, on_error=args.on_error,
+                             split=args.split)
     if getattr(examples, "skipped", 0):
         print(f"warning: skipped {examples.skipped} invalid records of {args.data}", file=sys.stderr)
     metrics = _score_only(args, examples) if args.predictions else _generate(args, examples)

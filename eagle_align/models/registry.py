@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from eagle_align.errors import UsageError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -152,31 +154,60 @@ FAMILIES: dict[str, ModelFamily] = {
 def get_family(name: str) -> ModelFamily:
     """Return the family registered under `name`, or fail listing the known ones."""
     if name not in FAMILIES:
-        raise ValueError(f"Unknown model family {name!r}; supported: {', '.join(FAMILIES)}")
+        raise UsageError(f"Unknown model family {name!r}; supported: {', '.join(FAMILIES)}")
     return FAMILIES[name]
 
 
+def _looks_local(name_or_path: str) -> bool:
+    """True unless `name_or_path` has the form of a Hub id (`namespace/name`): every Qwen-VL checkpoint on the
+    Hub has a namespace, so a bare name, an absolute or relative path, `~` or `a/b/c` means a local folder."""
+    name = str(name_or_path)
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") != 1 or name.endswith("/")
+
+
+def _model_type_of(path_or_id: str) -> str | None:
+    """model_type of a local folder, or of a Hub id through `AutoConfig` (the local cache when offline).
+
+    A local-looking path that does not exist fails here at once, instead of being sent to the Hub.
+    """
+    path = Path(path_or_id).expanduser()
+    if (path / "config.json").is_file():
+        return json.loads((path / "config.json").read_text()).get("model_type")
+    if path.is_dir():
+        hint = ("it holds a LoRA adapter: pass its base model as the model and this folder as the adapter"
+                if (path / "adapter_config.json").is_file() else None)
+        raise UsageError(f"model {path_or_id}: the folder has no config.json, so it is not a checkpoint", hint=hint)
+    if path.exists():
+        raise UsageError(f"model {path_or_id}: a file, not a checkpoint folder or a Hub id")
+    if _looks_local(path_or_id):
+        raise UsageError(f"model {path_or_id}: no such folder",
+                         hint="give a checkpoint folder or a Hub id of the form namespace/name "
+                              "(e.g. Qwen/Qwen2.5-VL-3B-Instruct)")
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path_or_id).model_type
+    except OSError as error:  # not on the Hub, no connection and not cached, gated, ...
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"model {path_or_id}: not a local folder, and its config could not be loaded from the Hub "
+                         f"or the cache: {first}") from error
+
+
 def detect_family(config_or_path) -> ModelFamily:
-    """Family of a checkpoint, from a `PretrainedConfig`, a config dict, or a local directory.
+    """Family of a checkpoint, from a `PretrainedConfig`, a config dict, a local directory or a Hub id.
 
     Hub ids are resolved through `AutoConfig` (which uses the local cache when offline).
     """
     if isinstance(config_or_path, dict):
         model_type = config_or_path.get("model_type")
     elif isinstance(config_or_path, (str, os.PathLike)):
-        config_file = Path(config_or_path) / "config.json"
-        if config_file.is_file():
-            model_type = json.loads(config_file.read_text()).get("model_type")
-        else:
-            from transformers import AutoConfig
-
-            model_type = AutoConfig.from_pretrained(str(config_or_path)).model_type
+        model_type = _model_type_of(str(config_or_path))
     else:
         model_type = getattr(config_or_path, "model_type", None)
     for family in FAMILIES.values():
         if family.model_type == model_type:
             return family
-    raise ValueError(
+    raise UsageError(
         f"Checkpoint model_type {model_type!r} is not a supported Qwen-VL family "
         f"(supported: {', '.join(f.model_type for f in FAMILIES.values())})"
     )

@@ -1,0 +1,141 @@
+"""Bad input on the command line: one line `eagle-align <command>: <message>`, exit status 2, no traceback.
+
+None of these needs a model: options, recipes and data are checked before any weights load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eagle_align.cli import main
+from eagle_align.data import DataError, generate_synthetic
+from eagle_align.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = Path(sys.executable).parent / "eagle-align"
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    """Four synthetic training records (train.jsonl + images/)."""
+    return generate_synthetic(tmp_path_factory.mktemp("synth"), 4, seed=0)
+
+
+def _recipe(path: Path, **keys) -> Path:
+    path.write_text(yaml.safe_dump(keys))
+    return path
+
+
+def _fails(argv: list[str], capsys, *expected: str) -> str:
+    """Run the CLI in-process; it must exit 2 with one error line naming `expected` (and perhaps a hint line)."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"eagle-align {argv[0]}: "))
+    assert len(lines) - start <= 2 and all(line.startswith("  hint: ") for line in lines[start + 1:]), err
+    assert "Traceback" not in err
+    for words in expected:
+        assert words in err, (words, err)
+    return err
+
+
+def test_train_misspelled_key_names_the_closest_key_without_listing_all(synth, tmp_path, capsys):
+    recipe = _recipe(tmp_path / "r.yaml", model_name_or_path="Qwen/Qwen2-VL-2B-Instruct", train_data=str(synth))
+    err = _fails(["train", str(recipe), "--lerning_rate", "1e-3"], capsys, "unknown config key 'lerning_rate'",
+                 "did you mean learning_rate")
+    assert len(err) < 300  # not the ~200 valid keys
+
+
+def test_train_missing_recipe_and_yaml_syntax_error_name_the_file(tmp_path, capsys):
+    _fails(["train", str(tmp_path / "nowhere.yaml")], capsys, f"training config {tmp_path / 'nowhere.yaml'} does not exist")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model_name_or_path: x\ntrain_data: [a, b\nmax_steps: 3\n")
+    err = _fails(["train", str(broken)], capsys, f"{broken}:", "invalid YAML")
+    assert "<unicode string>" not in err
+    _fails(["train", str(_recipe(tmp_path / "ok.yaml", model_name_or_path="m", train_data="t")), "--lora_targets",
+            "[a"], capsys, "--lora_targets '[a': not a YAML value")
+
+
+def test_train_missing_local_model_fails_at_once(synth, tmp_path, capsys):
+    for model in (str(tmp_path / "no-such-model"), "my-model", "outputs/run/checkpoint-5"):
+        recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=model, train_data=str(synth), report_to="none",
+                         output_dir=str(tmp_path / "out"))
+        _fails(["train", str(recipe)], capsys, f"model {model}: no such folder", "namespace/name")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    recipe = _recipe(tmp_path / "r.yaml", model_name_or_path=str(adapter), train_data=str(synth), report_to="none",
+                     output_dir=str(tmp_path / "out"))
+    _fails(["train", str(recipe)], capsys, "has no config.json", "LoRA adapter")
+
+
+def test_options_are_checked_before_any_model_loads(synth, tmp_path, capsys):
+    # The model folder is empty: loading it would fail with another message, so these come first.
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    base = dict(model_name_or_path=str(empty), train_data=str(synth), report_to="none", output_dir=str(tmp_path / "o"))
+    for key, value, words in (("action_format", "qwen4_vl", "action_format='qwen4_vl' is not registered"),
+                              ("on_error", "ignore", "on_error='ignore'"),
+                              ("finetuning", "qlora", "finetuning='qlora'"),
+                              ("loss_variant", "quadratic", "loss_variant='quadratic'"),
+                              ("click_eval", True, "click_eval: true needs eval_data"),
+                              ("train_data", str(tmp_path / "nothing.jsonl"), "nothing.jsonl: no such file")):
+        recipe = _recipe(tmp_path / "r.yaml", **{**base, key: value})
+        _fails(["train", str(recipe)], capsys, words)
+    _fails(["eval", "--model", str(empty), "--data", str(synth), "--out", str(tmp_path / "e"), "--action-format",
+            "bogus"], capsys, "action_format='bogus' is not registered")
+    _fails(["eval", "--model", str(empty), "--data", str(synth), "--out", str(tmp_path / "e"), "--batch-size", "0"],
+           capsys, "--batch-size must be positive")
+
+
+def test_eval_and_merge_missing_paths(tmp_path, capsys):
+    _fails(["eval", "--model", "Qwen/Qwen2-VL-2B-Instruct", "--data", "/nonexistent", "--out", str(tmp_path)], capsys,
+           "/nonexistent: no such file or directory")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    _fails(["merge", "--base", str(tmp_path / "base"), "--adapter", str(adapter), "--out", str(tmp_path / "m")],
+           capsys, f"model {tmp_path / 'base'}: no such folder")
+
+
+def test_data_errors_name_the_record(synth, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    _fails(["data", "validate", str(empty)], capsys, f"{empty}: no records")
+    (tmp_path / "shots").mkdir()
+    folder_image = tmp_path / "folder_image.jsonl"
+    folder_image.write_text(json.dumps({"image": "shots", "instruction": "x", "bbox": [0, 0, 4, 4]}) + "\n")
+    assert main(["data", "validate", str(folder_image)]) == 1  # a problem of one record: listed, status 1
+    assert "folder_image.jsonl:1: image path" in capsys.readouterr().out
+    recipe = _recipe(tmp_path / "r.yaml", model_name_or_path="Qwen/Qwen2-VL-2B-Instruct", train_data=str(folder_image))
+    _fails(["train", str(recipe)], capsys, "folder_image.jsonl:1", "is a directory, not an image file")
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    with pytest.raises(UsageError, match="does not exist"):
+        main(["train", str(tmp_path / "nowhere.yaml"), "--debug"])
+    monkeypatch.setenv("EAGLE_ALIGN_DEBUG", "1")
+    with pytest.raises(DataError, match="no such file"):
+        main(["data", "validate", str(tmp_path / "nothing")])
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "{dir}/nowhere.yaml"], "does not exist"),
+    (["train", str(REPO / "recipes" / "train" / "qwen2_vl_2b_lora.yaml"), "--lerning_rate", "1e-3"],
+     "did you mean learning_rate"),
+], ids=["missing-recipe", "misspelled-key"])
+def test_installed_command_exits_2_with_one_line(argv, words, tmp_path):
+    argv = [a.replace("{dir}", str(tmp_path)) for a in argv]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("EAGLE_ALIGN_DEBUG", None)
+    result = subprocess.run([str(CLI), *argv], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.splitlines()  # libraries may print a notice of their own first
+    start = next(i for i, line in enumerate(lines) if line.startswith("eagle-align train: "))
+    assert words in result.stderr and len(lines) - start <= 2 and "Traceback" not in result.stderr
