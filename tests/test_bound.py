@@ -181,3 +181,35 @@ def test_ranked_regions_asks_bounded_for_what_the_losses_read():
     assert ranked(search="bounded", lambda_redundancy=0.5) == 10  # redundancy reads every off-prior rank
     assert ranked(search="bounded", lambda_redundancy=0.0, loss_variant="adaptive_log") == 10
     assert ranked(search="efficient", lambda_redundancy=0.0) == 10  # the paper's strategies rank max_regions
+
+
+def test_trainer_logs_the_bounded_search_forwards_it_ran(tiny_checkpoints, tmp_path):
+    from scripts.ddp_align import examples
+
+    from eagle_align.data.collator import GroundingCollator
+    from eagle_align.models import get_family, load_model_and_processor
+    from eagle_align.models.lora import apply_lora
+    from eagle_align.trainer import PriorAlignedTrainer
+
+    torch.manual_seed(0)
+    model, processor = load_model_and_processor(tiny_checkpoints["qwen2_5_vl"], dtype="float32")
+    model = apply_lora(model, r=4, alpha=8, dropout=0.0)
+    cfg = PriorAlignedConfig(
+        output_dir=str(tmp_path), search="bounded", lambda_redundancy=0.0, region_method="grid", n_regions=16,
+        selection="all", per_device_train_batch_size=2, max_steps=1, align_every=1, report_to="none", use_cpu=True,
+        save_strategy="no", logging_steps=1,
+    )
+    collator = GroundingCollator(processor, get_family("qwen2_5_vl").default_action_format)
+    trainer = PriorAlignedTrainer(model=model, args=cfg, train_dataset=examples(2), data_collator=collator)
+    rows = []
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]) if not torch.is_grad_enabled() else None,
+        with_kwargs=True,
+    )
+    trainer.train()
+    log = next(h for h in trainer.state.log_history if "align/attribution_forwards" in h)
+    # selection "all" runs no selection forward: every no-grad row is an attribution forward.
+    assert log["align/attribution_forwards"] == sum(rows) > 0
+    assert log["align/attribution_seconds"] > 0 and log["align/selected"] == 2
+    # One ranked region per sample (the deviation gate's), so prior_hit@k is over that rank.
+    assert log["align/point_game"] == log[f"align/prior_hit@{cfg.prior_hit_k}"]

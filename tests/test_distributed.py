@@ -80,11 +80,13 @@ def assert_ranks_in_step(ranks: list[dict], out_dir: Path) -> None:
     assert [r["world_size"] for r in ranks] == [2, 2]
     for key in ("grad_forwards", "no_grad_forwards", "backwards"):
         assert ranks[0][key] == ranks[1][key], (key, ranks)
-    # Rank 0 aligned two samples per micro-step, so gradient chunks beyond the SFT forwards did run.
+    # Both ranks aligned two samples per micro-step, so gradient chunks beyond the SFT forwards did run.
     assert ranks[0]["grad_forwards"] > 4 and ranks[0]["no_grad_forwards"] > 4
     logs = ranks[0]["logs"]
-    assert all(h["align/selected"] == 2 for h in logs), logs  # global: 2 on rank 0, 0 on rank 1
+    assert all(h["align/selected"] == 4 for h in logs), logs  # global: 2 on each rank
+    # Rank 1's search settled after one region per sample, rank 0's ranked three: rank 1 was padded.
     assert all(h["align/padded_passes"] > 0 for h in logs), logs
+    assert ranks[1]["attribution_forwards"] < ranks[0]["attribution_forwards"], ranks
     assert logs == ranks[1]["logs"]
 
     weights = [torch.load(out_dir / f"lora_rank{r}.pt") for r in (0, 1)]

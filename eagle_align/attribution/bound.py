@@ -171,6 +171,7 @@ def bounded_best(
     a, b = insertion_weight, deletion_weight
     start = prob.forwards
     best: tuple[float, int, float, float] | None = None  # (score, region, insertion, deletion)
+    violation = 0.0  # largest measured breach of monotonicity in this step (a probability)
     heap: list[tuple[float, int, _Open]] = []
     pushed = 0
 
@@ -182,22 +183,27 @@ def bounded_best(
         keep[list(node.free)] = True
         return keep if insertion else ~keep
 
+    def record(node: _Open, insertion: bool, value: float) -> None:
+        """Store a measured side; a value beyond the inherited bound is a monotonicity breach, remembered."""
+        nonlocal violation
+        if insertion:
+            violation = max(violation, value - node.high)
+            node.high, node.measured_high = value, True
+        else:
+            violation = max(violation, node.low - value)
+            node.low, node.measured_low = value, True
+
     def measure(nodes: list[_Open], insertion: bool) -> None:
         """One batched call for one side of every node; the memo's free values fill the other side."""
         if nodes:
             values = prob(torch.stack([kept(node, insertion) for node in nodes])).tolist()
             for node, value in zip(nodes, values):
-                if insertion:
-                    node.high, node.measured_high = value, True
-                else:
-                    node.low, node.measured_low = value, True
+                record(node, insertion, value)
         for node in nodes:
-            for side in (True, False):
-                known = prob.cached(kept(node, side))
-                if known is not None and side and not node.measured_high:
-                    node.high, node.measured_high = known, True
-                elif known is not None and not side and not node.measured_low:
-                    node.low, node.measured_low = known, True
+            for side, done in ((True, node.measured_high), (False, node.measured_low)):
+                known = None if done else prob.cached(kept(node, side))
+                if known is not None:
+                    record(node, side, known)
 
     def settle(node: _Open) -> None:
         """A single region with both forwards is a candidate answer; anything else goes (back) on the heap."""
@@ -231,7 +237,7 @@ def bounded_best(
     for node in first:
         settle(node)
     fell_back = False
-    while heap and (best is None or -heap[0][0] > best[0] - slack):
+    while heap and (best is None or -heap[0][0] > best[0] - slack - (a + b) * violation):
         if budget is not None and prob.forwards - start >= budget:
             fell_back = True
             regions = sorted({v for _, _, node in heap for v in node.free})

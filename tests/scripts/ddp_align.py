@@ -1,7 +1,8 @@
 """Two-rank alignment run for tests/test_distributed.py (`accelerate launch --multi_gpu`, or a DeepSpeed recipe).
 
-Rank 0 aligns every sample; rank 1 asks for impossible confidence, so it selects nothing and must still
-take part in every collective pass. Each rank counts its own forwards (with and without gradient) and
+Both ranks align every sample with the bounded search, deliberately with different work: rank 0 trains
+redundancy too, so its search ranks three regions per sample; rank 1 trains deviation only, so its search
+settles after rank 1 and it runs far fewer forwards, yet must still take part in every collective pass. Each rank counts its own forwards (with and without gradient) and
 backward passes with hooks, and saves its LoRA weights, so the test can compare ranks.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from eagle_align import trainer as trainer_module
 from eagle_align.data.collator import GroundingCollator
 from eagle_align.data.schema import GroundingExample
 from eagle_align.models import get_family, load_model_and_processor
@@ -44,6 +46,7 @@ def main(checkpoint: str, out_dir: str) -> None:
     config = PriorAlignedConfig(
         output_dir=f"{out_dir}/run", per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2,
         align_every=1, n_regions=16, max_regions=3, selection="all", loss_chunk_size=2, report_to="none",
+        search="bounded", region_method="grid", lambda_redundancy=0.5, stop_confidence=None,
         save_strategy="no", logging_steps=1, learning_rate=1e-2, seed=0, ddp_timeout=300,
         # CPU-only: two gloo processes (MULTI_CPU); accelerate only turns DeepSpeed on without use_cpu.
         use_cpu=not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true",
@@ -51,9 +54,9 @@ def main(checkpoint: str, out_dir: str) -> None:
     trainer = PriorAlignedTrainer(model=model, args=config, train_dataset=examples(16),
                                   data_collator=GroundingCollator(processor, get_family(FAMILY).default_action_format))
     rank = trainer.args.process_index
-    if rank == 1:  # deliberately uneven: nothing on this rank passes the filter
-        trainer.args.selection, trainer.args.min_confidence = "confident_correct", 1.0
-    counts = {"grad_forwards": 0, "no_grad_forwards": 0, "backwards": 0}
+    if rank == 1:  # deliberately uneven: this rank's search stops after the gate's region
+        trainer.args.lambda_redundancy = 0.0
+    counts = {"grad_forwards": 0, "no_grad_forwards": 0, "backwards": 0, "attribution_forwards": 0}
 
     def count_forward(module, args):
         counts["grad_forwards" if torch.is_grad_enabled() else "no_grad_forwards"] += 1
@@ -61,6 +64,14 @@ def main(checkpoint: str, out_dir: str) -> None:
     def count_backward(module, grad_input, grad_output):
         counts["backwards"] += 1
 
+    search = trainer_module.attribute_sample
+
+    def count_search(*args, **kwargs):  # this rank's own attribution forwards (the logs hold the global sum)
+        attribution = search(*args, **kwargs)
+        counts["attribution_forwards"] += attribution.forwards
+        return attribution
+
+    trainer_module.attribute_sample = count_search
     model.get_input_embeddings().register_forward_pre_hook(count_forward)
     model.get_output_embeddings().register_full_backward_hook(count_backward)
     trainer.train()

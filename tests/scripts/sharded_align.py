@@ -4,7 +4,8 @@ accelerate does not shard on CPU (an FSDP config falls back to multi-CPU DDP the
 tiny model itself, the way accelerate's FSDP2 set-up would with `recipes/accelerate/fsdp.yaml`: accelerate's
 own wrap policy for the recipe's settings picks the units, torch's `fully_shard` shards them bottom-up, then
 the root. It then runs the trainer's alignment step on the sharded model. Every forward now gathers parameters collectively. Rank 0 attributes both of
-its samples and rank 1 selects nothing, so the ranks run very different numbers of forwards. The step must
+its samples with the bounded search (whose forward count depends on what it prunes) and rank 1 selects
+nothing, so the ranks run very different numbers of forwards. The step must
 still finish, and rank 0's attribution under sharding must equal the one computed before sharding.
 """
 
@@ -29,7 +30,7 @@ from eagle_align.models.lora import apply_lora
 from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer
 
 FAMILY = "qwen2_5_vl"
-ATTRIBUTION = dict(n_regions=16, max_regions=3, batch_size=4)
+ATTRIBUTION = dict(n_regions=16, max_regions=3, batch_size=4, strategy="bounded")
 FSDP_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "accelerate" / "fsdp.yaml"
 
 
@@ -63,7 +64,7 @@ def main(checkpoint: str, out_dir: str) -> None:
     model = apply_lora(model, r=4, alpha=8, dropout=0.0)
     config = PriorAlignedConfig(
         output_dir=f"{out_dir}/run", per_device_train_batch_size=2, align_every=1, n_regions=16, max_regions=3,
-        selection="all", loss_chunk_size=2, attribution_batch_size=4, report_to="none", save_strategy="no",
+        search="bounded", region_method="grid", lambda_redundancy=0.5, selection="all", loss_chunk_size=2, attribution_batch_size=4, report_to="none", save_strategy="no",
         seed=0, ddp_timeout=120, use_cpu=True,
     )
     collator = GroundingCollator(processor, get_family(FAMILY).default_action_format)
