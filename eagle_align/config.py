@@ -51,7 +51,11 @@ class PriorAlignedConfig(TrainingArguments):
     prior_overlap: float = field(default=0.15, metadata={"help": "Region is on-prior if the box covers this share."})
     n_regions: int = field(default=64, metadata={"help": "Regions the screenshot is partitioned into."})
     region_method: str = field(default="grid", metadata={"help": "grid | slic."})
-    search: str = field(default="efficient", metadata={"help": "efficient | exact | single_round."})
+    search: str = field(
+        default="efficient",
+        metadata={"help": "efficient | exact | single_round | bounded (exact's choices by branch-and-bound over "
+                  "region groups; ranks only what the losses read, see ranked_regions)."},
+    )
     search_scope: int = field(default=DEFAULT_SEARCH_SCOPE, metadata={"help": "Candidates between re-sorts."})
     resort_every: int | None = field(
         default=DEFAULT_RESORT_EVERY, metadata={"help": "Re-sort all candidates every n steps (None: once)."}
@@ -108,3 +112,15 @@ class PriorAlignedConfig(TrainingArguments):
             raise ValueError(f"adaptive_beta={self.adaptive_beta} must be > 0")
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns=True would drop the collator's 'meta'; leave it False")
+
+    @property
+    def ranked_regions(self) -> int:
+        """How many regions the trainer asks the search to rank.
+
+        `bounded` ranks only what the losses read: rank 1 for the deviation gate, unless redundancy (every
+        off-prior rank with its prefix score) or adaptive_log (the best on-prior gain among the ranks) needs the
+        top max_regions. Other strategies always rank max_regions, as the paper does.
+        """
+        if self.search == "bounded" and self.lambda_redundancy == 0 and self.loss_variant != "adaptive_log":
+            return 1
+        return self.max_regions
