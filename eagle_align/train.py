@@ -13,8 +13,10 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import os
 import re
 import sys
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -199,6 +201,28 @@ def load_config(config_path: str | Path | None, overrides: dict[str, Any] | None
     return config
 
 
+def _scalar_types(annotation) -> tuple[type, ...] | None:
+    """The scalar types a field takes (a float field takes ints too); None when it also takes other things."""
+    kinds = tuple(t for t in (typing.get_args(annotation) or (annotation,)) if t is not type(None))
+    if not kinds or not all(t in (bool, int, float, str) for t in kinds):
+        return None
+    return kinds + (int,) * (float in kinds) + (os.PathLike,) * (str in kinds)
+
+
+def _check_value_types(config: dict[str, Any]) -> None:
+    """A value of the wrong type (`max_steps: abc`) fails here, naming the key, not later deep in training
+    (HfArgumentParser.parse_dict does not convert values)."""
+    for cls in _argument_classes():
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            value, kinds = config.get(f.name), _scalar_types(hints.get(f.name))
+            if value is None or kinds is None:
+                continue
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                names = " or ".join(dict.fromkeys(t.__name__ for t in kinds if t is not os.PathLike))
+                raise UsageError(f"{f.name}={value!r} must be {names}")
+
+
 def parse_config(config: dict[str, Any]):
     """Split a flat config into (model, data, lora, training) dataclasses."""
     from transformers import HfArgumentParser
@@ -209,6 +233,7 @@ def parse_config(config: dict[str, Any]):
             raise UsageError(f"missing required config key {required!r} ({cls.__name__})")
     config = dict(config)
     config.setdefault("output_dir", "outputs/run")
+    _check_value_types(config)
     try:
         return parser.parse_dict(config, allow_extra_keys=False)
     except UsageError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -19,14 +20,17 @@ from eagle_align.attribution import (
     make_partition,
     slice_sample,
 )
+from eagle_align.config import PRESETS
 from eagle_align.data.collator import GroundingCollator
 from eagle_align.models import get_family, load_model_and_processor
 from eagle_align.models.lora import apply_lora
 from eagle_align.trainer import ALIGNMENT_STATE_FILE, PriorAlignedConfig, PriorAlignedTrainer, dropout_off
 
 FAMILY = "qwen2_5_vl"
-FAST = dict(n_regions=16, max_regions=3, selection="all", attribution_batch_size=32, report_to="none",
-            use_cpu=True, save_strategy="no", logging_steps=1, learning_rate=1e-3, seed=0)
+# The paper's method (both losses, so every code path runs) on 16 regions with a cheap search.
+FAST = dict(preset="paper", n_regions=16, max_regions=3, search_scope=1, resort_every=21, selection="all",
+            attribution_batch_size=32, report_to="none", use_cpu=True, save_strategy="no", logging_steps=1,
+            learning_rate=1e-3, seed=0)
 
 
 @pytest.fixture
@@ -45,13 +49,38 @@ def config(tmp_path, **overrides) -> PriorAlignedConfig:
     return PriorAlignedConfig(output_dir=str(tmp_path / "run"), **{**FAST, **overrides})
 
 
-def test_config_defaults_are_the_papers():
+def test_config_defaults_are_the_settings_measured_best():
+    """The method defaults data_cards/synthetic.md measured best (the demo recipe's), not the paper's."""
     cfg = PriorAlignedConfig(output_dir="unused", report_to="none")
-    assert (cfg.align_every, cfg.lambda_deviation, cfg.lambda_redundancy, cfg.min_confidence) == (5, 0.5, 0.5, 0.75)
-    assert (cfg.prior_overlap, cfg.stop_confidence, cfg.max_regions, cfg.n_regions) == (0.15, 0.8, 10, 64)
-    assert (cfg.search, cfg.insertion_weight, cfg.deletion_weight, cfg.loss_variant) == ("efficient", 2.0, 1.0, "paper")
-    assert (cfg.adaptive_beta, cfg.baseline, cfg.score_reduction, cfg.alignment) == (2.0, "black", "mean", True)
-    assert cfg.remove_unused_columns is False and cfg.deviation_margin is None  # rank-1 gate only
+    assert (cfg.loss_variant, cfg.baseline, cfg.region_method, cfg.n_regions) == ("log", "mean", "slic", 16)
+    assert (cfg.insertion_weight, cfg.deletion_weight, cfg.lambda_deviation, cfg.lambda_redundancy) == (1.0, 1.0, 0.5, 0.0)
+    assert cfg.deviation_margin is None  # the paper's rank-1 gate
+    assert (cfg.align_every, cfg.min_confidence, cfg.prior_overlap, cfg.max_regions) == (5, 0.75, 0.15, 10)
+    assert (cfg.stop_confidence, cfg.score_reduction, cfg.adaptive_beta, cfg.alignment) == (0.8, "mean", 2.0, True)
+    assert cfg.remove_unused_columns is False and cfg.preset is None
+    assert cfg.preset_description() == "none (eagle-align's defaults)"
+
+
+# Every method setting of the paper, written out here independently of eagle_align.config.PRESETS.
+PAPER = dict(
+    align_every=5, align_start_step=0, lambda_deviation=0.5, lambda_redundancy=0.5, loss_variant="paper",
+    deviation_margin=None, adaptive_beta=2.0, insertion_weight=2.0, deletion_weight=1.0, selection="confident_correct",
+    min_confidence=0.75, prior_overlap=0.15, n_regions=64, region_method="grid", search="efficient", search_scope=10,
+    resort_every=5, max_regions=10, stop_confidence=0.8, baseline="black", score_reduction="mean",
+)
+
+
+def test_preset_paper_sets_every_paper_value_and_explicit_settings_win():
+    cfg = PriorAlignedConfig(output_dir="unused", report_to="none", preset="paper")
+    assert {k: getattr(cfg, k) for k in PAPER} == PAPER
+    assert PRESETS["paper"] == PAPER  # nothing beyond these settings
+    assert cfg.preset_description() == "paper"
+    # An explicit value wins, even one equal to the library default; the rest stays the paper's.
+    cfg = PriorAlignedConfig(output_dir="unused", report_to="none", preset="paper", n_regions=16, baseline="background")
+    assert {k: getattr(cfg, k) for k in PAPER} == {**PAPER, "n_regions": 16, "baseline": "background"}
+    assert cfg.preset_description() == "paper (changed: n_regions=16, baseline=background)"
+    with pytest.raises(ValueError, match="preset"):
+        PriorAlignedConfig(output_dir="unused", report_to="none", preset="eagle")
 
 
 @pytest.mark.parametrize(
@@ -129,13 +158,15 @@ def test_alignment_off_is_exactly_plain_sft(lora_setup, tmp_path):
 def _manual_alignment_grads(model, batch, cfg) -> dict[str, torch.Tensor]:
     """λ·mean(L_dev) + λ·mean(L_red) over the whole batch in one graph, from the same attributions."""
     dev, red = [], []
+    weights = dict(insertion_weight=cfg.insertion_weight, deletion_weight=cfg.deletion_weight)
     model.zero_grad()
     for i in range(batch["input_ids"].shape[0]):
         sample = slice_sample(batch, i)
         row = baseline_row(model, cfg.baseline, sample["pixel_values"], sample["image_grid_thw"])
-        att = attribute_sample(model, batch, i, n_regions=cfg.n_regions, baseline=row, strategy=cfg.search,
-                               max_regions=cfg.max_regions, stop_confidence=cfg.stop_confidence)
-        built = build_alignment_examples(att, batch["meta"][i].prior_mask, cfg.prior_overlap)
+        att = attribute_sample(model, batch, i, n_regions=cfg.n_regions, region_method=cfg.region_method, baseline=row,
+                               strategy=cfg.search, max_regions=cfg.max_regions, stop_confidence=cfg.stop_confidence,
+                               search_scope=cfg.search_scope, resort_every=cfg.resort_every, **weights)
+        built = build_alignment_examples(att, batch["meta"][i].prior_mask, cfg.prior_overlap, **weights)
         if not built.examples:
             continue
         model.eval()
@@ -144,12 +175,12 @@ def _manual_alignment_grads(model, batch, cfg) -> dict[str, torch.Tensor]:
         n = len(built.examples)
         for j, example in enumerate(built.examples):
             if example.kind == "deviation":
-                dev.append(deviation_loss(probs[j], probs[n + j]))
+                dev.append(deviation_loss(probs[j], probs[n + j], cfg.loss_variant, **weights))
             else:
                 red.append(redundancy_loss(probs[j], probs[n + j], torch.tensor(example.prev_p_insert),
-                                           torch.tensor(example.prev_p_delete)))
-    assert dev or red
-    loss = sum(0.5 * torch.stack(t).mean() for t in (dev, red) if t)
+                                           torch.tensor(example.prev_p_delete), cfg.loss_variant, **weights))
+    assert dev and red
+    loss = cfg.lambda_deviation * torch.stack(dev).mean() + cfg.lambda_redundancy * torch.stack(red).mean()
     loss.backward()
     model.train()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -162,19 +193,60 @@ def test_chunked_alignment_gradient_equals_the_batch_mean_loss(lora_setup, tmp_p
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.05)
-    cfg = config(tmp_path, per_device_train_batch_size=3, loss_chunk_size=2, gradient_accumulation_steps=2)
+    cfg = config(tmp_path, per_device_train_batch_size=3, loss_chunk_size=2)
     trainer = PriorAlignedTrainer(model=model, args=cfg, train_dataset=examples(3), data_collator=collator)
     batch = collator(examples(3))
     expected = _manual_alignment_grads(model, batch, cfg)
     model.zero_grad()
     model.train()
-    trainer.current_gradient_accumulation_steps = 2  # alignment is a per-micro-batch mean: scaled by 1/GA
     trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
     logged = trainer._metrics
     assert logged["align/loss_forwards"][0] == 2 * (logged["align/deviation_examples"][0]
                                                      + logged["align/redundancy_examples"][0])
     for name, grad in expected.items():
-        torch.testing.assert_close(model.get_parameter(name).grad, grad / 2, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(model.get_parameter(name).grad, grad, atol=1e-6, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in expected.values())
+
+
+def _step_alignment_grads(trainer, model, micro_batches: list[dict]) -> dict[str, torch.Tensor]:
+    """The alignment gradient of one optimizer step made of `micro_batches`, as train() runs it.
+
+    get_batch_samples plans the whole step; each compute_loss back-propagates its micro-batch's alignment
+    chunks and returns the SFT loss, which is not back-propagated here.
+    """
+    model.zero_grad()
+    model.train()
+    prepared, _ = trainer.get_batch_samples(iter(micro_batches), len(micro_batches), trainer.args.device)
+    trainer.current_gradient_accumulation_steps = len(prepared)  # as Trainer's loop sets it (SFT's 1/GA)
+    for batch in prepared:
+        trainer.compute_loss(model, trainer._prepare_inputs(batch))
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_alignment_gradient_of_a_step_does_not_depend_on_gradient_accumulation(lora_setup, tmp_path):
+    """λ·mean over the step's examples, whether it comes as one micro-batch of 4 or two of 2, one of them empty."""
+    model, processor, collator = lora_setup
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    # A box over the whole screen makes every region on-prior: those two samples give no alignment example.
+    # Screens 0 and 4 give both kinds (a deviation and redundancy examples) with this seed.
+    plain = examples(5)
+    blank = [dataclasses.replace(e, bbox=(0, 0, *e.image_size), point=None) for e in plain[1:3]]
+    screens = [*blank, plain[0], plain[4]]
+    cfg = config(tmp_path, loss_chunk_size=2, align_every=1)
+    trainer = PriorAlignedTrainer(model=model, args=cfg, data_collator=collator)
+    expected = _manual_alignment_grads(model, collator(screens), cfg)
+    one = _step_alignment_grads(trainer, model, [collator(screens)])
+    trainer._metrics.clear()
+    two = _step_alignment_grads(trainer, model, [collator(screens[:2]), collator(screens[2:])])
+    counts = [d + r for d, r in zip(trainer._metrics["align/deviation_examples"],
+                                    trainer._metrics["align/redundancy_examples"])]
+    assert counts[0] == 0 and counts[1] > 0  # the first micro-batch had nothing to align
+    for name, grad in expected.items():
+        torch.testing.assert_close(one[name], grad, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(two[name], grad, atol=1e-6, rtol=1e-4)
     assert any(g.abs().sum() > 0 for g in expected.values())
 
 
