@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_model_and_processor": "eagle_align.models",
     "build_tiny_checkpoint": "eagle_align.models",
+    "read_coordinate_space": "eagle_align.models",
     "apply_lora": "eagle_align.models.lora",
     "GroundingExample": "eagle_align.data",
     "GroundingCollator": "eagle_align.data",

@@ -7,17 +7,25 @@ names the real Hub id and everything needed to reproduce the coordinate space (a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
+from huggingface_hub import ModelCard, ModelCardData
+
+from eagle_align.errors import UsageError
+from eagle_align.models.space import COORDINATE_SPACE_FILE, CoordinateSpace
 
 logger = logging.getLogger(__name__)
 
-CARD_TAGS = ["gui-agent", "grounding", "eagle-align", "lora"]
+CARD_TAGS = ["gui-agent", "grounding", "eagle-align"]
+CARD_FILE = "README.md"
+# alignment_state.json counters shown on the card, in this order.
+ALIGNMENT_TOTALS = ("alignment_steps", "selected", "deviation_examples", "redundancy_examples",
+                    "attribution_forwards", "loss_forwards", "nonfinite_terms")
 
 
 def is_local_path(name_or_path: str) -> bool:
@@ -31,92 +39,154 @@ def resolve_base_model_id(model_name_or_path: str, base_model_id: str | None = N
     return None if is_local_path(model_name_or_path) else model_name_or_path
 
 
-def build_model_card(
-    base_model_id: str | None,
-    action_format: str,
-    min_pixels: int,
-    max_pixels: int,
-    training: dict[str, Any] | None = None,
-    alignment: dict[str, Any] | None = None,
-    evaluation: dict[str, Any] | None = None,
-    system_prompt: str | None = None,
-) -> str:
-    """Markdown model card with a YAML header the Hub understands."""
-    header: dict[str, Any] = {
-        "library_name": "peft",
-        "pipeline_tag": "image-text-to-text",
-        "tags": list(CARD_TAGS),
-    }
-    if base_model_id:
-        header["base_model"] = base_model_id
-    lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", ""]
-    title = f"LoRA adapter for {base_model_id}" if base_model_id else "LoRA adapter"
-    lines += [
-        f"# {title} (eagle-align)",
-        "",
-        "A GUI-grounding adapter (screenshot + instruction → click) trained with eagle-align. "
-        + (
-            "Prior-aligned training was on: every few steps EAGLE-style subset attribution ranked screenshot "
-            "regions by how much the click's coordinate tokens relied on them, and deviation / redundancy losses "
-            "pushed reliance back inside the target element's box."
-            if alignment and alignment.get("alignment", True)
-            else "Plain supervised fine-tuning (alignment off)."
-        ),
-        "",
-        "## Coordinate space (needed to reproduce clicks)",
-        "",
-        f"- action format: `{action_format}`",
-        f"- min_pixels: {min_pixels}, max_pixels: {max_pixels} (screenshots are resized with qwen-vl-utils "
-        "`fetch_image` and these limits, then by the processor with the same limits)",
-    ]
-    if system_prompt:
-        lines.append(f"- system prompt: `{system_prompt}`")
-    for title_, section in (("Training settings", training), ("Alignment settings", alignment)):
-        if section:
-            lines += ["", f"## {title_}", "", "| setting | value |", "|---|---|"]
-            lines += [f"| {k} | {v} |" for k, v in section.items()]
-    if evaluation:
-        lines += ["", "## Evaluation", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in evaluation.items()]
-    lines += [
+def _what(space: CoordinateSpace) -> str:
+    base = space.base_model_id or "its base model"
+    if space.merged_from:
+        return f"{base} with an eagle-align LoRA adapter merged into its weights"
+    if space.is_adapter:
+        return f"{'QLoRA' if space.finetuning == 'qlora' else 'LoRA'} adapter for {base}"
+    return f"{base}, fully fine-tuned"
+
+
+def _alignment_summary(alignment: dict[str, Any] | None, totals: dict[str, float] | None) -> str:
+    """What alignment did, from its counters: the card claims no correction that did not happen."""
+    if not alignment or not alignment.get("alignment", True):
+        return "Plain supervised fine-tuning (alignment off)."
+    totals = totals or {}
+    steps, selected = int(totals.get("alignment_steps", 0)), int(totals.get("selected", 0))
+    n_dev, n_red = int(totals.get("deviation_examples", 0)), int(totals.get("redundancy_examples", 0))
+    if steps == 0:
+        return "Prior alignment was enabled, but no alignment step ran (the run ended before the first one)."
+    done = (f"Prior alignment ran on {steps} steps: EAGLE-style subset attribution ranked the screenshot regions "
+            f"that the click's coordinate tokens of {selected} selected samples relied on")
+    if n_dev + n_red == 0:
+        return done + "; none relied on evidence outside the target's box, so no alignment loss was applied."
+    return (done + f", and {n_dev} deviation / {n_red} redundancy examples penalised reliance outside the "
+            "target element's box.")
+
+
+def _table(title: str, section: dict[str, Any] | None, column: str = "setting") -> list[str]:
+    if not section:
+        return []
+    return ["", f"## {title}", "", f"| {column} | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in section.items())]
+
+
+def _usage(space: CoordinateSpace) -> list[str]:
+    if space.is_adapter:
+        load = f'load_model_and_processor("{space.base_model_id or "BASE_MODEL"}", adapter="THIS_REPO")'
+        plain = [
+            "",
+            "Without eagle-align, apply the adapter with PEFT; the processor saved here has the pixel limits above:",
+            "",
+            "```python",
+            "from peft import PeftModel",
+            "from transformers import AutoModelForImageTextToText, AutoProcessor",
+            f'base = AutoModelForImageTextToText.from_pretrained("{space.base_model_id or "BASE_MODEL"}")',
+            'model = PeftModel.from_pretrained(base, "THIS_REPO")',
+            'processor = AutoProcessor.from_pretrained("THIS_REPO")',
+            "```",
+        ]
+    else:
+        load = 'load_model_and_processor("THIS_REPO")'
+        plain = [
+            "",
+            "Without eagle-align: `AutoModelForImageTextToText.from_pretrained(\"THIS_REPO\")` and "
+            "`AutoProcessor.from_pretrained(\"THIS_REPO\")` (saved with the limits above).",
+        ]
+    return [
         "",
         "## Usage",
         "",
         "```python",
-        "from peft import PeftModel",
         "from eagle_align.models import load_model_and_processor",
-        f'model, processor = load_model_and_processor("{base_model_id or "BASE_MODEL"}", '
-        f"min_pixels={min_pixels}, max_pixels={max_pixels})",
-        'model = PeftModel.from_pretrained(model, "THIS_REPO")',
+        f"model, processor = {load}  # pixel limits from eagle_align.json",
         "```",
+        *plain,
         "",
     ]
-    return "\n".join(lines)
+
+
+def build_model_card(
+    space: CoordinateSpace,
+    training: dict[str, Any] | None = None,
+    alignment: dict[str, Any] | None = None,
+    alignment_totals: dict[str, float] | None = None,
+    evaluation: dict[str, Any] | None = None,
+) -> ModelCard:
+    """The Hub model card: validated metadata (`ModelCardData`), the coordinate space, settings and results."""
+    data = ModelCardData(
+        base_model=space.base_model_id,
+        library_name="peft" if space.is_adapter else "transformers",
+        pipeline_tag="image-text-to-text",
+        tags=[*CARD_TAGS, *(["lora"] if space.is_adapter or space.merged_from else []), space.finetuning],
+    )
+    lines = [
+        f"# {_what(space)} (eagle-align)",
+        "",
+        "A GUI-grounding model (screenshot + instruction → click) trained with eagle-align. "
+        + _alignment_summary(alignment, alignment_totals),
+        "",
+        "## Coordinate space (needed to reproduce clicks)",
+        "",
+        f"- model family: `{space.family}`; action format: `{space.action_format}`",
+        f"- min_pixels: {space.min_pixels}, max_pixels: {space.max_pixels} (screenshots are resized into these "
+        "limits before the model sees them; absolute-pixel answers refer to the resized image)",
+        f"- system prompt: `{space.system_prompt}`" if space.system_prompt else "- system prompt: none",
+        f"- recorded in `{COORDINATE_SPACE_FILE}`, which `eagle-align eval`, `explain` and `merge` read",
+    ]
+    if space.merged_from:
+        lines.append(f"- merged from the adapter `{space.merged_from}`")
+    lines += _table("Training settings", training)
+    lines += _table("Alignment settings", alignment)
+    if alignment and alignment.get("alignment", True) and alignment_totals:
+        lines += _table("Alignment totals", {k: int(alignment_totals.get(k, 0)) for k in ALIGNMENT_TOTALS}, "count")
+    lines += _table("Evaluation", evaluation, "metric")
+    lines += _usage(space)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
 def read_card_header(card_path: str | Path) -> dict[str, Any]:
-    """Parse the YAML header of a model card."""
+    """The metadata of a model card (its YAML header), as the Hub reads it."""
     text = Path(card_path).read_text()
     if not text.startswith("---"):
         raise ValueError(f"{card_path} has no YAML header")
-    return yaml.safe_load(text.split("---", 2)[1]) or {}
+    return ModelCard(text).data.to_dict()
 
 
-def write_model_card(output_dir: str | Path, base_model_id: str | None, **card_fields: Any) -> Path:
-    """Write README.md into an adapter directory and point adapter_config.json at the real base model id."""
+def write_model_card(output_dir: str | Path, space: CoordinateSpace, **sections: Any) -> Path:
+    """Write README.md into a trained folder; an adapter's config is pointed at the real base model id."""
     out = Path(output_dir)
-    path = out / "README.md"
-    path.write_text(build_model_card(base_model_id, **card_fields))
+    path = out / CARD_FILE
+    build_model_card(space, **sections).save(path)
     adapter_config = out / "adapter_config.json"
-    if base_model_id and adapter_config.is_file():
+    if space.base_model_id and adapter_config.is_file():
         config = json.loads(adapter_config.read_text())
-        config["base_model_name_or_path"] = base_model_id
+        config["base_model_name_or_path"] = space.base_model_id
         adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True))
     return path
 
 
 class PushError(RuntimeError):
     """Upload failed; the local adapter directory is untouched."""
+
+
+def check_push_ready(repo_id: str | None, token: str | None = None) -> None:
+    """Fail before any work when a push could not start: a valid repo id and a token must be at hand.
+
+    Whether the token may write to the repo only the Hub can say; that is checked when the push starts.
+    """
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not repo_id:
+        raise UsageError("pushing needs a repo id", hint="set hub_model_id (train) or --repo-id (push) to namespace/name")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise UsageError(f"repo id {repo_id!r} is not valid: {error}", hint="use namespace/name") from None
+    if not (token or get_token()):
+        raise UsageError(f"pushing to {repo_id} needs a Hub token, and none is set",
+                         hint="run `hf auth login`, set HF_TOKEN, or pass hub_token / --token")
 
 
 def push_adapter(
@@ -127,17 +197,19 @@ def push_adapter(
     commit_message: str = "Upload eagle-align adapter",
     revision: str | None = None,
 ) -> str:
-    """Upload an adapter directory (weights, processor, card) to `repo_id`; returns the commit URL.
+    """Upload a trained folder (LoRA adapter, full fine-tune or merged model: weights, processor, card) to
+    `repo_id`; returns the commit URL.
 
     Checkpoint folders and files starting with "_" are left out, like the Trainer does.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
     folder = Path(adapter_dir)
-    if not (folder / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{folder} is not an adapter directory (no adapter_config.json)")
-    if (folder / "README.md").is_file():
-        read_card_header(folder / "README.md")  # a broken card fails here, before anything is sent
+    if not ((folder / "adapter_config.json").is_file() or (folder / "config.json").is_file()):
+        raise FileNotFoundError(f"{folder} is not a trained folder (no adapter_config.json or config.json)")
+    check_push_ready(repo_id, token)
+    if (folder / CARD_FILE).is_file():
+        read_card_header(folder / CARD_FILE)  # a broken card fails here, before anything is sent
     else:
         logger.warning("%s has no model card (README.md); pushing without one", folder)
     files = sorted(
@@ -169,6 +241,36 @@ def _probe_inputs(processor) -> dict[str, torch.Tensor]:
     return processor(text=[text], images=[Image.fromarray(pixels)], return_tensors="pt")
 
 
+def merged_coordinate_space(peft_model, processor, base: str, adapter: str) -> CoordinateSpace:
+    """The adapter's recorded space, marked as merged; for an adapter without a record, what merge used."""
+    from eagle_align.models import coordinate_space_of, family_of, pixel_limits
+
+    space = coordinate_space_of(peft_model)
+    if space is None:
+        family = family_of(peft_model)
+        min_pixels, max_pixels = pixel_limits(processor)
+        logger.warning("%s records no coordinate space; the merged model gets the base's limits and %s's format",
+                       adapter, family.name)
+        space = CoordinateSpace(family.name, family.default_action_format, min_pixels, max_pixels,
+                                base_model_id=resolve_base_model_id(base))
+    return dataclasses.replace(space, merged_from=adapter)
+
+
+def merged_model_card(space: CoordinateSpace, adapter_card: Path) -> ModelCard:
+    """The adapter's card (its settings, alignment totals and evaluation) retitled and re-headed for the merged
+    weights, with their own usage; a fresh card when the adapter has none."""
+    fresh = build_model_card(space)
+    if not adapter_card.is_file():
+        return fresh
+    body = ModelCard(adapter_card.read_text()).text.split("\n## Usage", 1)[0]
+    kept = [line for line in body.strip().splitlines() if not line.startswith("# ")]
+    title = fresh.text.strip().splitlines()[0]
+    usage = "\n## Usage" + fresh.text.split("\n## Usage", 1)[1]
+    note = f"The LoRA adapter `{space.merged_from}`, merged into its base model's weights."
+    merged = "\n".join([title, "", note, *kept, usage.rstrip(), ""])
+    return ModelCard(f"---\n{fresh.data.to_yaml()}\n---\n\n{merged}")
+
+
 def merge_adapter(
     base: str,
     adapter_dir: str | Path,
@@ -176,19 +278,20 @@ def merge_adapter(
     dtype: str = "float32",
     atol: float = 1e-3,
 ) -> dict[str, Any]:
-    """Merge LoRA weights into the base model, save it, and verify the merge.
+    """Merge LoRA weights into the base model, save it with the adapter's coordinate space and card, and verify.
 
     Checks: every LoRA module's base weight changed by exactly its delta (modules with an all-zero delta are
     reported, not failed), the merged checkpoint reloads, and its logits equal base + adapter on a probe input.
+    The processor is saved with the adapter's pixel limits (eagle_align.json), not the base's.
     """
-    from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
     from eagle_align.models import load_model_and_processor
     from eagle_align.models.lora import lora_module_names
 
-    model, processor = load_model_and_processor(base, dtype=dtype)
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    peft_model, processor = load_model_and_processor(base, dtype=dtype, adapter=str(adapter_dir))
+    peft_model.eval()
+    space = merged_coordinate_space(peft_model, processor, base, str(adapter_dir))
     probe = _probe_inputs(processor)
     with torch.no_grad():
         expected = peft_model(**probe).logits.float()
@@ -213,6 +316,8 @@ def merge_adapter(
     out = Path(out_dir)
     merged.save_pretrained(out)
     processor.save_pretrained(out)
+    space.save(out)
+    merged_model_card(space, Path(adapter_dir) / CARD_FILE).save(out / CARD_FILE)
     reloaded = AutoModelForImageTextToText.from_pretrained(out, dtype=merged.dtype).eval()
     with torch.no_grad():
         got = reloaded(**probe).logits.float()
@@ -224,6 +329,8 @@ def merge_adapter(
         "zero_delta_modules": zero_delta,
         "max_logit_diff": max_diff,
         "out_dir": str(out),
+        "min_pixels": space.min_pixels,
+        "max_pixels": space.max_pixels,
     }
     (out / "merge_report.json").write_text(json.dumps(report, indent=2))
     return report

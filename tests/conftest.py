@@ -55,6 +55,7 @@ class RecordingHub:
 @pytest.fixture
 def recording_hub(monkeypatch):
     hub = RecordingHub()
+    monkeypatch.setenv("HF_TOKEN", "hf_recording_hub")  # a logged-in user, as far as the client can tell offline
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: hub.create_repo(self, repo_id, **kw))
     monkeypatch.setattr(
         HfApi, "create_commit", lambda self, repo_id, operations, **kw: hub.create_commit(self, repo_id, operations, **kw)

@@ -15,6 +15,7 @@ from eagle_align.attribution.explain import _generate, _token_spans
 from eagle_align.attribution.overlay import BOX_COLOUR, CLICK_COLOUR, REGION_COLOUR
 from eagle_align.attribution.search import Attribution
 from eagle_align.cli import main
+from eagle_align.errors import UsageError
 from eagle_align.models import load_model_and_processor
 
 ANSWER = '{"action": "click", "coordinate": [250, 400]}'
@@ -44,8 +45,12 @@ def test_explain_cli_with_adapter_writes_png_and_json(tiny_checkpoints, tmp_path
     ])
     assert code == 0
     overlay = Image.open(tmp_path / "out" / "explanation.png")
-    assert overlay.size == (256, 192)
     record = json.loads((tmp_path / "out" / "explanation.json").read_text())
+    # The screenshot under a title band saying what is explained.
+    assert overlay.width == 256 and overlay.height > 192
+    assert record["title"][0] == "instruction: click the red square" and record["title"][1] == f"answer: {ANSWER}"
+    assert record["title"][2].startswith("P(x) = ") and record["title"][2].endswith("click in box: yes")
+    assert f"{record['attribution']['full_prob']:.4f}" in record["title"][2]
     ranking = record["attribution"]["ranking"]
     assert sorted(ranking) == list(range(record["attribution"]["n_regions"])) and len(ranking) == 16
     assert record["answer"] == ANSWER and record["decision_tokens"] == list("250400")
@@ -59,8 +64,9 @@ def test_explain_cli_with_adapter_writes_png_and_json(tiny_checkpoints, tmp_path
 def test_explain_generated_answer_and_wrong_format(tiny_checkpoints):
     model, processor = load_model_and_processor(tiny_checkpoints["qwen3_vl"], dtype="float32")
     image = _screenshot()
-    with pytest.raises(ValueError, match="wrong format"):
+    with pytest.raises(UsageError, match="wrong format") as error:
         explain(model, processor, image, "click the red square", answer="no idea", progress=False)
+    assert '{"action": "click", "coordinate": [X, Y]}' in str(error.value)  # the answer template to follow
     from eagle_align.data.collator import GroundingCollator
     from eagle_align.data.schema import GroundingExample
 
@@ -99,3 +105,14 @@ def test_overlay_draws_heatmap_box_click_and_regions():
     with pytest.raises(ValueError, match="partition"):
         render_overlay(image, Attribution([0], [1.0], [0.5], [0.5], 1.0, 0.0, 2, 0.0, "exact", 4), top_k=1)
     assert torch.equal(attribution.cell_importance()[3, 3], attribution.cell_importance()[2, 2])
+
+
+@pytest.mark.parametrize("bbox", [(48, 64, 300, 112), (112, 64, 48, 112), (-1, 0, 10, 10), (0, 0, 10, 193)])
+def test_explain_refuses_a_box_outside_the_image(tiny_checkpoints, tmp_path, capsys, bbox):
+    _screenshot(tmp_path / "screen.png")
+    code = main(["explain", "--model", tiny_checkpoints["qwen3_vl"], "--image", str(tmp_path / "screen.png"),
+                 "--instruction", "click", "--bbox", *(str(v) for v in bbox), "--answer", ANSWER,
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not a box inside the 256x192 image" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -7,8 +7,16 @@ import json
 import pytest
 import torch
 
-from eagle_align.hub import PushError, merge_adapter, push_adapter, read_card_header, write_model_card
-from eagle_align.models import load_model_and_processor
+from eagle_align.errors import UsageError
+from eagle_align.hub import (
+    PushError,
+    build_model_card,
+    merge_adapter,
+    push_adapter,
+    read_card_header,
+    write_model_card,
+)
+from eagle_align.models import CoordinateSpace, load_model_and_processor
 from eagle_align.models.lora import apply_lora
 
 
@@ -27,30 +35,51 @@ def _save_adapter(base_dir: str, out_dir, seed: int = 0):
 
 def test_model_card_header_and_adapter_config(tiny_checkpoints, tmp_path):
     adapter = _save_adapter(tiny_checkpoints["qwen2_5_vl"], tmp_path / "adapter")
+    space = CoordinateSpace("qwen2_5_vl", "qwen2_5_vl", 3136, 1003520, base_model_id="Qwen/Qwen2.5-VL-3B-Instruct")
     write_model_card(
         adapter,
-        "Qwen/Qwen2.5-VL-3B-Instruct",
-        action_format="qwen2_5_vl",
-        min_pixels=3136,
-        max_pixels=1003520,
+        space,
         training={"lora_r": 4},
         alignment={"alignment": True, "align_every": 5},
+        alignment_totals={"alignment_steps": 2, "selected": 3, "deviation_examples": 4, "redundancy_examples": 1},
         evaluation={"click_accuracy": 0.5},
     )
     header = read_card_header(adapter / "README.md")
     assert header["base_model"] == "Qwen/Qwen2.5-VL-3B-Instruct"
     assert header["library_name"] == "peft"
     assert header["pipeline_tag"] == "image-text-to-text"
-    assert {"gui-agent", "grounding", "eagle-align"} <= set(header["tags"])
+    assert {"gui-agent", "grounding", "eagle-align", "lora"} <= set(header["tags"])
     body = (adapter / "README.md").read_text()
     assert "qwen2_5_vl" in body and "1003520" in body and "click_accuracy" in body and "align_every" in body
+    assert "4 deviation / 1 redundancy examples" in body and "| deviation_examples | 4 |" in body
+    assert 'adapter="THIS_REPO"' in body
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "Qwen/Qwen2.5-VL-3B-Instruct"
 
 
+def test_card_claims_no_correction_that_did_not_happen(tmp_path):
+    space = CoordinateSpace("qwen3_vl", "qwen3_vl", 65536, 65536)
+    on = {"alignment": True}
+    nothing = build_model_card(space, alignment=on, alignment_totals={"alignment_steps": 3, "selected": 5}).text
+    assert "no alignment loss was applied" in nothing and "penalised" not in nothing
+    assert "no alignment step ran" in build_model_card(space, alignment=on, alignment_totals={}).text
+    assert "alignment off" in build_model_card(space, alignment={"alignment": False}).text
+
+
+def test_full_finetuning_card_makes_no_peft_claims(tmp_path):
+    space = CoordinateSpace("qwen3_vl", "qwen3_vl", 65536, 65536, base_model_id="Qwen/Qwen3-VL-2B-Instruct",
+                            finetuning="full")
+    write_model_card(tmp_path, space)
+    header = read_card_header(tmp_path / "README.md")
+    assert header["library_name"] == "transformers" and "lora" not in header["tags"]
+    body = (tmp_path / "README.md").read_text()
+    assert "peft" not in body.lower() and "adapter" not in body.lower() and "fully fine-tuned" in body
+    assert 'load_model_and_processor("THIS_REPO")' in body
+
+
 def test_push_uploads_exactly_the_adapter(tiny_checkpoints, tmp_path, recording_hub):
     adapter = _save_adapter(tiny_checkpoints["qwen3_vl"], tmp_path / "adapter")
-    write_model_card(adapter, "Qwen/Qwen3-VL-2B-Instruct", action_format="qwen3_vl", min_pixels=1, max_pixels=2)
+    write_model_card(adapter, CoordinateSpace("qwen3_vl", "qwen3_vl", 1, 2, base_model_id="Qwen/Qwen3-VL-2B-Instruct"))
     (adapter / "checkpoint-10").mkdir()
     (adapter / "checkpoint-10" / "optimizer.pt").write_bytes(b"x")
     (adapter / "_scratch.txt").write_text("temp")
@@ -71,9 +100,40 @@ def test_failed_push_leaves_adapter_intact(tiny_checkpoints, tmp_path, recording
     assert {p.name: p.read_bytes() for p in adapter.iterdir() if p.is_file()} == before
 
 
-def test_push_refuses_a_non_adapter_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+def test_push_refuses_a_folder_without_weights_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="adapter_config.json or config.json"):
         push_adapter(tmp_path, "me/x")
+
+
+def _logged_out(monkeypatch, tmp_path) -> None:
+    import huggingface_hub.constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+
+
+def test_push_checks_repo_id_and_token_before_sending(tiny_checkpoints, tmp_path, monkeypatch, recording_hub):
+    adapter = _save_adapter(tiny_checkpoints["qwen3_vl"], tmp_path / "adapter")
+    with pytest.raises(UsageError, match="not valid"):
+        push_adapter(adapter, "me/two//slashes")
+    _logged_out(monkeypatch, tmp_path)
+    with pytest.raises(UsageError, match="needs a Hub token") as error:
+        push_adapter(adapter, "me/x")
+    assert "HF_TOKEN" in str(error.value)
+    assert recording_hub.repos == []
+    push_adapter(adapter, "me/x", token="hf_given")  # an explicit token is enough
+    assert recording_hub.repos == ["me/x"]
+
+
+def test_full_weights_folder_pushes_with_its_card(tiny_checkpoints, tmp_path, recording_hub):
+    model, processor = load_model_and_processor(tiny_checkpoints["qwen2_vl"], dtype="float32")
+    folder = tmp_path / "full"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    write_model_card(folder, CoordinateSpace("qwen2_vl", "qwen2_vl", 3136, 65536, finetuning="full"))
+    push_adapter(folder, "me/full-ft")
+    assert {"config.json", "model.safetensors", "README.md"} <= set(recording_hub.uploaded["me/full-ft"])
 
 
 def test_merge_verifies_every_module_and_reloads(tiny_checkpoints, tmp_path, family):

@@ -19,10 +19,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from eagle_align.attribution.metrics import attribution_metrics
-from eagle_align.attribution.overlay import render_overlay
+from eagle_align.attribution.overlay import render_overlay, with_title
 from eagle_align.attribution.regions import REGION_METHODS
 from eagle_align.attribution.scoring import attribution_mode
 from eagle_align.attribution.search import STRATEGIES, Attribution, attribute_sample
+from eagle_align.errors import UsageError
 
 
 @dataclass
@@ -88,6 +89,16 @@ def teacher_forced_batch(prompt: dict[str, Any], answer_tokens: list[int], token
     return batch
 
 
+def check_bbox(bbox, image_size: tuple[int, int]) -> None:
+    """A target box must be x1 < x2, y1 < y2 and lie inside the image (original pixels)."""
+    width, height = image_size
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+        raise UsageError(f"--bbox {x1:g} {y1:g} {x2:g} {y2:g} is not a box inside the {width}x{height} image",
+                         hint="give X1 Y1 X2 Y2 in original pixels with 0 <= X1 < X2 <= width and "
+                              "0 <= Y1 < Y2 <= height")
+
+
 def explain(
     model: torch.nn.Module,
     processor,
@@ -115,17 +126,21 @@ def explain(
     Defaults rank every region (no early stop) so the insertion / deletion curves are complete. `bbox`
     (xyxy, original pixels) adds prior metrics and is drawn; files go to `out_dir` when given.
     """
-    from eagle_align.actions import default_action_format, get_action_format
+    from eagle_align.actions import get_action_format
     from eagle_align.data.collator import GroundingCollator
     from eagle_align.data.schema import GroundingExample
-    from eagle_align.models import family_of
+    from eagle_align.models.space import model_action_format, model_system_prompt
 
     if isinstance(image, (str, Path)):
         if not Path(image).is_file():
             raise FileNotFoundError(f"explain: image file not found: {image}")
         image = Image.open(image)
     image = image.convert("RGB")
-    fmt = get_action_format(action_format) if action_format else default_action_format(family_of(model).name)
+    if bbox is not None:
+        check_bbox(bbox, image.size)
+    # Defaults: what the model was trained with (its eagle_align.json), else its family's own format.
+    fmt = get_action_format(action_format) if action_format else model_action_format(model)
+    system_prompt = model_system_prompt(model, system_prompt)
     example = GroundingExample(image=image, image_size=image.size, instruction=instruction,
                                bbox=tuple(bbox) if bbox else (0.0, 0.0, float(image.width), float(image.height)),
                                id="explain")
@@ -140,8 +155,10 @@ def explain(
         tokens, spans, text = encoded["input_ids"], [tuple(s) for s in encoded["offset_mapping"]], answer
     coordinate_spans = fmt.coordinate_spans(text)
     if not coordinate_spans:
-        raise ValueError(f"explain: the answer {text!r} is in the wrong format for action format {fmt.name!r} "
-                         "(no coordinates to attribute); pass --answer or --action-format")
+        expected = fmt.template.format(x="X", y="Y")
+        raise UsageError(f"explain: the answer {text!r} is in the wrong format for action format {fmt.name!r} "
+                         f"(no coordinates to attribute); expected an answer like {expected}",
+                         hint="pass --answer in that form, or --action-format for the format the answer is in")
     batch = teacher_forced_batch(prompt, tokens, spans, coordinate_spans)
     click = fmt.parse(text, meta.image_size, meta.resized_size)
     device = _device(model)
@@ -155,8 +172,12 @@ def explain(
     metrics = attribution_metrics(attribution, meta.prior_mask if bbox else None, prior_overlap, top_k)
     if bbox and click is not None:
         metrics["click_in_box"] = bool(bbox[0] <= click[0] <= bbox[2] and bbox[1] <= click[1] <= bbox[3])
-    overlay = render_overlay(image, attribution, bbox=bbox, click=click, top_k=top_k)
+    in_box = {True: "yes", False: "no"}.get(metrics.get("click_in_box"), "no box given" if not bbox else "no click")
+    title = [f"instruction: {instruction}", f"answer: {text}",
+             f"P(x) = {attribution.full_prob:.4f}   click in box: {in_box}"]
+    overlay = with_title(render_overlay(image, attribution, bbox=bbox, click=click, top_k=top_k), title)
     record = {
+        "title": title,
         "instruction": instruction, "answer": text, "click": list(click) if click else None,
         "bbox": list(bbox) if bbox else None, "image_size": list(image.size),
         "resized_size": list(meta.resized_size), "action_format": fmt.name,
@@ -185,7 +206,8 @@ def explain_arguments(parser: argparse.ArgumentParser) -> None:
                         help="target box in original pixels: adds point game / prior-hit metrics")
     parser.add_argument("--answer", help="answer text to explain instead of the model's own greedy answer")
     parser.add_argument("--out", default="explain_out", help="output directory (default: explain_out)")
-    parser.add_argument("--action-format", help="answer format (default: the model family's own)")
+    parser.add_argument("--action-format", help="answer format (default: the adapter's recorded one, else the "
+                        "model family's own)")
     parser.add_argument("--n-regions", type=int, default=64)
     parser.add_argument("--region-method", choices=REGION_METHODS, default="grid")
     parser.add_argument("--baseline", choices=("black", "mean", "background"), default="black")
@@ -195,33 +217,39 @@ def explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="masked variants per forward")
     parser.add_argument("--top-k", type=int, default=3, help="regions outlined and used for prior-hit@k")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--min-pixels", type=int, help="screenshot resize bounds (default: the checkpoint's)")
+    parser.add_argument("--min-pixels", type=int, help="screenshot resize bounds (default: the adapter's recorded "
+                        "ones, else the checkpoint's)")
     parser.add_argument("--max-pixels", type=int)
-    parser.add_argument("--system-prompt")
+    parser.add_argument("--system-prompt", help="default: the adapter's recorded one, else none")
+    parser.add_argument("--force-coordinate-space", action="store_true",
+                        help="use --action-format / --min-pixels / --max-pixels / --system-prompt even where they "
+                        "contradict what the adapter recorded in eagle_align.json")
     parser.add_argument("--max-new-tokens", type=int, default=64)
 
 
 def explain_command(args: argparse.Namespace) -> int:
     from eagle_align.models import load_model_and_processor
+    from eagle_align.models.space import read_coordinate_space, settle
 
     if not Path(args.image).is_file():
         raise SystemExit(f"eagle-align explain: --image {args.image} does not exist")
+    if args.bbox is not None:
+        with Image.open(args.image) as screenshot:
+            check_bbox(args.bbox, screenshot.size)
+    # The trained folder's record (eagle_align.json) decides answer syntax, prompt and pixel limits.
+    source = args.adapter or args.model
+    prompt = settle(read_coordinate_space(source), source, args.force_coordinate_space,
+                    action_format=args.action_format, system_prompt=args.system_prompt)
     model, processor = load_model_and_processor(args.model, dtype=args.dtype, min_pixels=args.min_pixels,
-                                                max_pixels=args.max_pixels)
-    if args.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, args.adapter)
-    try:
-        result = explain(
-            model, processor, args.image, args.instruction, bbox=args.bbox, answer=args.answer,
-            action_format=args.action_format, out_dir=args.out, n_regions=args.n_regions,
-            region_method=args.region_method, baseline=args.baseline, strategy=args.strategy,
-            max_regions=args.max_regions, stop_confidence=args.stop_confidence, batch_size=args.batch_size,
-            top_k=args.top_k, system_prompt=args.system_prompt, max_new_tokens=args.max_new_tokens,
-        )
-    except ValueError as error:
-        raise SystemExit(f"eagle-align explain: {error}") from error
+                                                max_pixels=args.max_pixels, adapter=args.adapter,
+                                                force_coordinate_space=args.force_coordinate_space)
+    result = explain(  # a wrong-format answer is a UsageError: the CLI prints it with the expected template
+        model, processor, args.image, args.instruction, bbox=args.bbox, answer=args.answer,
+        action_format=prompt["action_format"], out_dir=args.out, n_regions=args.n_regions,
+        region_method=args.region_method, baseline=args.baseline, strategy=args.strategy,
+        max_regions=args.max_regions, stop_confidence=args.stop_confidence, batch_size=args.batch_size,
+        top_k=args.top_k, system_prompt=prompt["system_prompt"], max_new_tokens=args.max_new_tokens,
+    )
     attribution = result.attribution
     print(f"answer: {result.answer!r}  click: {result.click}")
     print(f"top regions: {attribution.ranking[: args.top_k]}  P(x)={attribution.full_prob:.4f}  "

@@ -86,3 +86,32 @@ def render_overlay(
         draw.line([(x - 2 * radius, y), (x + 2 * radius, y)], fill=CLICK_COLOUR, width=line)
         draw.line([(x, y - 2 * radius), (x, y + 2 * radius)], fill=CLICK_COLOUR, width=line)
     return out
+
+
+def with_title(image: Image.Image, lines: list[str], background=(255, 255, 255), colour=(20, 20, 20)) -> Image.Image:
+    """`image` below a title band holding `lines`, each wrapped to the image width (so a saved explanation
+    says what it explains: instruction, answer, P(x), whether the click is in the box)."""
+    from PIL import ImageFont
+
+    size = max(11, min(18, image.width // 40))
+    font = ImageFont.load_default(size=size)
+    measure = ImageDraw.Draw(image)
+    margin, wrapped = size // 2, []
+    for line in lines:
+        current = ""
+        for word in line.split(" "):
+            trial = f"{current} {word}" if current else word
+            if current and measure.textlength(trial, font=font) > image.width - 2 * margin:
+                wrapped.append(current)
+                current = word
+            else:
+                current = trial
+        wrapped.append(current)
+    line_height = round(size * 1.3)
+    band = 2 * margin + line_height * len(wrapped)
+    out = Image.new("RGB", (image.width, image.height + band), background)
+    out.paste(image.convert("RGB"), (0, band))
+    draw = ImageDraw.Draw(out)
+    for i, text in enumerate(wrapped):
+        draw.text((margin, margin + i * line_height), text, fill=colour, font=font)
+    return out

@@ -118,12 +118,10 @@ class ClickEvalCallback(TrainerCallback):
         self, model: torch.nn.Module, processor, sharded_parameters: bool = False
     ) -> tuple[dict[str, float], dict, list[dict]]:
         """Evaluate `model` now: (values to log, full metrics, per-sample records); the same on every rank."""
-        from eagle_align.actions import default_action_format, get_action_format
-        from eagle_align.models import family_of
+        from eagle_align.actions import get_action_format
+        from eagle_align.models.space import model_action_format
 
-        fmt = get_action_format(self.action_format) if self.action_format else default_action_format(
-            family_of(model).name
-        )
+        fmt = get_action_format(self.action_format) if self.action_format else model_action_format(model)
         rank, world = _world()
         share, real = _shard(self.examples, rank, world)
         records, _ = predict(model, processor, share, fmt, self.batch_size, self.system_prompt,

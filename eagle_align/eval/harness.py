@@ -213,13 +213,14 @@ def evaluate(
     """Evaluate `model` on `examples`: click metrics, optional attribution metrics, and (with `out_dir`) the
     metrics.json / predictions.jsonl / report.md / PNG outputs. Returns the metrics dict.
     """
-    from eagle_align.actions import default_action_format, get_action_format
+    from eagle_align.actions import get_action_format
     from eagle_align.eval.report import versions, write_report
-    from eagle_align.models import family_of, pixel_limits
+    from eagle_align.models import pixel_limits
+    from eagle_align.models.space import model_action_format, model_system_prompt
 
-    fmt = get_action_format(action_format) if action_format is not None else default_action_format(
-        family_of(model).name
-    )
+    # Defaults: what the model was trained with (its eagle_align.json), else its family's own format.
+    fmt = get_action_format(action_format) if action_format is not None else model_action_format(model)
+    system_prompt = model_system_prompt(model, system_prompt)
     if limit is not None:
         if limit < 1:
             raise ValueError(f"limit={limit} must be a positive number of samples")

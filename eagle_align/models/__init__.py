@@ -9,12 +9,15 @@ from eagle_align.models.loading import (
     set_pixel_limits,
 )
 from eagle_align.models.registry import FAMILIES, ModelFamily, detect_family, get_family
+from eagle_align.models.space import CoordinateSpace, coordinate_space_of, read_coordinate_space
 from eagle_align.models.tiny import build_tiny_checkpoint
 
 __all__ = [
     "FAMILIES",
+    "CoordinateSpace",
     "ModelFamily",
     "build_tiny_checkpoint",
+    "coordinate_space_of",
     "detect_family",
     "family_of",
     "get_family",
@@ -22,5 +25,6 @@ __all__ = [
     "load_processor",
     "pixel_limits",
     "quantization_config",
+    "read_coordinate_space",
     "set_pixel_limits",
 ]

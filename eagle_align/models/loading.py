@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from eagle_align.errors import UsageError
 from eagle_align.models.registry import ModelFamily, detect_family
 
 QUANTIZATION_CHOICES = (None, "4bit", "8bit")
@@ -75,15 +76,33 @@ def load_model_and_processor(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     device_map=None,
+    adapter: str | None = None,
+    force_coordinate_space: bool = False,
 ):
-    """Return `(model, processor)` for a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint.
+    """Return `(model, processor)` for a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint, optionally with a LoRA
+    `adapter` (folder or Hub id) loaded on top.
 
-    The processor's pixel limits are the ones asked for (defaults: the checkpoint's own), so the coordinate
-    space the model sees is fixed here, once, for training, evaluation and explanation alike.
+    The processor's pixel limits are fixed here, once, for training, evaluation and explanation alike: the
+    ones the adapter (or a trained folder given as `path_or_id`) recorded in `eagle_align.json`, else the ones
+    asked for, else the checkpoint's own. Limits that contradict the record are a UsageError unless
+    `force_coordinate_space`. The record is kept on the model for evaluate / explain (`coordinate_space_of`).
     """
     from transformers import AutoModelForImageTextToText
 
-    detect_family(path_or_id)  # a clear error for checkpoints that are not a supported Qwen-VL family
+    from eagle_align.models.space import attach_coordinate_space, read_coordinate_space, settle
+
+    family = detect_family(path_or_id)  # a clear error for checkpoints that are not a supported Qwen-VL family
+    source = adapter if adapter is not None else path_or_id
+    space = read_coordinate_space(source)
+    if space is not None and space.family != family.name:
+        raise UsageError(f"{source} was trained on a {space.family} model, but {path_or_id} is {family.name}",
+                         hint=f"load it on its base model{f' ({space.base_model_id})' if space.base_model_id else ''}")
+    if adapter is not None and space is not None and not space.is_adapter:
+        raise UsageError(f"{adapter} holds full model weights ({space.finetuning}"
+                         + (f", merged from {space.merged_from}" if space.merged_from else "") + "), not an adapter",
+                         hint="pass the folder as the model, without an adapter")
+    settled = settle(space, source, force_coordinate_space, min_pixels=min_pixels, max_pixels=max_pixels)
+    min_pixels, max_pixels = settled["min_pixels"], settled["max_pixels"]
     torch_dtype = resolve_dtype(dtype)
     compute_dtype = torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.bfloat16
     kwargs = {"dtype": torch_dtype}
@@ -95,6 +114,11 @@ def load_model_and_processor(
         kwargs["device_map"] = device_map
     model = AutoModelForImageTextToText.from_pretrained(path_or_id, **kwargs)
     processor = load_processor(path_or_id, min_pixels, max_pixels)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    attach_coordinate_space(model, space)
     return model, processor
 
 
