@@ -409,13 +409,17 @@ def run_training(config: dict[str, Any]):
         base_model_id=resolve_base_model_id(model_args.model_name_or_path, model_args.base_model_id),
         finetuning="qlora" if model_args.quantization else model_args.finetuning,
     )
+    lora_settings = {} if model_args.finetuning == "full" else {
+        "quantization": model_args.quantization,
+        "lora_r": lora_args.lora_r,
+        "lora_alpha": lora_args.lora_alpha,
+        "lora_targets": lora_args.lora_targets,
+    }
     trainer.model_card_fields = dict(
         training={
-            "finetuning": model_args.finetuning,
-            "quantization": model_args.quantization,
-            "lora_r": lora_args.lora_r,
-            "lora_alpha": lora_args.lora_alpha,
-            "lora_targets": lora_args.lora_targets,
+            "finetuning": trainer.coordinate_space.finetuning,
+            **lora_settings,
+            "freeze_vision": model_args.freeze_vision,
             "learning_rate": training_args.learning_rate,
             "max_steps": training_args.max_steps,
             "num_train_epochs": training_args.num_train_epochs,

@@ -143,3 +143,39 @@ def test_merge_verifies_every_module_and_reloads(tiny_checkpoints, tmp_path, fam
     assert report["max_logit_diff"] < 1e-3
     assert (tmp_path / "merged" / "config.json").is_file()
     assert json.loads((tmp_path / "merged" / "merge_report.json").read_text())["merged_modules"] == 14
+
+
+def _train_config(tiny_dir: str, tmp_path, **extra) -> dict:
+    from eagle_align.data import generate_synthetic
+
+    data = generate_synthetic(tmp_path / "data", 4, seed=0, preset="shortcut", split="train")
+    return dict(model_name_or_path=tiny_dir, train_data=str(data), output_dir=str(tmp_path / "out"),
+                max_steps=1, per_device_train_batch_size=2, save_strategy="no", report_to="none", bf16=False,
+                dtype="float32", alignment=False, max_pixels=65536, dataloader_num_workers=0, **extra)
+
+
+def test_full_finetuning_output_has_its_own_card_and_pushes(tiny_checkpoints, tmp_path, recording_hub):
+    from eagle_align.models import read_coordinate_space
+    from eagle_align.train import run_training
+
+    config = _train_config(tiny_checkpoints["qwen3_vl"], tmp_path, finetuning="full", push_to_hub=True,
+                           hub_model_id="me/full-ft", base_model_id="Qwen/Qwen3-VL-2B-Instruct")
+    run_training(config)
+    out = tmp_path / "out"
+    header = read_card_header(out / "README.md")
+    body = (out / "README.md").read_text()
+    assert header["library_name"] == "transformers" and "lora" not in header["tags"]
+    assert "lora_r" not in body and "peft" not in body.lower() and "fully fine-tuned" in body
+    assert read_coordinate_space(out).finetuning == "full"
+    assert {"model.safetensors", "config.json", "README.md", "eagle_align.json", "trainer_state.json",
+            "alignment_state.json"} <= set(recording_hub.uploaded["me/full-ft"])
+
+
+def test_push_to_hub_is_checked_before_training(tiny_checkpoints, tmp_path, monkeypatch):
+    from eagle_align.train import run_training
+
+    _logged_out(monkeypatch, tmp_path)
+    config = _train_config(tiny_checkpoints["qwen3_vl"], tmp_path, push_to_hub=True, hub_model_id="me/x")
+    with pytest.raises(UsageError, match="needs a Hub token"):
+        run_training(config)
+    assert not (tmp_path / "out").exists()  # nothing was trained (or written) first
