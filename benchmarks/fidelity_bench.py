@@ -61,13 +61,13 @@ Re-measure: .venv/bin/python benchmarks/fidelity_bench.py (the set and the refer
 """
 
 
-def recipe_config(output_dir: str | Path):
-    """The demo recipe as a PriorAlignedConfig (baseline, weights, selection and search settings)."""
+def recipe_config(output_dir: str | Path, search: str | None = None):
+    """The demo recipe as a PriorAlignedConfig (baseline, weights, selection, search settings), `search` swapped in."""
     from eagle_align.demo import RECIPE
     from eagle_align.train import load_config, parse_config
 
     config = load_config(RECIPE, {"model_name_or_path": "unused", "train_data": "unused",
-                                  "output_dir": str(output_dir), "use_cpu": True})
+                                  "output_dir": str(output_dir), "use_cpu": True, **({"search": search} if search else {})})
     return parse_config(config)[3]
 
 
@@ -107,6 +107,16 @@ def build_set(root: Path, seeds: tuple[int, ...], steps: tuple[int, ...]) -> lis
     return models
 
 
+def write_manifest(root: Path, models: list[dict]) -> None:
+    """Record `models` in root/manifest.json, keeping the entries of models this run did not touch."""
+    path = root / "manifest.json"
+    known = {m["key"]: m for m in json.loads(path.read_text())["models"]} if path.is_file() else {}
+    for model in models:
+        known[model["key"]] = {**known.get(model["key"], {}), **model}
+    path.write_text(json.dumps({"models": sorted(known.values(), key=lambda m: (m["seed"], m["step"]))}, indent=2)
+                    + "\n")
+
+
 def confident_correct(model, processor, config, train_data: str, limit: int) -> tuple[list[int], list[float]]:
     """Indices (and P(x)) of the first `limit` training screens the trainer's selection would align."""
     from eagle_align.attribution import attribution_mode
@@ -133,13 +143,13 @@ def confident_correct(model, processor, config, train_data: str, limit: int) -> 
 def search_kwargs(config) -> dict:
     """What the trainer passes the search besides the model and sample (settings of the recipe)."""
     return dict(baseline=config.baseline, batch_size=config.attribution_batch_size, reduction=config.score_reduction,
-                max_regions=config.max_regions, stop_confidence=config.stop_confidence,
+                max_regions=config.ranked_regions, stop_confidence=config.stop_confidence,
                 search_scope=config.search_scope, resort_every=config.resort_every,
                 insertion_weight=config.insertion_weight, deletion_weight=config.deletion_weight)
 
 
-def run_strategy(model, batch, meta, config, layout: str, strategy: str, full_prob: float) -> dict:
-    """One strategy on one sample: its decisions, its cost, and the insertion AUC of its ranking."""
+def run_strategy(model, batch, meta, config, layout: str, full_prob: float) -> dict:
+    """`config.search` on one sample: its decisions, its cost, and the insertion AUC of its top-10 ranking."""
     from eagle_align.attribution import (
         DecisionScorer,
         attribute_sample,
@@ -152,7 +162,7 @@ def run_strategy(model, batch, meta, config, layout: str, strategy: str, full_pr
     )
 
     method, n_regions = LAYOUTS[layout]
-    kwargs = dict(n_regions=n_regions, region_method=method, strategy=strategy, full_prob=full_prob,
+    kwargs = dict(n_regions=n_regions, region_method=method, strategy=config.search, full_prob=full_prob,
                   prior_overlap=config.prior_overlap, **search_kwargs(config))
     start = time.perf_counter()
     attribution = attribute_sample(model, batch, 0, **kwargs)
@@ -160,13 +170,14 @@ def run_strategy(model, batch, meta, config, layout: str, strategy: str, full_pr
     decided = {"forwards": attribution.forwards, "seconds": seconds, "rank1": attribution.ranking[0],
                "off_prior": not point_game(attribution, meta.prior_mask, config.prior_overlap)}
     ranked = attribution
-    if len(ranked.ranking) < min(config.max_regions, ranked.n_regions):  # stopped at stop_confidence
-        ranked = attribute_sample(model, batch, 0, **{**kwargs, "stop_confidence": None})
+    if len(ranked.ranking) < min(config.max_regions, ranked.n_regions):  # stopped early, or ranks fewer
+        ranked = attribute_sample(model, batch, 0, **{**kwargs, "stop_confidence": None,
+                                                      "max_regions": config.max_regions})
     with attribution_mode(model):
         scorer = DecisionScorer(model, slice_sample(batch, 0), meta, baseline=config.baseline,
                                 batch_size=config.attribution_batch_size, reduction=config.score_reduction)
         evaluate_prefixes(ranked, set_prob_for(scorer, ranked.partition))  # the curve, not the search's cost
-    return {**decided, "auc": insertion_auc(ranked), "top10": ranked.ranking}
+    return {**decided, "auc": insertion_auc(ranked), "top10": ranked.ranking, "top10_forwards": ranked.forwards}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -178,6 +189,8 @@ def summarise(rows: list[dict]) -> dict:
         "gate_agreement": round(sum(row["run"]["off_prior"] == row["exact"]["off_prior"] for row in rows) / n, 4),
         "top1_agreement": round(sum(row["run"]["rank1"] == row["exact"]["rank1"] for row in rows) / n, 4),
         "top10_auc_ratio": round(sum(row["run"]["auc"] for row in rows) / exact_auc, 4),
+        # What a full top-10 ranking without early stop costs (redundancy reads every rank).
+        "top10_forwards_per_sample": round(sum(row["run"]["top10_forwards"] for row in rows) / n, 2),
         "seconds_per_sample": round(sum(row["run"]["seconds"] for row in rows) / n, 3),
         "samples": n,
     }
@@ -191,7 +204,8 @@ def measure(root: Path, models: list[dict], samples: int, strategies: tuple[str,
     from eagle_align.demo import PIXELS
     from eagle_align.models import load_model_and_processor
 
-    config = recipe_config(root / "trainer")
+    configs = {strategy: recipe_config(root / "trainer", strategy) for strategy in strategies}
+    config = configs["exact"]
     settings = {**search_kwargs(config), "prior_overlap": config.prior_overlap, "pixels": PIXELS,
                 "min_confidence": config.min_confidence, "layouts": {k: list(v) for k, v in LAYOUTS.items()}}
     cache_path = root / "reference.json"
@@ -213,11 +227,11 @@ def measure(root: Path, models: list[dict], samples: int, strategies: tuple[str,
             for layout in LAYOUTS:
                 key = f"{entry['key']}/{layout}/{index}"
                 if key not in cache["entries"]:
-                    cache["entries"][key] = run_strategy(model, batch, meta, config, layout, "exact", full_prob)
+                    cache["entries"][key] = run_strategy(model, batch, meta, config, layout, full_prob)
                 exact = cache["entries"][key]
                 for strategy in strategies:
-                    run = exact if strategy == "exact" else run_strategy(model, batch, meta, config, layout,
-                                                                         strategy, full_prob)
+                    run = exact if strategy == "exact" else run_strategy(model, batch, meta, configs[strategy],
+                                                                         layout, full_prob)
                     rows.setdefault((entry["key"], layout, strategy), []).append({"run": run, "exact": exact})
             progress.update()
         cache_path.write_text(json.dumps(cache) + "\n")
@@ -251,8 +265,11 @@ def measure(root: Path, models: list[dict], samples: int, strategies: tuple[str,
                                    if k in ("forwards_per_sample", "gate_agreement", "top1_agreement")}
                         for strategy in strategies} for layout in LAYOUTS},
         }
-    (root / "manifest.json").write_text(json.dumps({"models": models}, indent=2) + "\n")
-    return {"fidelity": fidelity, "per_model": per_model, "settings": settings, "demo_recipe_search": config.search}
+    write_manifest(root, models)
+    recipe = recipe_config(root / "trainer")
+    ranked = {strategy: c.ranked_regions for strategy, c in configs.items()}
+    return {"fidelity": fidelity, "per_model": per_model, "settings": {**settings, "ranked_regions": ranked},
+            "demo_recipe_search": recipe.search}
 
 
 def main() -> None:
@@ -276,7 +293,7 @@ def main() -> None:
     start = time.perf_counter()
     models = build_set(root, tuple(args.seeds), tuple(sorted(args.steps)))
     if args.build_only:
-        (root / "manifest.json").write_text(json.dumps({"models": models}, indent=2) + "\n")
+        write_manifest(root, models)
         print(json.dumps({"models": [m["key"] for m in models], "root": str(root)}))
         return
     strategies = tuple(dict.fromkeys(["exact", *args.strategies]))
@@ -286,7 +303,8 @@ def main() -> None:
             if layout in figures:
                 f = figures[layout]
                 print(f"{strategy:>14} {layout}: {f['forwards_per_sample']:7.1f} forwards, gate {f['gate_agreement']:.3f}, "
-                      f"top-1 {f['top1_agreement']:.3f}, top-10 AUC ratio {f['top10_auc_ratio']:.4f}, "
+                      f"top-1 {f['top1_agreement']:.3f}, top-10 AUC ratio {f['top10_auc_ratio']:.4f} "
+                      f"({f['top10_forwards_per_sample']:.0f} forwards), "
                       f"{f['seconds_per_sample']:.2f} s/sample", flush=True)
     print(json.dumps({"default_strategy": PriorAlignedConfig.search, **result,
                       "minutes": round((time.perf_counter() - start) / 60, 2)}))
