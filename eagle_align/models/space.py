@@ -20,7 +20,6 @@ from eagle_align.errors import UsageError
 logger = logging.getLogger(__name__)
 
 COORDINATE_SPACE_FILE = "eagle_align.json"
-FINETUNING_KINDS = ("lora", "qlora", "full")
 # Set on models returned by `load_model_and_processor` when a record was found (see `coordinate_space_of`).
 _MODEL_ATTRIBUTE = "eagle_align_coordinate_space"
 # The settings a caller may give explicitly and that must then agree with the record.
