@@ -87,7 +87,7 @@ def load_examples(
                "screenspot_v2": _read_screenspot, "screenspot_pro": _read_screenspot_pro}
     raws = list(readers[fmt](source, root, fmt, lambda available: choose_splits(source, available, split)))
     if not raws:
-        raise DataError(f"{source}: no records" + (f" in split {split!r}" if split else "") + " (empty file?)")
+        raise DataError(f"{source}: no records (an empty file?)")
     _decide_boxes(raws, bbox_format, decode_images)
     examples, problems, seen = [], [], {}
     for raw in raws:

@@ -17,6 +17,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from eagle_align.data.schema import DataError
+from eagle_align.errors import UsageError
 
 PRESETS = ("shortcut", "gui")
 SPLITS = ("train", "test", "shifted")
@@ -269,7 +270,7 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise UsageError(message)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     path = out / f"{split}.jsonl"
