@@ -146,7 +146,6 @@ def greedy_search(
     progress: Callable[[int], Any] | None = None,
     hierarchy: RegionGroup | None = None,
     step_budget: int | None = DEFAULT_STEP_BUDGET,
-    bound_slack: float = 0.0,
 ) -> Attribution:
     """Rank regions by greedy maximisation of F; `set_prob(Bool[B, R]) -> P(x_S)` is the only model access.
 
@@ -194,7 +193,7 @@ def greedy_search(
         while len(ranking) < limit:
             step = len(ranking)
             if strategy == "bounded":
-                found = bounded_best(prob, selected, hierarchy, a, b, step_budget, bound_slack)
+                found = bounded_best(prob, selected, hierarchy, a, b, step_budget)
                 region, value, p_insert, p_delete = found.region, found.score, found.insertion, found.deletion
             else:
                 resort = strategy == "exact" or step == 0 or (resort_every is not None and step % resort_every == 0)
