@@ -17,8 +17,13 @@ resort_every, P(x) from the selection): its forwards, seconds, rank-1 region and
 and decides. max_regions 10 is enough: the gate and the top-1 need rank 1 only, and the AUC compares the top
 10. For the top-10 insertion AUC, a ranking that stopped early at stop_confidence is ranked again without the
 stop (not counted in its forwards), and prefixes the search did not score are scored apart; the curve runs over
-the ranked regions and closes at the full screenshot. `exact`'s results are cached per model, layout and
-sample (reference.json, with the settings they were made with), so a re-run pays only for the other strategies.
+the ranked regions and closes at the full screenshot. exact, efficient and single_round share one memo of
+scored region sets per sample (each is charged the forwards it asks for; see `SampleLayout`); any other
+strategy runs through `attribute_sample` exactly as the trainer calls it. Results are cached per strategy,
+model, layout and sample (results.json, with the settings they were made with; strategies other than exact
+also by a hash of the attribution package's source), so a re-run pays only for what changed.
+`--auc-samples K` measures the top-10 AUC on each model's first K screens only (exact's top 10 at N = 64 costs
+about 1,190 forwards).
 
     python benchmarks/fidelity_bench.py                 # build the set if missing, then measure
     python benchmarks/fidelity_bench.py --build-only    # just the set
@@ -56,7 +61,8 @@ Load one model as the trainer sees it:
     examples = load_examples(train_data)
     batch = GroundingCollator(processor, "qwen3_vl")([examples[i] for i in samples])
 The demo recipe (recipes/train/tiny_synthetic_cpu.yaml) holds the baseline, weights and min_confidence used.
-reference.json caches exact's attributions per model, layout and sample (with the settings they were made with).
+results.json caches every strategy's results per model, layout and sample (with the settings they were made with;
+strategies other than exact also keyed by a hash of eagle_align/attribution's source).
 Re-measure: .venv/bin/python benchmarks/fidelity_bench.py (the set and the reference are reused).
 """
 
@@ -148,55 +154,128 @@ def search_kwargs(config) -> dict:
                 insertion_weight=config.insertion_weight, deletion_weight=config.deletion_weight)
 
 
-def run_strategy(model, batch, meta, config, layout: str, full_prob: float) -> dict:
-    """`config.search` on one sample: its decisions, its cost, and the insertion AUC of its top-10 ranking."""
+class SampleLayout:
+    """One sample at one layout: its partition and a memo of the region sets the model has scored.
+
+    exact, efficient and single_round are fully defined by `greedy_search` over the partition, so they run on
+    this memo: each strategy asks for (and is charged) its own forwards, but the model scores every set once
+    (their first rounds are the same 2N sets). Their seconds are their forwards times the memo's measured
+    seconds per scored set. Any other strategy runs through `attribute_sample` as the trainer calls it, timed.
+    """
+
+    def __init__(self, model, batch, meta, config, layout: str) -> None:
+        from attribution_bench import CachedSetProb
+
+        from eagle_align.attribution import (
+            DecisionScorer,
+            make_partition,
+            pixel_values_to_image,
+            set_prob_for,
+            slice_sample,
+        )
+
+        method, n_regions = LAYOUTS[layout]
+        sample = slice_sample(batch, 0)
+        image = pixel_values_to_image(model, sample["pixel_values"], sample["image_grid_thw"][0]) \
+            if method == "slic" else None
+        self.partition = make_partition(meta.grid_hw, n_regions, method, image=image)
+        scorer = DecisionScorer(model, sample, meta, baseline=config.baseline,
+                                batch_size=config.attribution_batch_size, reduction=config.score_reduction)
+        score = set_prob_for(scorer, self.partition)
+        self.scored, self.scoring_seconds = 0, 0.0
+
+        def timed(sets):
+            start = time.perf_counter()
+            values = score(sets)
+            self.scoring_seconds += time.perf_counter() - start
+            self.scored += sets.shape[0]
+            return values
+
+        self.memo = CachedSetProb(timed)
+        self.model, self.batch, self.meta, self.layout = model, batch, meta, layout
+
+    def seconds_per_set(self) -> float:
+        return self.scoring_seconds / max(self.scored, 1)
+
+
+MEMO_STRATEGIES = ("exact", "efficient", "single_round")
+
+
+def run_strategy(view: SampleLayout, config, full_prob: float, top10: bool) -> dict:
+    """`config.search` on one sample: its decisions, its cost, and (top10) the insertion AUC of its top 10."""
     from eagle_align.attribution import (
-        DecisionScorer,
         attribute_sample,
         attribution_mode,
         evaluate_prefixes,
+        greedy_search,
         insertion_auc,
         point_game,
-        set_prob_for,
-        slice_sample,
     )
 
-    method, n_regions = LAYOUTS[layout]
-    kwargs = dict(n_regions=n_regions, region_method=method, strategy=config.search, full_prob=full_prob,
-                  prior_overlap=config.prior_overlap, **search_kwargs(config))
+    method, n_regions = LAYOUTS[view.layout]
+    kwargs = {**search_kwargs(config), "full_prob": full_prob}
+    memo = config.search in MEMO_STRATEGIES
+
+    def attribute(**changes):
+        settings = {**kwargs, **changes}
+        if not memo:
+            return attribute_sample(view.model, view.batch, 0, n_regions=n_regions, region_method=method,
+                                    strategy=config.search, prior_overlap=config.prior_overlap, **settings)
+        for key in ("baseline", "batch_size", "reduction"):  # the scorer's settings, already in the memo
+            settings.pop(key)
+        with attribution_mode(view.model):
+            attribution = greedy_search(view.memo, view.partition.n_regions, config.search, **settings)
+        attribution.partition = view.partition
+        return attribution
+
     start = time.perf_counter()
-    attribution = attribute_sample(model, batch, 0, **kwargs)
-    seconds = time.perf_counter() - start
+    attribution = attribute()
+    seconds = attribution.forwards * view.seconds_per_set() if memo else time.perf_counter() - start
     decided = {"forwards": attribution.forwards, "seconds": seconds, "rank1": attribution.ranking[0],
-               "off_prior": not point_game(attribution, meta.prior_mask, config.prior_overlap)}
+               "off_prior": not point_game(attribution, view.meta.prior_mask, config.prior_overlap)}
+    if not top10:
+        return {**decided, "auc": None, "top10": None, "top10_forwards": None}
     ranked = attribution
     if len(ranked.ranking) < min(config.max_regions, ranked.n_regions):  # stopped early, or ranks fewer
-        ranked = attribute_sample(model, batch, 0, **{**kwargs, "stop_confidence": None,
-                                                      "max_regions": config.max_regions})
-    with attribution_mode(model):
-        scorer = DecisionScorer(model, slice_sample(batch, 0), meta, baseline=config.baseline,
-                                batch_size=config.attribution_batch_size, reduction=config.score_reduction)
-        evaluate_prefixes(ranked, set_prob_for(scorer, ranked.partition))  # the curve, not the search's cost
+        ranked = attribute(stop_confidence=None, max_regions=config.max_regions)
+    if not torch.equal(ranked.partition.region_of_cell, view.partition.region_of_cell):
+        raise RuntimeError(f"{config.search}: attribute_sample cut other regions than the benchmark's partition")
+    with attribution_mode(view.model):
+        evaluate_prefixes(ranked, view.memo)  # the curve, not the search's cost
     return {**decided, "auc": insertion_auc(ranked), "top10": ranked.ranking, "top10_forwards": ranked.forwards}
 
 
 def summarise(rows: list[dict]) -> dict:
     """Agreement with exact and mean cost over (sample, strategy result, exact result) rows."""
     n = len(rows)
-    exact_auc = sum(row["exact"]["auc"] for row in rows)
+    ranked = [row for row in rows if row["run"]["auc"] is not None and row["exact"]["auc"] is not None]
+    exact_auc = sum(row["exact"]["auc"] for row in ranked)
     return {
         "forwards_per_sample": round(sum(row["run"]["forwards"] for row in rows) / n, 2),
         "gate_agreement": round(sum(row["run"]["off_prior"] == row["exact"]["off_prior"] for row in rows) / n, 4),
         "top1_agreement": round(sum(row["run"]["rank1"] == row["exact"]["rank1"] for row in rows) / n, 4),
-        "top10_auc_ratio": round(sum(row["run"]["auc"] for row in rows) / exact_auc, 4),
+        "top10_auc_ratio": round(sum(row["run"]["auc"] for row in ranked) / exact_auc, 4) if ranked else None,
         # What a full top-10 ranking without early stop costs (redundancy reads every rank).
-        "top10_forwards_per_sample": round(sum(row["run"]["top10_forwards"] for row in rows) / n, 2),
+        "top10_forwards_per_sample": round(sum(row["run"]["top10_forwards"] for row in ranked) / len(ranked), 2)
+        if ranked else None,
         "seconds_per_sample": round(sum(row["run"]["seconds"] for row in rows) / n, 3),
         "samples": n,
+        "auc_samples": len(ranked),
     }
 
 
-def measure(root: Path, models: list[dict], samples: int, strategies: tuple[str, ...]) -> dict:
+def code_fingerprint() -> str:
+    """Hash of the attribution package's source: cached results of strategies other than exact depend on it."""
+    import hashlib
+
+    import eagle_align.attribution
+
+    folder = Path(eagle_align.attribution.__file__).parent
+    return hashlib.sha1(b"".join(path.read_bytes() for path in sorted(folder.glob("*.py")))).hexdigest()[:12]
+
+
+def measure(root: Path, models: list[dict], samples: int, strategies: tuple[str, ...],
+            auc_samples: int | None) -> dict:
     """Every strategy on every model's confident-correct screens, at each layout, against exact (cached)."""
     from tqdm import tqdm
 
@@ -208,7 +287,8 @@ def measure(root: Path, models: list[dict], samples: int, strategies: tuple[str,
     config = configs["exact"]
     settings = {**search_kwargs(config), "prior_overlap": config.prior_overlap, "pixels": PIXELS,
                 "min_confidence": config.min_confidence, "layouts": {k: list(v) for k, v in LAYOUTS.items()}}
-    cache_path = root / "reference.json"
+    cache_path = root / "results.json"
+    fingerprint = code_fingerprint()
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     if cache.get("settings") != settings:
         cache = {"settings": settings, "entries": {}}
@@ -221,18 +301,22 @@ def measure(root: Path, models: list[dict], samples: int, strategies: tuple[str,
         entry["samples"] = indices
         examples = load_examples(entry["train_data"])
         collator = GroundingCollator(processor, "qwen3_vl")
-        for index, full_prob in zip(indices, full_probs):
+        for position, (index, full_prob) in enumerate(zip(indices, full_probs)):
             batch = collator([examples[index]])
             meta = batch["meta"][0]
+            top10 = auc_samples is None or position < auc_samples
             for layout in LAYOUTS:
-                key = f"{entry['key']}/{layout}/{index}"
-                if key not in cache["entries"]:
-                    cache["entries"][key] = run_strategy(model, batch, meta, config, layout, full_prob)
-                exact = cache["entries"][key]
-                for strategy in strategies:
-                    run = exact if strategy == "exact" else run_strategy(model, batch, meta, configs[strategy],
-                                                                         layout, full_prob)
-                    rows.setdefault((entry["key"], layout, strategy), []).append({"run": run, "exact": exact})
+                view = SampleLayout(model, batch, meta, config, layout)
+                results = {}
+                for strategy in strategies:  # exact first
+                    version = "" if strategy == "exact" else f":{configs[strategy].ranked_regions}@{fingerprint}"
+                    key = f"{strategy}{version}/{entry['key']}/{layout}/{index}"
+                    cached = cache["entries"].get(key)
+                    if cached is None or (top10 and cached["auc"] is None):
+                        cache["entries"][key] = run_strategy(view, configs[strategy], full_prob, top10)
+                    results[strategy] = cache["entries"][key]
+                    rows.setdefault((entry["key"], layout, strategy), []).append(
+                        {"run": results[strategy], "exact": results["exact"]})
             progress.update()
         cache_path.write_text(json.dumps(cache) + "\n")
         skipped = samples - len(indices)
@@ -285,6 +369,8 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--build-only", action="store_true", help="build (or check) the set and stop")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps a shared machine usable)")
+    parser.add_argument("--auc-samples", type=int, default=None,
+                        help="top-10 AUC on each model's first K screens only (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(args.root)
@@ -297,15 +383,16 @@ def main() -> None:
         print(json.dumps({"models": [m["key"] for m in models], "root": str(root)}))
         return
     strategies = tuple(dict.fromkeys(["exact", *args.strategies]))
-    result = measure(root, models, args.samples, strategies)
+    result = measure(root, models, args.samples, strategies, args.auc_samples)
     for strategy, figures in result["fidelity"].items():
         for layout in LAYOUTS:
             if layout in figures:
                 f = figures[layout]
+                auc = "–" if f["auc_samples"] == 0 else (
+                    f"{f['top10_auc_ratio']:.4f} ({f['top10_forwards_per_sample']:.0f} forwards, {f['auc_samples']} samples)")
                 print(f"{strategy:>14} {layout}: {f['forwards_per_sample']:7.1f} forwards, gate {f['gate_agreement']:.3f}, "
-                      f"top-1 {f['top1_agreement']:.3f}, top-10 AUC ratio {f['top10_auc_ratio']:.4f} "
-                      f"({f['top10_forwards_per_sample']:.0f} forwards), "
-                      f"{f['seconds_per_sample']:.2f} s/sample", flush=True)
+                      f"top-1 {f['top1_agreement']:.3f}, top-10 AUC ratio {auc}, {f['seconds_per_sample']:.2f} s/sample",
+                      flush=True)
     print(json.dumps({"default_strategy": PriorAlignedConfig.search, **result,
                       "minutes": round((time.perf_counter() - start) / 60, 2)}))
 
