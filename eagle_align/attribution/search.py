@@ -19,6 +19,7 @@ import torch
 from eagle_align.attribution.bound import (
     DEFAULT_LEAF_SIZE,
     DEFAULT_STEP_BUDGET,
+    DEFAULT_TIE_TOLERANCE,
     MemoProb,
     RegionGroup,
     bounded_best,
@@ -146,6 +147,7 @@ def greedy_search(
     progress: Callable[[int], Any] | None = None,
     hierarchy: RegionGroup | None = None,
     step_budget: int | None = DEFAULT_STEP_BUDGET,
+    tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
 ) -> Attribution:
     """Rank regions by greedy maximisation of F; `set_prob(Bool[B, R]) -> P(x_S)` is the only model access.
 
@@ -156,8 +158,9 @@ def greedy_search(
     from the last step of a complete ranking, else cost one forward each unless given.
 
     `bounded` makes each greedy step's choice by branch-and-bound over `hierarchy`'s region groups (default:
-    index halves; `attribute_sample` builds the prior group test and spatial halves), with at most
-    `step_budget` forwards per step before it scores the open groups flat (`eagle_align.attribution.bound`).
+    index halves; `attribute_sample` groups the on-prior regions and halves the off-prior ones), with at most
+    `step_budget` forwards per step before it scores the open groups flat, and without separating regions
+    whose scores lie within `tie_tolerance`·(a + b) of each other (`eagle_align.attribution.bound`).
     It never asks for a set twice, so P(x) and P(x_∅) are free when a step already scored them.
     """
     if strategy not in STRATEGIES:
@@ -193,7 +196,7 @@ def greedy_search(
         while len(ranking) < limit:
             step = len(ranking)
             if strategy == "bounded":
-                found = bounded_best(prob, selected, hierarchy, a, b, step_budget)
+                found = bounded_best(prob, selected, hierarchy, a, b, step_budget, tie_tolerance)
                 region, value, p_insert, p_delete = found.region, found.score, found.insertion, found.deletion
             else:
                 resort = strategy == "exact" or step == 0 or (resort_every is not None and step % resort_every == 0)
