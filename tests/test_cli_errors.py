@@ -102,6 +102,15 @@ def test_eval_and_merge_missing_paths(tmp_path, capsys):
     adapter.mkdir()
     _fails(["merge", "--base", str(tmp_path / "base"), "--adapter", str(adapter), "--out", str(tmp_path / "m")],
            capsys, f"model {tmp_path / 'base'}: no such folder")
+    # A folder with only a config: the family is known, and the missing adapter fails before any weights load.
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    missing = tmp_path / "no-adapter"
+    _fails(["merge", "--base", str(tmp_path / "base"), "--adapter", str(missing), "--out", str(tmp_path / "m")],
+           capsys, f"adapter {missing}: no such folder")
+    data = generate_synthetic(tmp_path / "data", 1, seed=0)
+    _fails(["eval", "--model", str(tmp_path / "base"), "--adapter", str(missing), "--data", str(data), "--out",
+            str(tmp_path / "e")], capsys, f"adapter {missing}: no such folder")
 
 
 def test_data_errors_name_the_record(synth, tmp_path, capsys):
@@ -112,7 +121,8 @@ def test_data_errors_name_the_record(synth, tmp_path, capsys):
     folder_image = tmp_path / "folder_image.jsonl"
     folder_image.write_text(json.dumps({"image": "shots", "instruction": "x", "bbox": [0, 0, 4, 4]}) + "\n")
     assert main(["data", "validate", str(folder_image)]) == 1  # a problem of one record: listed, status 1
-    assert "folder_image.jsonl:1: image path" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "folder_image.jsonl:1 (id=folder_image:0): image path" in out and "is a directory" in out
     recipe = _recipe(tmp_path / "r.yaml", model_name_or_path="Qwen/Qwen2-VL-2B-Instruct", train_data=str(folder_image))
     _fails(["train", str(recipe)], capsys, "folder_image.jsonl:1", "is a directory, not an image file")
 

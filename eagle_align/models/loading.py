@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from eagle_align.errors import UsageError
-from eagle_align.models.registry import ModelFamily, detect_family
+from eagle_align.models.registry import ModelFamily, check_model_path, detect_family
 
 QUANTIZATION_CHOICES = (None, "4bit", "8bit")
 # Vision tower and LM head stay in full precision: quantising them costs grounding accuracy for little memory.
@@ -92,6 +92,8 @@ def load_model_and_processor(
     from eagle_align.models.space import attach_coordinate_space, read_coordinate_space, settle
 
     family = detect_family(path_or_id)  # a clear error for checkpoints that are not a supported Qwen-VL family
+    if adapter is not None:
+        check_model_path(adapter, "adapter")
     source = adapter if adapter is not None else path_or_id
     space = read_coordinate_space(source)
     if space is not None and space.family != family.name:

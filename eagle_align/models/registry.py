@@ -165,6 +165,14 @@ def _looks_local(name_or_path: str) -> bool:
     return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") != 1 or name.endswith("/")
 
 
+def check_model_path(path_or_id: str, what: str = "model") -> None:
+    """Fail at once for a local-looking path that does not exist, instead of asking the Hub for it."""
+    if _looks_local(path_or_id) and not Path(path_or_id).expanduser().exists():
+        raise UsageError(f"{what} {path_or_id}: no such folder",
+                         hint="give a local folder or a Hub id of the form namespace/name "
+                              "(e.g. Qwen/Qwen2.5-VL-3B-Instruct)")
+
+
 def _model_type_of(path_or_id: str) -> str | None:
     """model_type of a local folder, or of a Hub id through `AutoConfig` (the local cache when offline).
 
@@ -179,10 +187,7 @@ def _model_type_of(path_or_id: str) -> str | None:
         raise UsageError(f"model {path_or_id}: the folder has no config.json, so it is not a checkpoint", hint=hint)
     if path.exists():
         raise UsageError(f"model {path_or_id}: a file, not a checkpoint folder or a Hub id")
-    if _looks_local(path_or_id):
-        raise UsageError(f"model {path_or_id}: no such folder",
-                         hint="give a checkpoint folder or a Hub id of the form namespace/name "
-                              "(e.g. Qwen/Qwen2.5-VL-3B-Instruct)")
+    check_model_path(path_or_id)
     from transformers import AutoConfig
 
     try:
