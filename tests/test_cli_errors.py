@@ -111,6 +111,11 @@ def test_eval_and_merge_missing_paths(tmp_path, capsys):
     data = generate_synthetic(tmp_path / "data", 1, seed=0)
     _fails(["eval", "--model", str(tmp_path / "base"), "--adapter", str(missing), "--data", str(data), "--out",
             str(tmp_path / "e")], capsys, f"adapter {missing}: no such folder")
+    explain = ["explain", "--model", str(tmp_path / "base"), "--instruction", "x", "--out", str(tmp_path / "x")]
+    _fails([*explain, "--image", str(tmp_path / "nowhere.png")], capsys, "nowhere.png: no such file")
+    _fails([*explain, "--image", str(tmp_path)], capsys, "a directory, not an image file")
+    image = data.parent / "images" / "train_00000.png"
+    _fails([*explain, "--image", str(image), "--action-format", "bogus"], capsys, "action_format='bogus'")
 
 
 def test_data_errors_name_the_record(synth, tmp_path, capsys):

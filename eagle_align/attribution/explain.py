@@ -228,11 +228,13 @@ def explain_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def explain_command(args: argparse.Namespace) -> int:
+    from eagle_align.actions import get_action_format
     from eagle_align.models import load_model_and_processor
     from eagle_align.models.space import read_coordinate_space, settle
 
     if not Path(args.image).is_file():
-        raise SystemExit(f"eagle-align explain: --image {args.image} does not exist")
+        raise UsageError(f"--image {args.image}: "
+                         + ("a directory, not an image file" if Path(args.image).is_dir() else "no such file"))
     if args.bbox is not None:
         with Image.open(args.image) as screenshot:
             check_bbox(args.bbox, screenshot.size)
@@ -240,6 +242,8 @@ def explain_command(args: argparse.Namespace) -> int:
     source = args.adapter or args.model
     prompt = settle(read_coordinate_space(source), source, args.force_coordinate_space,
                     action_format=args.action_format, system_prompt=args.system_prompt)
+    if prompt["action_format"] is not None:
+        get_action_format(prompt["action_format"])  # before any weights load
     model, processor = load_model_and_processor(args.model, dtype=args.dtype, min_pixels=args.min_pixels,
                                                 max_pixels=args.max_pixels, adapter=args.adapter,
                                                 force_coordinate_space=args.force_coordinate_space)
