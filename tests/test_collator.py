@@ -186,3 +186,23 @@ def test_bad_batches_raise_data_errors(processors, examples, tmp_path):
                                bbox=(0, 0, 5, 5), id="lost-1")
     with pytest.raises(DataError, match="lost-1"):
         collator([examples[0], missing])
+
+
+def test_skip_mode_leaves_out_examples_that_do_not_decode(processors, examples, tmp_path):
+    import dataclasses
+
+    cut = tmp_path / "cut.png"
+    data = open(examples[0].image, "rb").read()
+    cut.write_bytes(data[: len(data) // 2])
+    bad = dataclasses.replace(examples[0], image=str(cut), id="cut")
+    processor = processors["qwen2_vl"]
+    with pytest.raises(DataError, match="example 'cut': cannot load image"):
+        GroundingCollator(processor, "qwen2_vl")([examples[1], bad])
+    collator = GroundingCollator(processor, "qwen2_vl", on_error="skip")
+    with pytest.raises(DataError, match="no example of the batch could be used"):
+        collator([bad])  # nothing good seen yet: nothing to stand in
+    batch = collator([examples[1], bad])
+    assert [m.id for m in batch["meta"]] == ["ex1"] and len(batch["skipped"]) == 1 and "'cut'" in batch["skipped"][0]
+    alone = collator([bad])  # a batch left empty repeats the last good example, so the step still trains
+    assert [m.id for m in alone["meta"]] == ["ex1"] and len(alone["skipped"]) == 1
+    assert "skipped" not in collator([examples[2]])

@@ -253,3 +253,16 @@ def test_scoring_only_relative_formats_need_no_resized_size(fmt, tmp_path):
     assert main(["eval", "--predictions", str(predictions), "--data", str(data), "--out", str(out), "--no-plots"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["n"], metrics["hits"], metrics["wrong_format"]) == (6, 4, 2)
+
+
+def test_scoring_only_split_scores_one_platform(tmp_path):
+    data = write_screenspot(tmp_path / "ss")
+    mobile = load_examples(data, split="mobile")
+    assert {ex.platform for ex in mobile} == {"mobile"} and len(mobile) == 2
+    predictions = tmp_path / "preds.jsonl"
+    predictions.write_text("".join(json.dumps({"id": ex.id, "point": list(ex.point)}) + "\n" for ex in mobile))
+    out = tmp_path / "out"
+    assert main(["eval", "--predictions", str(predictions), "--data", str(data), "--split", "mobile", "--out",
+                 str(out), "--no-plots"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["n"], metrics["hits"], metrics["missing_predictions"]) == (2, 2, 0)
