@@ -58,7 +58,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def describe_error(error: BaseException) -> str:
     """One line for a user error (plus UsageError's hint line), naming the file where the error has one."""
     if isinstance(error, UsageError):
-        return str(error)
+        message = str(error)
+        if "\nOriginal Traceback" in message:  # re-raised by a DataLoader worker: keep the error's own lines
+            lines = message.rstrip().splitlines()
+            last = max(i for i, line in enumerate(lines) if line[:1].strip())
+            message = "\n".join([lines[last].split(": ", 1)[-1], *lines[last + 1:]])
+        return message
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         return f"{error.strerror}: {error.filename}"
     return " ".join(str(error).split())

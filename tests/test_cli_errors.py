@@ -154,3 +154,20 @@ def test_installed_command_exits_2_with_one_line(argv, words, tmp_path):
     lines = result.stderr.splitlines()  # libraries may print a notice of their own first
     start = next(i for i, line in enumerate(lines) if line.startswith("eagle-align train: "))
     assert words in result.stderr and len(lines) - start <= 2 and "Traceback" not in result.stderr
+
+
+def test_error_reraised_by_a_dataloader_worker_is_one_line():
+    from torch._utils import ExceptionWrapper
+
+    from eagle_align.cli import describe_error
+
+    try:
+        raise DataError("example 'cut-1': cannot load image 'cut.png': image file is truncated")
+    except DataError:
+        wrapper = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(DataError) as info:
+        wrapper.reraise()
+    assert "Original Traceback" in str(info.value)
+    assert describe_error(info.value) == "example 'cut-1': cannot load image 'cut.png': image file is truncated"
+    hinted = UsageError("unknown config key 'x'", hint="did you mean y?")
+    assert describe_error(hinted) == "unknown config key 'x'\n  hint: did you mean y?"
