@@ -160,7 +160,10 @@ def test_hierarchy_splits_the_prior_first_then_space():
     # than rows (0..1), so they halve by column.
     assert [child.members for child in root.children] == [(1, 4), (0, 3), (2, 5)]
     assert [c.members for c in root.children[0].children] == [(1,), (4,)]
-    assert build_hierarchy(3, [False] * 3).members == (0, 1, 2)  # no on-prior region: no prior split
+    for flags in ([False] * 3, [True] * 3):  # one side empty: no prior split
+        assert build_hierarchy(3, flags).members == (0, 1, 2)
+        assert greedy_search(additive(torch.tensor([0.2, 0.5, 0.3])), 3, "bounded", max_regions=1,
+                             hierarchy=build_hierarchy(3, flags)).ranking == [1]
     grid = torch.zeros(2, 2, 3, dtype=torch.bool)
     grid[0, :, :2], grid[1, :, 2] = True, True
     assert region_centroids(grid).tolist() == [[0.5, 0.5], [0.5, 2.0]]

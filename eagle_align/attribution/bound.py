@@ -54,7 +54,8 @@ def build_hierarchy(
     centroids: torch.Tensor | None = None,
     leaf_size: int = DEFAULT_LEAF_SIZE,
 ) -> RegionGroup:
-    """Root group over all regions: on-prior vs off-prior first (if both exist), then spatial halves.
+    """Root group over all regions: the on-prior ones as one group beside the two halves of the off-prior ones
+    (when both exist), each halved spatially below.
 
     `centroids` float [R, 2] (row, col) orders the halves; without it regions split by index (raster order
     for grid partitions). Groups of at most `leaf_size` regions split into single regions.
@@ -69,9 +70,10 @@ def build_hierarchy(
     if on_prior is None:
         return _spatial_tree(everything, centroids, leaf_size)
     inside = tuple(v for v in everything if on_prior[v])
-    outside = _spatial_tree(tuple(v for v in everything if not on_prior[v]), centroids, leaf_size)
-    if not inside:
-        return outside
+    off_prior = tuple(v for v in everything if not on_prior[v])
+    if not inside or not off_prior:
+        return _spatial_tree(everything, centroids, leaf_size)
+    outside = _spatial_tree(off_prior, centroids, leaf_size)
     # The off-prior side enters as its halves: its union mixes every competing element of the screen.
     return RegionGroup(everything, [_spatial_tree(inside, centroids, leaf_size), *(outside.children or [outside])])
 
@@ -244,7 +246,7 @@ def bounded_best(
             heap.clear()
             flat = [_Open(RegionGroup((v,)), (v,), 1.0, 0.0) for v in regions]
             measure(flat, insertion=True)
-            measure([node for node in flat if not node.measured_low], insertion=False)
+            measure(flat, insertion=False)
             for node in flat:
                 settle(node)
             break
