@@ -68,8 +68,9 @@ def load_examples(
     format: one of FORMATS ("auto" detects the layout). image_root: folder to find images in, instead of
     where the layout ships them. on_error: "raise" stops at the first bad record; "skip" drops bad records
     and lists them in `.problems` / `.skipped`. bbox_format: force one of BBOX_FORMATS instead of detecting.
-    split: read only this split (or comma-separated splits) of a source that has several (see `choose_splits`);
-    None reads every split. decode_images: decode every image fully (slow; catches truncated files) instead
+    split: read only this split (or comma-separated splits) of a source that has several; a source with one
+    split is that split whatever its name, except a lone "test" split, read only when named. None reads every
+    split. decode_images: decode every image fully (slow; catches truncated files) instead
     of reading headers only.
     """
     if on_error not in ("raise", "skip"):
@@ -85,7 +86,7 @@ def load_examples(
     root = Path(image_root) if image_root is not None else None
     readers = {"jsonl": _read_jsonl, "hf": _read_hf, "screenspot": _read_screenspot,
                "screenspot_v2": _read_screenspot, "screenspot_pro": _read_screenspot_pro}
-    raws = list(readers[fmt](source, root, fmt, lambda available: choose_splits(source, available, split)))
+    raws = list(readers[fmt](source, root, fmt, lambda available: _choose_splits(source, available, split)))
     if not raws:
         raise DataError(f"{source}: no records (an empty file?)")
     _decide_boxes(raws, bbox_format, decode_images)
@@ -107,7 +108,7 @@ def load_examples(
     return ExampleSet(examples, problems=problems, skipped=len(problems))
 
 
-def choose_splits(source: Path, available: list[str], wanted: str | None) -> list[str]:
+def _choose_splits(source: Path, available: list[str], wanted: str | None) -> list[str]:
     """The splits of `source` to read: every one when `wanted` is None, else the comma-separated names.
 
     A source with a single split is the data itself and is read whatever its split is called, except a lone
