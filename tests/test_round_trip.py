@@ -27,7 +27,8 @@ from eagle_align.models.space import COORDINATE_SPACE_FILE
 from eagle_align.train import run_training
 
 TRAINED_MAX_PIXELS = 65536
-STEPS = 4
+STEPS = 2
+EVAL_N = 2  # clicks evaluated, in training and after: the screens the base was taught to answer on
 
 
 ANSWER = '{"action": "click", "coordinate": [100, 80]}'  # Qwen2.5-VL: pixels of the resized screen
@@ -47,7 +48,7 @@ def answering_base(tiny_checkpoints, gui_data, tmp_path_factory) -> str:
     its own processor limits (102400 pixels)."""
     model, processor = load_model_and_processor(tiny_checkpoints["qwen2_5_vl"], dtype="float32",
                                                 max_pixels=TRAINED_MAX_PIXELS)
-    examples = list(load_examples(gui_data))
+    examples = list(load_examples(gui_data))[:EVAL_N]  # a constant answer: two screens teach it in ~60 steps
     collator = GroundingCollator(processor, "qwen2_5_vl")
     resized = collator([examples[0]])["meta"][0].resized_size
     for example in examples:  # the point that renders as ANSWER on the trained resize
@@ -57,9 +58,9 @@ def answering_base(tiny_checkpoints, gui_data, tmp_path_factory) -> str:
     torch.manual_seed(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
-    for _ in range(100):
+    for _ in range(150):
         loss = model(**batch).loss
-        if loss.item() < 0.01:
+        if loss.item() < 0.02:
             break
         loss.backward()
         optimizer.step()
@@ -78,8 +79,8 @@ def trained(answering_base, gui_data, tmp_path_factory) -> dict:
         train_data=gui_data, eval_data=gui_data, output_dir=str(out), dtype="float32",
         min_pixels=4096, max_pixels=TRAINED_MAX_PIXELS, system_prompt="You are a GUI agent.",
         lora_r=4, lora_alpha=8, learning_rate=1e-4, max_steps=STEPS, per_device_train_batch_size=2,
-        logging_steps=1, save_strategy="steps", save_steps=2, report_to="tensorboard", bf16=False,
-        click_eval=True, click_eval_limit=4, eval_steps=STEPS, dataloader_num_workers=0,
+        logging_steps=1, save_strategy="steps", save_steps=1, report_to="tensorboard", bf16=False,
+        click_eval=True, click_eval_limit=EVAL_N, eval_steps=STEPS, dataloader_num_workers=0,
         align_every=1, selection="all", max_aligned_per_step=1, n_regions=8, max_regions=2, search="single_round",
     )
     trainer = run_training(config)
@@ -103,7 +104,7 @@ def test_training_records_the_coordinate_space_everywhere(trained):
     assert space is not None and space.max_pixels == TRAINED_MAX_PIXELS and space.min_pixels == 4096
     assert (space.family, space.action_format, space.finetuning) == ("qwen2_5_vl", "qwen2_5_vl", "lora")
     assert space.system_prompt == "You are a GUI agent." and space.base_model_id == "Qwen/Qwen2.5-VL-3B-Instruct"
-    for checkpoint in ("checkpoint-2", "checkpoint-4"):
+    for checkpoint in ("checkpoint-1", "checkpoint-2"):
         assert read_coordinate_space(out / checkpoint) == space
     # Log history and alignment counters beside the final weights, not only in checkpoints.
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
@@ -134,7 +135,7 @@ def test_eval_cli_uses_the_adapters_limits_and_scores_the_trained_clicks(trained
     expected = _in_training_records(trained["out"])
     assert all(r["resized_size"] != [384, 288] for r in expected)
     code = main(["eval", "--model", trained["base"], "--adapter", str(trained["out"]), "--data", trained["data"],
-                 "--limit", "4", "--out", str(tmp_path / "eval"), "--dtype", "float32", "--no-plots"])
+                 "--limit", str(EVAL_N), "--out", str(tmp_path / "eval"), "--dtype", "float32", "--no-plots"])
     assert code == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["settings"]["max_pixels"] == TRAINED_MAX_PIXELS and metrics["settings"]["min_pixels"] == 4096
@@ -152,7 +153,7 @@ def test_python_api_reads_the_adapters_coordinate_space(trained, tmp_path):
     model, processor = load_model_and_processor(trained["base"], dtype="float32", adapter=str(trained["out"]))
     assert pixel_limits(processor) == (4096, TRAINED_MAX_PIXELS)
     assert coordinate_space_of(model).action_format == "qwen2_5_vl"
-    metrics = evaluate(model, processor, load_examples(trained["data"]), limit=4, out_dir=tmp_path, plots=False,
+    metrics = evaluate(model, processor, load_examples(trained["data"]), limit=EVAL_N, out_dir=tmp_path, plots=False,
                        progress=False)
     assert metrics["settings"]["system_prompt"] == "You are a GUI agent."
     assert metrics["settings"]["max_pixels"] == TRAINED_MAX_PIXELS
@@ -167,7 +168,7 @@ def test_contradicting_options_are_refused_unless_forced(trained, tmp_path, capl
     assert COORDINATE_SPACE_FILE in str(error.value) and "--force-coordinate-space" in str(error.value)
     out = tmp_path / "forced"
     args = ["eval", "--model", trained["base"], "--adapter", str(trained["out"]), "--data", trained["data"],
-            "--limit", "2", "--out", str(out), "--dtype", "float32", "--no-plots", "--max-pixels", "102400"]
+            "--limit", str(EVAL_N), "--out", str(out), "--dtype", "float32", "--no-plots", "--max-pixels", "102400"]
     assert main(args) == 2  # one line naming both values, no traceback
     err = capsys.readouterr().err
     assert "eagle-align eval: max_pixels 102400 contradicts max_pixels 65536" in err and "Traceback" not in err
@@ -177,7 +178,7 @@ def test_contradicting_options_are_refused_unless_forced(trained, tmp_path, capl
         assert main([*args, "--force-coordinate-space"]) == 0
     assert "forced" in caplog.text
     forced = list(read_predictions(out / "predictions.jsonl"))
-    expected = _in_training_records(trained["out"])[:2]
+    expected = _in_training_records(trained["out"])
     # Forced to other limits, the screens are resized differently and the same kind of answer lands elsewhere:
     # what the refusal protects against.
     assert forced[0]["resized_size"] != expected[0]["resized_size"]
