@@ -179,7 +179,7 @@ def test_contradicting_options_are_refused_unless_forced(trained, tmp_path, capl
     assert "forced" in caplog.text
     forced = list(read_predictions(out / "predictions.jsonl"))
     expected = _in_training_records(trained["out"])
-    # Forced to other limits, the screens are resized differently and the same kind of answer lands elsewhere:
+    # Forced to other limits, the screens are resized differently and the trained clicks are not reproduced:
     # what the refusal protects against.
     assert forced[0]["resized_size"] != expected[0]["resized_size"]
     assert [r["point"] for r in forced] != [r["point"] for r in expected]
