@@ -116,3 +116,14 @@ def test_explain_refuses_a_box_outside_the_image(tiny_checkpoints, tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and "is not a box inside the 256x192 image" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_explain_cli_wrong_format_answer_shows_the_expected_template(tiny_checkpoints, tmp_path, capsys):
+    _screenshot(tmp_path / "screen.png")
+    code = main(["explain", "--model", tiny_checkpoints["qwen3_vl"], "--image", str(tmp_path / "screen.png"),
+                 "--instruction", "click the red square", "--answer", "the red square", "--dtype", "float32",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "'the red square' is in the wrong format for action format 'qwen3_vl'" in err
+    assert 'expected an answer like {"action": "click", "coordinate": [X, Y]}' in err and "hint:" in err
