@@ -1,8 +1,9 @@
-"""Adapters on the Hub: model card, push, and verified LoRA merge.
+"""Trained folders on the Hub: model card, push, and verified LoRA merge.
 
 PEFT records `base_model` from `config._name_or_path`, which is a local path whenever the base was loaded from
 disk; a card that points at `/scratch/models/...` is useless to whoever downloads the adapter. The card here
-names the real Hub id and everything needed to reproduce the coordinate space (action format, pixel limits).
+(`huggingface_hub.ModelCard`, validated metadata) names the real Hub id, the coordinate space that
+`eagle_align.json` records (action format, pixel limits, prompt) and what alignment actually did.
 """
 
 from __future__ import annotations
