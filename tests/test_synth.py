@@ -151,3 +151,25 @@ def test_cue_colour_changes_only_the_cue(tmp_path):
         assert np.array_equal(pa, pb)  # nothing else moved
     with pytest.raises(ValueError, match="cue_colour='teal'"):
         generate_synthetic(tmp_path, 2, cue_colour="teal")
+
+
+def test_cue_size_and_distractor_colour(tmp_path):
+    """The shortcut preset's salience knobs: a bigger cue still fits its slot, distractors change colour only."""
+    base = _records(generate_synthetic(tmp_path / "b", 8, seed=1, cue_fraction=1.0, split="shifted"))
+    rc = main(["data", "synth", "--out", str(tmp_path / "c"), "--n", "8", "--seed", "1", "--cue-fraction", "1",
+               "--split", "shifted", "--cue-size", "32", "--distractor-colour", "orange"])
+    assert rc == 0
+    for a, b in zip(base, _records(tmp_path / "c" / "shifted.jsonl")):
+        assert a["bbox"] == b["bbox"] and a["extra"]["distractor_bboxes"] == b["extra"]["distractor_bboxes"]
+        x1, y1, x2, y2 = b["extra"]["cue_bbox"]
+        assert x2 - x1 == y2 - y1 == 32 and x2 - x1 > a["extra"]["cue_bbox"][2] - a["extra"]["cue_bbox"][0]
+        assert all(not _overlaps(b["extra"]["cue_bbox"], box) for box in [b["bbox"], *b["extra"]["distractor_bboxes"]])
+        pixels = np.asarray(Image.open(tmp_path / "c" / b["image"]))
+        d = b["extra"]["distractor_bboxes"][0]
+        assert tuple(pixels[(d[1] + d[3]) // 2, (d[0] + d[2]) // 2]) == (240, 140, 20)  # orange
+    with pytest.raises(ValueError, match=r"cue_size=33 must be within \[1, 32\]"):
+        generate_synthetic(tmp_path, 2, cue_size=33)
+    with pytest.raises(ValueError, match="distractor_colour='red'"):
+        generate_synthetic(tmp_path, 2, distractor_colour="red")
+    with pytest.raises(ValueError, match="shortcut preset only"):
+        generate_synthetic(tmp_path, 2, preset="gui", cue_size=8)

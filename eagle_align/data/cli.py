@@ -36,6 +36,10 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
                        help="where the cue sits relative to its element (default: preset's own)")
     synth.add_argument("--cue-colour", default=None, choices=sorted(CUE_COLOURS),
                        help="colour of the cue (default: preset's own: shortcut white, gui magenta)")
+    synth.add_argument("--cue-size", type=int, default=None,
+                       help="shortcut preset: cue side in pixels (default 16 at difficulty 1, at most 32 there)")
+    synth.add_argument("--distractor-colour", default="blue",
+                       help="shortcut preset: colour of the non-target squares (default blue)")
 
 
 def data_command(args: argparse.Namespace) -> int:
@@ -44,7 +48,8 @@ def data_command(args: argparse.Namespace) -> int:
 
         path = generate_synthetic(args.out, args.n, seed=args.seed, preset=args.preset, cue_fraction=args.cue_fraction,
                                   split=args.split, difficulty=args.difficulty, layout=args.layout,
-                                  cue_relation=args.cue_relation, cue_colour=args.cue_colour)
+                                  cue_relation=args.cue_relation, cue_colour=args.cue_colour, cue_size=args.cue_size,
+                                  distractor_colour=args.distractor_colour)
         print(f"wrote {args.n} {args.preset} samples ({args.split}) to {path}")
         return 0
     from eagle_align.data.loaders import load_examples

@@ -39,6 +39,13 @@ _COLOURS = {"red": (220, 50, 47), "blue": (38, 110, 210), "green": (40, 160, 70)
 _SHAPES = ("circle", "square", "triangle", "diamond", "plus")
 
 
+def shortcut_margin(difficulty: int) -> int:
+    """Free pixels between a `shortcut` square and its slot's edge: the largest cue that fits beside it."""
+    side, jitter = _SHORTCUT_LEVELS[difficulty]
+    slot = 256 // side
+    return (slot - slot // 2) // 2 - round(jitter * slot)
+
+
 @lru_cache(maxsize=16)
 def _font(size: int):
     try:
@@ -85,8 +92,12 @@ def _shape(draw: ImageDraw.ImageDraw, shape: str, box, colour) -> None:
         draw.rectangle([x1, cy - t / 2, x2 - 1, cy + t / 2], fill=colour)
 
 
-def _shortcut_screen(rng: random.Random, difficulty: int) -> dict:
-    """Grey screen, one square per slot; the target is the only red one ("click the red square")."""
+def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, distractor_colour: str) -> dict:
+    """Grey screen, one square per slot; the target is the only red one ("click the red square").
+
+    `cue_size` (None: half the margin around the square) and `distractor_colour` set how salient the cue is
+    against the target's own evidence (a red square among squares of that colour).
+    """
     side, jitter = _SHORTCUT_LEVELS[difficulty]
     screen = 256
     slot = screen // side
@@ -103,14 +114,14 @@ def _shortcut_screen(rng: random.Random, difficulty: int) -> dict:
         y1 = row * slot + (slot - square) // 2 + dy
         box = [x1, y1, x1 + square, y1 + square]
         draw.rectangle([x1, y1, x1 + square - 1, y1 + square - 1],
-                       fill=_COLOURS["red"] if index == target_slot else _COLOURS["blue"])
+                       fill=_COLOURS["red"] if index == target_slot else _COLOURS[distractor_colour])
         boxes.append(box)
-    margin = (slot - square) // 2 - round(jitter * slot)
-    cue = max(6, margin // 2)
+    margin = shortcut_margin(difficulty)
+    cue = cue_size or max(6, margin // 2)
     return dict(image=image, draw=draw, target=boxes[target_slot],
                 distractors=[b for i, b in enumerate(boxes) if i != target_slot],
                 instruction="click the red square", platform=None, ui_type="icon",
-                cue_size=cue, cue_gap=max(1, (margin - cue) // 2), cue_colour=(255, 255, 255),
+                cue_size=cue, cue_gap=max(0, (margin - cue) // 2), cue_colour=(255, 255, 255),
                 relation="top_left", extra={"slot": target_slot})
 
 
@@ -206,14 +217,16 @@ def _gui_screen(rng: random.Random, difficulty: int, layout: str, relation: str)
 
 def synth_record(index: int, seed: int, split: str = "train", preset: str = "shortcut", cue_fraction: float = 0.0,
                  difficulty: int = 1, layout: str = "mixed", cue_relation: str | None = None,
-                 cue_colour: str | None = None) -> tuple[Image.Image, dict]:
+                 cue_colour: str | None = None, cue_size: int | None = None,
+                 distractor_colour: str = "blue") -> tuple[Image.Image, dict]:
     """One screenshot and its JSONL record (image path left to the caller); deterministic per arguments.
 
-    `cue_colour` (a CUE_COLOURS name, None = the preset's own) changes only the cue's pixels, not the layout.
+    `cue_colour` (a CUE_COLOURS name, None = the preset's own), `cue_size` and `distractor_colour` (shortcut
+    preset only) change only pixels, not the layout or the answer.
     """
     rng = random.Random(f"eagle-synth:{preset}:{seed}:{split}:{index}")
     if preset == "shortcut":
-        screen = _shortcut_screen(rng, difficulty)
+        screen = _shortcut_screen(rng, difficulty, cue_size, distractor_colour)
     else:
         screen = _gui_screen(rng, difficulty, layout, cue_relation or "right")
     relation = cue_relation or screen["relation"]
@@ -247,7 +260,8 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
 
 def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str = "shortcut",
                        cue_fraction: float = 0.0, split: str = "train", difficulty: int = 1,
-                       layout: str = "mixed", cue_relation: str | None = None, cue_colour: str | None = None) -> Path:
+                       layout: str = "mixed", cue_relation: str | None = None, cue_colour: str | None = None,
+                       cue_size: int | None = None, distractor_colour: str = "blue") -> Path:
     """Write `n` screenshots to `out_dir/images/` and their records to `out_dir/{split}.jsonl`; return that path.
 
     preset "shortcut": 256×256 grey screen, squares in slots, the red one is the target (tiny models learn
@@ -255,6 +269,8 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
     samples with the cue; it sits at `cue_relation` of the target in "train"/"test" and of a distractor in
     "shifted". difficulty: 1 (easiest) and up; see the synthetic data card for what each level means.
     cue_colour: a CUE_COLOURS name; None keeps the preset's own (shortcut: white, gui: magenta).
+    shortcut only: cue_size in pixels (None: the preset's, 16 at difficulty 1; at most `shortcut_margin`) and
+    distractor_colour, the other squares' colour (how distinct the red target is).
     """
     levels = _SHORTCUT_LEVELS if preset == "shortcut" else _GUI_LEVELS
     checks = [
@@ -267,17 +283,24 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
         (0.0 <= cue_fraction <= 1.0, f"cue_fraction={cue_fraction} must be within [0, 1]"),
         (isinstance(n, int) and n > 0, f"n={n!r} must be a positive integer"),
         (difficulty in levels, f"difficulty={difficulty!r}; preset {preset!r} has levels {sorted(levels)}"),
+        (preset == "shortcut" or (cue_size is None and distractor_colour == "blue"),
+         "cue_size and distractor_colour apply to the shortcut preset only"),
+        (distractor_colour in _COLOURS and distractor_colour != "red",
+         f"distractor_colour={distractor_colour!r}; choose one of {', '.join(c for c in _COLOURS if c != 'red')}"),
     ]
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    if cue_size is not None and not 1 <= cue_size <= shortcut_margin(difficulty):
+        raise UsageError(f"cue_size={cue_size!r} must be within [1, {shortcut_margin(difficulty)}] at difficulty "
+                         f"{difficulty} (the free margin beside a square)")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     path = out / f"{split}.jsonl"
     with open(path, "w", encoding="utf-8") as handle:
         for index in range(n):
             image, record = synth_record(index, seed, split, preset, cue_fraction, difficulty, layout, cue_relation,
-                                         cue_colour)
+                                         cue_colour, cue_size, distractor_colour)
             name = f"images/{split}_{index:05d}.png"
             image.save(out / name)
             record = {"image": name, **record}
