@@ -107,16 +107,18 @@ def screenshots(n: int, size: tuple[int, int]) -> list[GroundingExample]:
 
 
 class PeakPerStep(TrainerCallback):
-    """Peak CUDA memory (GiB) of every optimizer step."""
+    """Peak CUDA memory (GiB) of every optimizer step, from the previous step's end (so the attribution that
+    PriorAlignedTrainer runs while prefetching a step's batches, before on_step_begin, counts)."""
 
     def __init__(self) -> None:
         self.peaks: list[float] = []
 
-    def on_step_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, **kwargs):
         torch.cuda.reset_peak_memory_stats()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.peaks.append(torch.cuda.max_memory_allocated() / 2**30)
+        torch.cuda.reset_peak_memory_stats()
 
 
 def main() -> None:
@@ -175,7 +177,8 @@ def main() -> None:
         "config": {"model": "Qwen2.5-VL-3B config, random bf16 weights" if not args.tiny else "tiny Qwen2.5-VL",
                    "attn_implementation": attn, "image_size": list(size), "visual_tokens": int(batch["image_grid_thw"][0].prod()) // 4,
                    "batch_size": args.batch_size, "align_every": align_every, "n_regions": 64, "max_regions": 10,
-                   "search": config.search, "loss_chunk_size": config.loss_chunk_size,
+                   "region_method": config.region_method, "search": config.search,
+                   "loss_chunk_size": config.loss_chunk_size,
                    "attribution_batch_size": config.attribution_batch_size, "gradient_checkpointing": True,
                    "device": torch.cuda.get_device_name() if cuda else "cpu"},
         "sft_step_seconds": sft,

@@ -90,19 +90,23 @@ class RssPeak:
 class StepTimer(TrainerCallback):
     """Seconds of every optimizer step: wall clock, or this process's CPU time (`clock="cpu"`).
 
-    CPU time is what a quiet machine's wall clock would show for a single-threaded CPU run, so it stays
-    comparable on a machine other jobs are loading; it means nothing for CUDA work.
+    A step runs from the end of the previous one (or the start of training) to its own end, so it includes
+    the Trainer's prefetch of the step's batches, where PriorAlignedTrainer attributes them (before
+    on_step_begin). CPU time is what a quiet machine's wall clock would show for a single-threaded CPU run,
+    so it stays comparable on a machine other jobs are loading; it means nothing for CUDA work.
     """
 
     def __init__(self, clock: str = "wall") -> None:
         self.seconds: list[float] = []
         self._clock = time.process_time if clock == "cpu" else time.perf_counter
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = self._clock()
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = self._clock()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.seconds.append(self._clock() - self._start)
+        now = self._clock()
+        self.seconds.append(now - self._last)
+        self._last = now
 
 
 def examples(n: int) -> list[GroundingExample]:
