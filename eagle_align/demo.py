@@ -7,9 +7,10 @@ distractor. SFT and prior-aligned training run with the same seed, data order, s
 harness then measures click accuracy on both test splits and the point game (is the top-ranked evidence
 inside the target box?) on the shifted one.
 
-The model is a tiny Qwen3-VL built from scratch, fully fine-tuned (a random model has nothing for LoRA to
-adapt). The tiny Qwen2.5-VL learns the quadrant positions too but ignored the cue in all three seeds measured,
-so SFT had no shortcut for alignment to remove; the data card (data_cards/synthetic.md) has the measurements.
+The model is a tiny random Qwen3-VL (default) or Qwen2.5-VL (`--family qwen2_5_vl`) built from scratch, fully
+fine-tuned (a random model has nothing for LoRA to adapt). Each family has its own benchmark settings
+(`FAMILIES`: how salient the cue is), chosen by SFT-only measurement so that SFT takes the shortcut on every
+seed measured; the data card (data_cards/synthetic.md) has the measurements.
 """
 
 from __future__ import annotations
@@ -21,17 +22,20 @@ from pathlib import Path
 from typing import Any
 
 FAMILY = "qwen3_vl"
-# 256 x 256 screens -> an 8 x 8 grid of 32-px merged cells (the 64 regions of the point game).
-PIXELS = 256 * 256
+# Per family: pixel limits (256 x 256 screens -> 8 x 8 merged cells of 32 px for Qwen3-VL, 9 x 9 of 28 px for
+# Qwen2.5-VL) and the cue (synthetic `shortcut` options). Magenta, not the preset's white: tiny models never
+# learn a white cue here (so SFT would have no shortcut to take).
+FAMILIES: dict[str, dict[str, Any]] = {
+    "qwen3_vl": {"pixels": 256 * 256, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "blue"},
+    "qwen2_5_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "blue"},
+}
+PIXELS = FAMILIES[FAMILY]["pixels"]
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
 SPLITS = ("iid", "shifted")
 MODELS = ("sft", "aligned")
 # Benchmark: the `shortcut` preset at difficulty 1 (one red square in one of four quadrants, the only
-# setting a tiny model learns in minutes) with the cue beside the target in every training screen. Magenta,
-# not the preset's white: tiny models never learn a white 16-px cue here (so SFT would have no shortcut to
-# take), while a magenta one is learned about as fast as the red square (data card, demo section).
+# setting a tiny model learns in minutes) with the cue beside the target in every training screen.
 TRAIN_CUE_FRACTION = 1.0
-CUE_COLOUR = "magenta"
 # Sizes: full run (about 5 minutes on 2 CPU cores) and --quick (under a minute, used by the test suite; at 60
 # steps the cue is not learned yet, so --quick checks the pipeline, not the method).
 SIZES: dict[str, dict[str, Any]] = {
@@ -53,19 +57,24 @@ def _stage(start: float, message: str) -> None:
     print(f"[demo {int(elapsed // 60):02d}:{int(elapsed % 60):02d}] {message}", flush=True)
 
 
-def synthetic_split(out: Path, split: str, n: int, seed: int, cue_fraction: float) -> Path:
-    """One split of the demo's shortcut benchmark under `out` (its JSONL path)."""
+def synthetic_split(out: Path, split: str, n: int, seed: int, cue_fraction: float, family: str = FAMILY) -> Path:
+    """One split of the demo's shortcut benchmark for `family` under `out` (its JSONL path)."""
     from eagle_align.data import generate_synthetic
 
+    bench = FAMILIES[family]
     return generate_synthetic(out, n, seed=seed, preset="shortcut", cue_fraction=cue_fraction, split=split,
-                              difficulty=1, cue_colour=CUE_COLOUR)
+                              difficulty=1, cue_colour=bench["cue_colour"], cue_size=bench["cue_size"],
+                              distractor_colour=bench["distractor_colour"])
 
 
 def training_config(recipe: Path, checkpoint: Path, train: Path, out: Path, seed: int, alignment: bool,
-                    overrides: dict[str, Any]) -> dict[str, Any]:
-    """The recipe as the demo runs it: its checkpoint, data, seed, pixel limits and size overrides."""
+                    overrides: dict[str, Any], family: str = FAMILY) -> dict[str, Any]:
+    """The recipe as the demo runs it: its checkpoint, data, seed, the family's pixel limits and action
+    format, and size overrides."""
+    from eagle_align.models import get_family
     from eagle_align.train import load_config
 
+    pixels = FAMILIES[family]["pixels"]
     return load_config(recipe, {
         **overrides,
         "model_name_or_path": str(checkpoint),
@@ -73,8 +82,9 @@ def training_config(recipe: Path, checkpoint: Path, train: Path, out: Path, seed
         "output_dir": str(out),
         "seed": seed,
         "alignment": alignment,
-        "min_pixels": PIXELS,
-        "max_pixels": PIXELS,
+        "min_pixels": pixels,
+        "max_pixels": pixels,
+        "action_format": get_family(family).default_action_format,
     })
 
 
@@ -183,8 +193,8 @@ def _markdown(report: dict[str, Any]) -> str:
 
 
 def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = False,
-             recipe: str | Path | None = None) -> dict[str, Any]:
-    """Build the tiny model and data, train SFT and prior-aligned, evaluate both, write the report.
+             recipe: str | Path | None = None, family: str = FAMILY) -> dict[str, Any]:
+    """Build the tiny `family` model and its benchmark, train SFT and prior-aligned, evaluate both, write the report.
 
     Returns the report dict (also written to `out_dir/report.json`).
     """
@@ -197,22 +207,26 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
     recipe = Path(recipe) if recipe is not None else RECIPE
     if not recipe.is_file():
         raise FileNotFoundError(f"demo recipe {recipe} not found (pass recipe= / --recipe)")
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r}; the demo has benchmark settings for {', '.join(FAMILIES)}")
+    pixels = FAMILIES[family]["pixels"]
     size = SIZES["quick" if quick else "full"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    _stage(start, f"1/5 building a tiny {FAMILY} checkpoint (seed {seed})")
-    checkpoint = build_tiny_checkpoint(FAMILY, out / "checkpoint", seed=seed, min_pixels=PIXELS, max_pixels=PIXELS)
+    _stage(start, f"1/5 building a tiny {family} checkpoint (seed {seed})")
+    checkpoint = build_tiny_checkpoint(family, out / "checkpoint", seed=seed, min_pixels=pixels, max_pixels=pixels)
 
     _stage(start, "2/5 generating the shortcut benchmark (train: cue beside the target; shifted: beside a distractor)")
-    train = synthetic_split(out / "data", "train", size["train"], seed, TRAIN_CUE_FRACTION)
-    tests = {"iid": synthetic_split(out / "data", "test", size["iid"], seed, TRAIN_CUE_FRACTION),
-             "shifted": synthetic_split(out / "data", "shifted", size["shifted"], seed, 1.0)}
+    train = synthetic_split(out / "data", "train", size["train"], seed, TRAIN_CUE_FRACTION, family)
+    tests = {"iid": synthetic_split(out / "data", "test", size["iid"], seed, TRAIN_CUE_FRACTION, family),
+             "shifted": synthetic_split(out / "data", "shifted", size["shifted"], seed, 1.0, family)}
 
     trained: dict[str, Any] = {}
     for step, name in enumerate(MODELS, start=3):
         _stage(start, f"{step}/5 training {name} ({'prior-aligned' if name == 'aligned' else 'plain SFT'})")
-        config = training_config(recipe, checkpoint, train, out / name, seed, name == "aligned", size["overrides"])
+        config = training_config(recipe, checkpoint, train, out / name, seed, name == "aligned", size["overrides"],
+                                 family)
         trainer = run_training(config)
         trained[name] = {
             "config": config,
@@ -231,8 +245,8 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
     examples = {split: load_examples(path) for split, path in tests.items()}
     loaded, metrics, records = {}, {}, {}
     for name in MODELS:
-        model, processor = load_model_and_processor(str(out / name), dtype="float32", min_pixels=PIXELS,
-                                                    max_pixels=PIXELS)
+        model, processor = load_model_and_processor(str(out / name), dtype="float32", min_pixels=pixels,
+                                                    max_pixels=pixels)
         fmt = trained[name]["config"].get("action_format")
         loaded[name] = (model, processor, fmt)
         for split in SPLITS:
@@ -245,7 +259,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
         records[name] = read_predictions(out / "eval" / name / "shifted" / "predictions.jsonl")
     figure = _comparison_figure(loaded, examples["shifted"], records, out / "attribution_comparison.png")
 
-    report: dict[str, Any] = {"seed": seed, "quick": quick, "family": FAMILY}
+    report: dict[str, Any] = {"seed": seed, "quick": quick, "family": family}
     for name in MODELS:
         shifted = metrics[name, "shifted"]
         report[name] = {
@@ -266,7 +280,9 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
         "trainable_parameters": trained["sft"]["trainable"],
         "train_examples": size["train"],
         "train_cue_fraction": TRAIN_CUE_FRACTION,
-        "cue_colour": CUE_COLOUR,
+        "cue_colour": FAMILIES[family]["cue_colour"],
+        "cue_size": FAMILIES[family]["cue_size"],
+        "distractor_colour": FAMILIES[family]["distractor_colour"],
         "iid_examples": size["iid"],
         "shifted_examples": size["shifted"],
         "attribution_samples": size["attribution_samples"],
@@ -318,14 +334,17 @@ def demo_arguments(parser) -> None:
                         help="run once per seed into OUT/seed-S and write OUT/summary.json (mean ± std)")
     parser.add_argument("--quick", action="store_true", help="smaller configuration (about 2 minutes)")
     parser.add_argument("--recipe", default=None, help=f"training recipe (default: {RECIPE.name})")
+    parser.add_argument("--family", default=FAMILY, choices=list(FAMILIES),
+                        help=f"tiny model family, each with its own benchmark settings (default: {FAMILY})")
 
 
 def demo_command(args) -> int:
     if not args.seeds:
-        run_demo(args.out, seed=args.seed, quick=args.quick, recipe=args.recipe)
+        run_demo(args.out, seed=args.seed, quick=args.quick, recipe=args.recipe, family=args.family)
         return 0
     out = Path(args.out)
-    reports = [run_demo(out / f"seed-{seed}", seed=seed, quick=args.quick, recipe=args.recipe) for seed in args.seeds]
+    reports = [run_demo(out / f"seed-{seed}", seed=seed, quick=args.quick, recipe=args.recipe, family=args.family)
+               for seed in args.seeds]
     summary = summarize_seeds(reports)
     summary["per_seed"] = {r["seed"]: {name: {k: r[name][k] for k in ("iid_click_accuracy", "shifted_click_accuracy",
                                                                         "point_game")} for name in MODELS}

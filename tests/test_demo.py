@@ -1,4 +1,5 @@
-"""`eagle-align demo --quick` end to end: report files, keys, and numbers that match the eval outputs."""
+"""`eagle-align demo --quick` end to end for both families: report files, keys, and numbers that match the eval
+outputs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eagle_align.demo import MODELS, SPLITS, format_summary, format_table, summarize_seeds
+from eagle_align.demo import FAMILIES, MODELS, SPLITS, format_summary, format_table, summarize_seeds
+from eagle_align.models import get_family
 
 
 def _report(sft: tuple, aligned: tuple, seed: int = 0) -> dict:
@@ -32,16 +34,24 @@ def test_table_and_seed_summary():
 
 
 @pytest.mark.slow
-def test_quick_demo_end_to_end(tmp_path):
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_quick_demo_end_to_end(tmp_path, family):
     out = tmp_path / "demo"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "eagle_align.cli", "demo", "--quick", "--seed", "3", "--out", str(out)]
+    cmd = [sys.executable, "-m", "eagle_align.cli", "demo", "--quick", "--seed", "3", "--family", family,
+           "--out", str(out)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"building a tiny {family} checkpoint" in result.stdout
     assert "5/5 evaluating" in result.stdout and "shifted click %" in result.stdout
 
     report = json.loads((out / "report.json").read_text())
     assert report["seed"] == 3 and report["quick"] is True and report["minutes"] > 0
+    assert report["family"] == family
+    assert report["settings"]["cue_colour"] == FAMILIES[family]["cue_colour"]
+    shifted_record = json.loads((out / "data" / "shifted.jsonl").read_text().splitlines()[0])
+    cue = shifted_record["extra"]["cue_bbox"]
+    assert cue[2] - cue[0] == (FAMILIES[family]["cue_size"] or 16)  # 16: the preset's own size at difficulty 1
     assert (out / "report.md").read_text().startswith("# eagle-align demo")
     assert (out / "attribution_comparison.png").stat().st_size > 10_000
     for name in MODELS:
@@ -65,6 +75,8 @@ def test_quick_demo_end_to_end(tmp_path):
     configs = {name: yaml.safe_load((out / name / "eagle_align_config.yaml").read_text()) for name in MODELS}
     differing = {k for k in configs["sft"].keys() | configs["aligned"].keys() if configs["sft"].get(k) != configs["aligned"].get(k)}
     assert differing == {"alignment", "output_dir"} and configs["aligned"]["alignment"] is True
+    assert configs["aligned"]["action_format"] == get_family(family).default_action_format
+    assert configs["aligned"]["min_pixels"] == configs["aligned"]["max_pixels"] == FAMILIES[family]["pixels"]
     assert report["aligned"]["alignment"]["alignment_steps"] > 0
     # Training time of each model's training loop, and what alignment costs on top of SFT.
     minutes = {name: report[name]["training_minutes"] for name in MODELS}
