@@ -83,8 +83,9 @@ def assert_ranks_in_step(ranks: list[dict], out_dir: Path) -> None:
     # Both ranks aligned two samples per micro-step, so gradient chunks beyond the SFT forwards did run.
     assert ranks[0]["grad_forwards"] > 4 and ranks[0]["no_grad_forwards"] > 4
     logs = ranks[0]["logs"]
-    assert all(h["align/selected"] == 4 for h in logs), logs  # global: 2 on each rank
-    # Rank 1's search settled after one region per sample, rank 0's ranked three: rank 1 was padded.
+    # Step 1: rank 1 selected nothing (2 samples per micro-step, all rank 0's); then 2 on each rank.
+    assert [h["align/selected"] for h in logs] == [2, 4], logs
+    # Rank 1 selected nothing, then its search settled after one region per sample while rank 0 ranked three.
     assert all(h["align/padded_passes"] > 0 for h in logs), logs
     assert ranks[1]["attribution_forwards"] < ranks[0]["attribution_forwards"], ranks
     assert logs == ranks[1]["logs"]

@@ -1,9 +1,10 @@
 """Two-rank alignment run for tests/test_distributed.py (`accelerate launch --multi_gpu`, or a DeepSpeed recipe).
 
-Both ranks align every sample with the bounded search, deliberately with different work: rank 0 trains
-redundancy too, so its search ranks three regions per sample; rank 1 trains deviation only, so its search
-settles after rank 1 and it runs far fewer forwards, yet must still take part in every collective pass. Each rank counts its own forwards (with and without gradient) and
-backward passes with hooks, and saves its LoRA weights, so the test can compare ranks.
+Both ranks use the bounded search, deliberately with different work. In the first optimizer step rank 1 asks
+for impossible confidence, so it selects nothing; afterwards it aligns every sample but trains deviation only, so
+its search settles after rank 1 while rank 0 (redundancy too) ranks three regions per sample. Rank 1 must still
+take part in every collective pass. Each rank counts its own forwards (with and without gradient) and backward
+passes with hooks, and saves its LoRA weights, so the test can compare ranks.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from transformers import TrainerCallback
 
 from eagle_align import trainer as trainer_module
 from eagle_align.data.collator import GroundingCollator
@@ -39,6 +41,13 @@ def examples(n: int) -> list[GroundingExample]:
     return out
 
 
+class SelectAllAfterFirstStep(TrainerCallback):
+    """Rank 1 selects nothing in the first optimizer step and every sample afterwards."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        args.selection = "all"
+
+
 def main(checkpoint: str, out_dir: str) -> None:
     torch.manual_seed(0)
     model, processor = load_model_and_processor(checkpoint, dtype="float32")
@@ -54,8 +63,10 @@ def main(checkpoint: str, out_dir: str) -> None:
     trainer = PriorAlignedTrainer(model=model, args=config, train_dataset=examples(16),
                                   data_collator=GroundingCollator(processor, get_family(FAMILY).default_action_format))
     rank = trainer.args.process_index
-    if rank == 1:  # deliberately uneven: this rank's search stops after the gate's region
+    if rank == 1:  # deliberately uneven: nothing selected in step 1, then a search that stops after rank 1
         trainer.args.lambda_redundancy = 0.0
+        trainer.args.selection, trainer.args.min_confidence = "confident_correct", 1.0
+        trainer.add_callback(SelectAllAfterFirstStep())
     counts = {"grad_forwards": 0, "no_grad_forwards": 0, "backwards": 0, "attribution_forwards": 0}
 
     def count_forward(module, args):
