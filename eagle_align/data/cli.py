@@ -8,7 +8,7 @@ from collections import Counter
 
 def data_arguments(parser: argparse.ArgumentParser) -> None:
     from eagle_align.data.loaders import BBOX_FORMATS, FORMATS
-    from eagle_align.data.synth import CUE_COLOURS, LAYOUTS, PRESETS, RELATIONS, SPLITS
+    from eagle_align.data.synth import CUE_COLOURS, DISTRACTOR_COLOURS, LAYOUTS, PRESETS, RELATIONS, SPLITS
 
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     validate = sub.add_parser("validate", help="Load a dataset, decode every image, print counts per split and "
@@ -38,7 +38,7 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
                        help="colour of the cue (default: preset's own: shortcut white, gui magenta)")
     synth.add_argument("--cue-size", type=int, default=None,
                        help="shortcut preset: cue side in pixels (default 16 at difficulty 1, at most 32 there)")
-    synth.add_argument("--distractor-colour", default="blue",
+    synth.add_argument("--distractor-colour", default="blue", choices=list(DISTRACTOR_COLOURS),
                        help="shortcut preset: colour of the non-target squares (default blue)")
 
 

@@ -37,6 +37,10 @@ _FIELDS = ("email", "password", "search", "name", "address", "phone", "city", "c
 _COLOURS = {"red": (220, 50, 47), "blue": (38, 110, 210), "green": (40, 160, 70), "orange": (240, 140, 20),
             "purple": (130, 70, 190), "teal": (20, 150, 150), "black": (30, 30, 30)}
 _SHAPES = ("circle", "square", "triangle", "diamond", "plus")
+# Colours of the shortcut preset's non-target squares, from most to least distinct from the red target
+# (RGB distance 251 … 48): the closer, the weaker the target's own evidence against the cue.
+DISTRACTOR_COLOURS = {"blue": _COLOURS["blue"], "purple": _COLOURS["purple"], "orange": _COLOURS["orange"],
+                      "vermilion": (230, 95, 35)}
 
 
 def shortcut_margin(difficulty: int) -> int:
@@ -114,7 +118,7 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
         y1 = row * slot + (slot - square) // 2 + dy
         box = [x1, y1, x1 + square, y1 + square]
         draw.rectangle([x1, y1, x1 + square - 1, y1 + square - 1],
-                       fill=_COLOURS["red"] if index == target_slot else _COLOURS[distractor_colour])
+                       fill=_COLOURS["red"] if index == target_slot else DISTRACTOR_COLOURS[distractor_colour])
         boxes.append(box)
     margin = shortcut_margin(difficulty)
     cue = cue_size or max(6, margin // 2)
@@ -285,8 +289,8 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
         (difficulty in levels, f"difficulty={difficulty!r}; preset {preset!r} has levels {sorted(levels)}"),
         (preset == "shortcut" or (cue_size is None and distractor_colour == "blue"),
          "cue_size and distractor_colour apply to the shortcut preset only"),
-        (distractor_colour in _COLOURS and distractor_colour != "red",
-         f"distractor_colour={distractor_colour!r}; choose one of {', '.join(c for c in _COLOURS if c != 'red')}"),
+        (distractor_colour in DISTRACTOR_COLOURS,
+         f"distractor_colour={distractor_colour!r}; choose one of {', '.join(DISTRACTOR_COLOURS)}"),
     ]
     for ok, message in checks:
         if not ok:
