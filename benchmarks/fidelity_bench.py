@@ -7,8 +7,9 @@ same decisions as `exact` on the same regions, and what it pays for them.
 
 The fidelity set (built once, cached under `--root`, default outputs/fidelity): tiny Qwen3-VL models trained
 as plain SFT on the demo's shortcut data (the demo's checkpoint, data and recipe for seeds 0-2, so the step-300
-model is the demo's SFT model), saved at steps 100 / 200 / 300. Early models and some seeds lean on the cue,
-others on the target, so both off-prior and on-prior rank-1 decisions occur. On each model: its first
+model is the demo's SFT model), saved at steps 100 / 200 / 300. Seeds differ in how much they lean on the
+cue: at N = 16 both off-prior and on-prior rank-1 decisions occur (at N = 64 the cue's single cell outranks
+any one cell of the target on every screen measured, see benchmarks/README.md). On each model: its first
 confident-correct training screens (argmax right at every decision token and P(x) >= min_confidence, the
 trainer's own selection), at N = 16 SLIC and N = 64 grid regions, with the demo recipe's baseline and weights.
 
@@ -63,7 +64,7 @@ Load one model as the trainer sees it:
 The demo recipe (recipes/train/tiny_synthetic_cpu.yaml) holds the baseline, weights and min_confidence used.
 results.json caches every strategy's results per model, layout and sample (with the settings they were made with;
 strategies other than exact also keyed by a hash of eagle_align/attribution's source).
-Re-measure: .venv/bin/python benchmarks/fidelity_bench.py (the set and the reference are reused).
+Re-measure: .venv/bin/python benchmarks/fidelity_bench.py (the set and the cached results are reused).
 """
 
 
