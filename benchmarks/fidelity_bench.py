@@ -65,6 +65,8 @@ The demo recipe (recipes/train/tiny_synthetic_cpu.yaml) holds the baseline, weig
 results.json caches every strategy's results per model, layout and sample (with the settings they were made with;
 strategies other than exact also keyed by a hash of eagle_align/attribution's source).
 Re-measure: .venv/bin/python benchmarks/fidelity_bench.py (the set and the cached results are reused).
+Each seed-S/benchmark.json records the demo data settings the set was built from; when the demo's change, the
+benchmark stops and asks for --rebuild (which retrains every seed, ~3 minutes each on a quiet 2-core CPU).
 """
 
 
@@ -78,9 +80,14 @@ def recipe_config(output_dir: str | Path, search: str | None = None):
     return parse_config(config)[3]
 
 
-def build_set(root: Path, seeds: tuple[int, ...], steps: tuple[int, ...]) -> list[dict]:
-    """Train one SFT run per seed with the demo's settings, saving the model at each of `steps`."""
+def build_set(root: Path, seeds: tuple[int, ...], steps: tuple[int, ...], rebuild: bool = False) -> list[dict]:
+    """Train one SFT run per seed with the demo's settings, saving the model at each of `steps`.
+
+    Each seed's folder records the benchmark it was built from (benchmark.json); a set built from other
+    settings than the demo's current ones is an error unless `rebuild` (others may be reading it).
+    """
     from eagle_align.demo import (
+        FAMILIES,
         FAMILY,
         PIXELS,
         RECIPE,
@@ -92,12 +99,18 @@ def build_set(root: Path, seeds: tuple[int, ...], steps: tuple[int, ...]) -> lis
     from eagle_align.models import build_tiny_checkpoint
     from eagle_align.train import run_training
 
+    bench = {"family": FAMILY, **FAMILIES[FAMILY], "train_examples": SIZES["full"]["train"],
+             "cue_fraction": TRAIN_CUE_FRACTION}
     models = []
     for seed in seeds:
         out = root / f"seed-{seed}"
         paths = {step: out / f"checkpoint-{step}" for step in steps}
-        train = out / "data" / "train.jsonl"
-        if not all((path / "config.json").is_file() for path in paths.values()):
+        train, marker = out / "data" / "train.jsonl", out / "benchmark.json"
+        built = all((path / "config.json").is_file() for path in paths.values())
+        if built and marker.is_file() and json.loads(marker.read_text()) != bench and not rebuild:
+            raise SystemExit(f"{out} was built from {marker.read_text().strip()}, the demo now uses {json.dumps(bench)}; "
+                             "pass --rebuild to train the set again")
+        if not built or rebuild or not marker.is_file():
             start = time.perf_counter()
             checkpoint = build_tiny_checkpoint(FAMILY, out / "checkpoint", seed=seed, min_pixels=PIXELS,
                                                max_pixels=PIXELS)
@@ -105,12 +118,13 @@ def build_set(root: Path, seeds: tuple[int, ...], steps: tuple[int, ...]) -> lis
             overrides = {"max_steps": max(steps), "save_strategy": "steps", "save_steps": min(steps),
                          "save_only_model": True, "disable_tqdm": True}
             run_training(training_config(RECIPE, checkpoint, train, out, seed, False, overrides))
+            marker.write_text(json.dumps(bench) + "\n")
             print(f"seed {seed}: trained {max(steps)} SFT steps in {time.perf_counter() - start:.0f}s", flush=True)
         for step, path in paths.items():
             if not (path / "config.json").is_file():
                 raise FileNotFoundError(f"{path}: no model saved at step {step} (save_steps must divide it)")
             models.append({"key": f"seed{seed}-step{step}", "seed": seed, "step": step, "path": str(path),
-                           "train_data": str(train)})
+                           "train_data": str(train), "benchmark": bench})
     return models
 
 
@@ -292,6 +306,7 @@ def measure(root: Path, models: list[dict], samples: int, strategies: tuple[str,
     configs = {strategy: recipe_config(root / "trainer", strategy) for strategy in strategies}
     config = configs["exact"]
     settings = {**search_kwargs(config), "prior_overlap": config.prior_overlap, "pixels": PIXELS,
+                "benchmark": models[0]["benchmark"] if models else None,
                 "min_confidence": config.min_confidence, "layouts": {k: list(v) for k, v in LAYOUTS.items()}}
     cache_path = root / "results.json"
     fingerprint = code_fingerprint()
@@ -374,6 +389,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=SAMPLES_PER_MODEL, help="confident-correct screens per model")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--build-only", action="store_true", help="build (or check) the set and stop")
+    parser.add_argument("--rebuild", action="store_true", help="train the set again (e.g. after the demo's data changed)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps a shared machine usable)")
     parser.add_argument("--auc-samples", type=int, default=None,
                         help="top-10 AUC on each model's first K screens only (default: all)")
@@ -383,7 +399,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "README.txt").write_text(README)
     start = time.perf_counter()
-    models = build_set(root, tuple(args.seeds), tuple(sorted(args.steps)))
+    models = build_set(root, tuple(args.seeds), tuple(sorted(args.steps)), args.rebuild)
     if args.build_only:
         write_manifest(root, models)
         print(json.dumps({"models": [m["key"] for m in models], "root": str(root)}))

@@ -242,19 +242,31 @@ def main() -> None:
 def demo_warm_start(root: str) -> tuple[str, str]:
     """The demo's model after its SFT warm-up (align_start_step steps of seed 0) and its training screens.
 
-    Built once under `root` and reused (the warm-up is most of the realistic mode's cost on a CPU).
+    Built once under `root` and reused (the warm-up is most of the realistic mode's cost on a CPU) while the
+    demo's data settings stay those it was built from (benchmark.json).
     """
-    from eagle_align.demo import FAMILY, RECIPE, SIZES, TRAIN_CUE_FRACTION, synthetic_split, training_config
+    from eagle_align.demo import (
+        FAMILIES,
+        FAMILY,
+        RECIPE,
+        SIZES,
+        TRAIN_CUE_FRACTION,
+        synthetic_split,
+        training_config,
+    )
     from eagle_align.train import run_training
 
     out = Path(root)
-    warm, train = out / "warm", out / "data" / "train.jsonl"
-    if not (warm / "config.json").is_file() or not train.is_file():
+    warm, train, marker = out / "warm", out / "data" / "train.jsonl", out / "benchmark.json"
+    bench = {"family": FAMILY, **FAMILIES[FAMILY], "cue_fraction": TRAIN_CUE_FRACTION}
+    current = marker.is_file() and json.loads(marker.read_text()) == bench
+    if not current or not (warm / "config.json").is_file() or not train.is_file():
         checkpoint = build_tiny_checkpoint(FAMILY, out / "init", seed=0, min_pixels=PIXELS, max_pixels=PIXELS)
         train = synthetic_split(out / "data", "train", SIZES["full"]["train"], 0, TRAIN_CUE_FRACTION)
         config = training_config(RECIPE, checkpoint, train, warm, 0, False, {"disable_tqdm": True})
         config["max_steps"] = config["align_start_step"]
         run_training(config)
+        marker.write_text(json.dumps(bench) + "\n")
     return str(warm), str(train)
 
 
