@@ -26,8 +26,8 @@ FAMILY = "qwen3_vl"
 # Qwen2.5-VL) and the cue (synthetic `shortcut` options). Magenta, not the preset's white: tiny models never
 # learn a white cue here (so SFT would have no shortcut to take).
 FAMILIES: dict[str, dict[str, Any]] = {
-    "qwen3_vl": {"pixels": 256 * 256, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "blue"},
-    "qwen2_5_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "blue"},
+    "qwen3_vl": {"pixels": 256 * 256, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange"},
+    "qwen2_5_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange"},
 }
 PIXELS = FAMILIES[FAMILY]["pixels"]
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
