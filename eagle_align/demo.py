@@ -8,9 +8,10 @@ harness then measures click accuracy on both test splits and the point game (is 
 inside the target box?) on the shifted one.
 
 The model is a tiny random Qwen3-VL (default) or Qwen2.5-VL (`--family qwen2_5_vl`) built from scratch, fully
-fine-tuned (a random model has nothing for LoRA to adapt). Each family has its own benchmark settings
-(`FAMILIES`: how salient the cue is), chosen by SFT-only measurement so that SFT takes the shortcut on every
-seed measured; the data card (data_cards/synthetic.md) has the measurements.
+fine-tuned (a random model has nothing for LoRA to adapt). Each family has its own entry in `FAMILIES` (pixel
+limits and how salient the cue is). The benchmark's setting was chosen by SFT-only measurement: with orange
+distractors Qwen3-VL's SFT follows the cue on most shifted screens; the tiny Qwen2.5-VL ignored the cue in every
+setting tried, so its demo runs the pipeline without a shortcut to remove (data_cards/synthetic.md).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 FAMILY = "qwen3_vl"
 # Per family: pixel limits (256 x 256 screens -> 8 x 8 merged cells of 32 px for Qwen3-VL, 9 x 9 of 28 px for
 # Qwen2.5-VL) and the cue (synthetic `shortcut` options). Magenta, not the preset's white: tiny models never
-# learn a white cue here (so SFT would have no shortcut to take).
+# learn a white cue here (so SFT would have no shortcut to take). Orange distractors, not blue: the red target
+# stands out less, so SFT leans on the cue (Qwen3-VL seed 1: shifted 68.0 % with blue, 32.0 % with orange).
 FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3_vl": {"pixels": 256 * 256, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange"},
     "qwen2_5_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange"},
