@@ -2,8 +2,8 @@
 
 Builds Qwen2.5-VL-3B-Instruct from its published configuration (values below) with random bf16 weights on
 the GPU, wraps it in LoRA (language preset, r 16), and trains on synthetic 1280×720 screenshots with the
-recipe's settings: batch 8, gradient checkpointing, align_every 5, n_regions 64, max_regions 10, default
-search, every sample eligible. Steps 1-4 are SFT (step 1 is warm-up), step 5 is an alignment step; then
+library's default method settings (`PriorAlignedConfig()`: bounded search, deviation only, SLIC regions)
+at batch 8, gradient checkpointing, align_every 5, n_regions 64, max_regions 10, every sample eligible. Steps 1-4 are SFT (step 1 is warm-up), step 5 is an alignment step; then
 one explanation (a full efficient attribution) is timed on its own. Meant to finish well inside 8 minutes
 on one H200; `benchmarks/gpu_check.sh` wraps it with a timeout.
 
