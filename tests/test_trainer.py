@@ -187,13 +187,17 @@ def _manual_alignment_grads(model, batch, cfg) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_chunked_alignment_gradient_equals_the_batch_mean_loss(lora_setup, tmp_path):
-    model, processor, collator = lora_setup
-    # Move LoRA B off zero so every LoRA weight receives gradient.
+def _lora_b_off_zero(model) -> None:
+    """Move LoRA B off zero so every LoRA weight receives gradient."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.05)
+
+
+def test_chunked_alignment_gradient_equals_the_batch_mean_loss(lora_setup, tmp_path):
+    model, processor, collator = lora_setup
+    _lora_b_off_zero(model)
     cfg = config(tmp_path, per_device_train_batch_size=3, loss_chunk_size=2)
     trainer = PriorAlignedTrainer(model=model, args=cfg, train_dataset=examples(3), data_collator=collator)
     batch = collator(examples(3))
@@ -227,10 +231,7 @@ def _step_alignment_grads(trainer, model, micro_batches: list[dict]) -> dict[str
 def test_alignment_gradient_of_a_step_does_not_depend_on_gradient_accumulation(lora_setup, tmp_path):
     """λ·mean over the step's examples, whether it comes as one micro-batch of 4 or two of 2, one of them empty."""
     model, processor, collator = lora_setup
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.05)
+    _lora_b_off_zero(model)
     # A box over the whole screen makes every region on-prior: those two samples give no alignment example.
     # Screens 0 and 4 give both kinds (a deviation and redundancy examples) with this seed.
     plain = examples(5)
