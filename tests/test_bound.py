@@ -106,6 +106,27 @@ def test_where_grouping_cannot_help_the_search_still_agrees_with_exact():
     assert result.forwards > 2 * 8 + 2
 
 
+def test_a_near_tie_across_the_prior_is_separated_one_on_the_same_side_is_not():
+    # The on-prior target 2 beats the off-prior cue 13 by 5e-4 of P, inside the tie tolerance. The dive goes
+    # off-prior first (10..15 holds more weight than 0..3) and finds 13; the on-prior group's bound then beats
+    # it by less than the tolerance, but the gate depends on which side wins, so the group is opened.
+    weights = torch.tensor([3e-4, 3e-4, 0.3, 3e-4] + [0.03] * 6 + [0.02] * 3 + [0.2995, 0.02, 0.02])
+    weights = weights / weights.sum()
+    hierarchy = build_hierarchy(N, on_prior(N, [0, 1, 2, 3]))
+    bounded = greedy_search(additive(weights), N, "bounded", max_regions=1, stop_confidence=None, hierarchy=hierarchy)
+    exact = greedy_search(additive(weights), N, "exact", max_regions=1, stop_confidence=None)
+    assert bounded.ranking == exact.ranking == [2]
+    # Swap the roles inside one side: region 12 (off-prior, beside 13) beats 13 by the same hair. That near-tie
+    # does not decide the gate, so the search keeps 13 (within the tolerance of exact's 12) without opening it.
+    weights = torch.tensor([3e-4] * 4 + [0.03] * 6 + [0.02, 0.02, 0.3, 0.2995, 0.02, 0.02])
+    weights = weights / weights.sum()
+    bounded = greedy_search(additive(weights), N, "bounded", max_regions=1, stop_confidence=None, hierarchy=hierarchy)
+    exact = greedy_search(additive(weights), N, "exact", max_regions=1, stop_confidence=None)
+    assert exact.ranking == [12]
+    assert not on_prior(N, [0, 1, 2, 3])[bounded.ranking[0]]
+    assert bounded.prefix_scores[0] >= exact.prefix_scores[0] - DEFAULT_TIE_TOLERANCE * 3
+
+
 def _random_case(seed: int):
     """Random nonnegative weights (some dominant), a random prior, random centroids, leaf size and budget."""
     rng = np.random.default_rng(seed)
@@ -139,6 +160,7 @@ def test_pruning_is_sound_on_additive_and_monotone_functions(seed):
         tolerant = greedy_search(SetFunction(value), n, "bounded", max_regions=1, stop_confidence=None,
                                  hierarchy=hierarchy, step_budget=budget)
         assert tolerant.prefix_scores[0] >= exact.prefix_scores[0] - DEFAULT_TIE_TOLERANCE * 3 - 1e-9, name
+        assert prior[tolerant.ranking[0]] == prior[exact.ranking[0]], f"{name}: the tolerance changed the gate"
 
 
 def test_a_spent_budget_scores_the_open_regions_flat_and_stays_exact():

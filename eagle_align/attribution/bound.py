@@ -34,19 +34,21 @@ import torch
 
 DEFAULT_LEAF_SIZE = 2
 DEFAULT_STEP_BUDGET: int | None = None
-# Groups that could beat the best region by at most this much of Z = a + b are not opened: separating such
-# near-ties cost flat screens (where the image hardly moves P) up to 59 forwards at N = 64. On the fidelity
-# set (72 screens, 9 models) 0.0025 cut the mean at N = 64 from 25.6 to 20.6 forwards (max 26), changed no
-# gate decision, and moved rank 1 only between regions exact itself separated by less than 1e-4·Z.
+# Groups on the best region's side of the prior that could beat it by at most this much of Z = a + b are not
+# opened: separating such near-ties cost flat screens (where the image hardly moves P) up to 59 forwards at
+# N = 64. Near-ties across the prior are always separated: they decide the deviation gate (on the demo's
+# orange-distractor fidelity set, pruning them too lost 6 of 72 gate decisions at N = 64).
 DEFAULT_TIE_TOLERANCE = 0.0025
 
 
 @dataclass
 class RegionGroup:
-    """A node of the group hierarchy: its member regions and its children (none for a single region)."""
+    """A node of the group hierarchy: its member regions, its children (none for a single region), and
+    `on_prior`: True / False when every member is on / off the prior, None for a mixed group (or no prior)."""
 
     members: tuple[int, ...]
     children: list[RegionGroup] = field(default_factory=list)
+    on_prior: bool | None = None
 
 
 def build_hierarchy(
@@ -74,24 +76,28 @@ def build_hierarchy(
     off_prior = tuple(v for v in everything if not on_prior[v])
     if not inside or not off_prior:
         return _spatial_tree(everything, centroids, leaf_size)
-    outside = _spatial_tree(off_prior, centroids, leaf_size)
+    outside = _spatial_tree(off_prior, centroids, leaf_size, on_prior=False)
     # The off-prior side enters as its halves: its union mixes every competing element of the screen.
-    return RegionGroup(everything, [_spatial_tree(inside, centroids, leaf_size), *(outside.children or [outside])])
+    return RegionGroup(
+        everything, [_spatial_tree(inside, centroids, leaf_size, on_prior=True), *(outside.children or [outside])]
+    )
 
 
-def _spatial_tree(members: tuple[int, ...], centroids: torch.Tensor, leaf_size: int) -> RegionGroup:
+def _spatial_tree(
+    members: tuple[int, ...], centroids: torch.Tensor, leaf_size: int, on_prior: bool | None = None
+) -> RegionGroup:
     """Halve along the axis where the members' centroids spread most, until `leaf_size` regions remain."""
     if len(members) == 1:
-        return RegionGroup(members)
+        return RegionGroup(members, on_prior=on_prior)
     if len(members) <= leaf_size:
-        return RegionGroup(members, [RegionGroup((v,)) for v in members])
+        return RegionGroup(members, [RegionGroup((v,), on_prior=on_prior) for v in members], on_prior)
     points = centroids[list(members)]
     axis = int((points.max(0).values - points.min(0).values).argmax())
     order = sorted(members, key=lambda v: (float(centroids[v, axis]), float(centroids[v, 1 - axis]), v))
     half = len(order) // 2
     return RegionGroup(
-        members, [_spatial_tree(tuple(order[:half]), centroids, leaf_size),
-                  _spatial_tree(tuple(order[half:]), centroids, leaf_size)]
+        members, [_spatial_tree(tuple(order[:half]), centroids, leaf_size, on_prior),
+                  _spatial_tree(tuple(order[half:]), centroids, leaf_size, on_prior)], on_prior
     )
 
 
@@ -168,15 +174,17 @@ def bounded_best(
     Order of work (module docstring): insertions of the top groups in one batch; a dive along the highest
     bound, one batch of children's insertions per level, to one region and its deletion; then, while an open
     group's bound beats the best region, that group's deletion or, once measured, its children's insertions.
-    Exact whenever P is monotone in the kept set, up to `tie_tolerance`: a group is not opened unless its
-    bound beats the best region by more than tie_tolerance·(a + b), so the answer's score is within that of
-    the exhaustive best. Once `budget` forwards are spent in this step (None: no limit), the regions of every
+    Exact whenever P is monotone in the kept set, up to `tie_tolerance`: a group on the best region's side
+    of the prior is not opened unless its bound beats the best region by more than tie_tolerance·(a + b), so
+    the answer's score is within that of the exhaustive best, and its side (the deviation gate) is exact's. Once `budget` forwards are spent in this step (None: no limit), the regions of every
     open group are scored flat instead.
     """
     a, b = insertion_weight, deletion_weight
     start = prob.forwards
     best: tuple[float, int, float, float] | None = None  # (score, region, insertion, deletion)
+    best_side: bool | None = None  # the best region's side of the prior
     heap: list[tuple[float, int, _Open]] = []
+    parked: list[tuple[float, int, _Open]] = []  # near-ties on the best region's side, not opened
     pushed = 0
 
     def free_of(group: RegionGroup) -> tuple[int, ...]:
@@ -200,11 +208,16 @@ def bounded_best(
 
     def settle(node: _Open) -> None:
         """A single region with both forwards is a candidate answer; anything else goes (back) on the heap."""
-        nonlocal best, pushed
+        nonlocal best, best_side, pushed
         if len(node.free) == 1 and node.measured_low:
             value = node.bound(a, b)
             if best is None or value > best[0] or (value == best[0] and node.free[0] < best[1]):
                 best = (value, node.free[0], node.high, node.low)
+                if node.group.on_prior != best_side:
+                    best_side = node.group.on_prior
+                    for entry in parked:  # near-ties set aside for the old side are near-ties across sides now
+                        heapq.heappush(heap, entry)
+                    parked.clear()
             return
         pushed += 1
         heapq.heappush(heap, (-node.bound(a, b), pushed, node))
@@ -241,7 +254,10 @@ def bounded_best(
         measure([node], insertion=False)
     settle(node)
     margin = tie_tolerance * (a + b)
-    while heap and -heap[0][0] > best[0] + margin:
+    while heap and -heap[0][0] > best[0]:
+        if -heap[0][0] <= best[0] + margin and heap[0][2].group.on_prior == best_side:
+            parked.append(heapq.heappop(heap))
+            continue
         if budget is not None and prob.forwards - start >= budget:
             regions = sorted({v for _, _, node in heap for v in node.free})
             heap.clear()
