@@ -26,6 +26,7 @@ _EXPORTS = {
     "PriorAlignedConfig": "eagle_align.config",
     "PriorAlignedTrainer": "eagle_align.trainer",
     "attribute_sample": "eagle_align.attribution",
+    "attribute_samples": "eagle_align.attribution",
     "explain": "eagle_align.attribution",
     "evaluate": "eagle_align.eval",
     "merge_adapter": "eagle_align.hub",

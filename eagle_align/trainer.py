@@ -36,7 +36,7 @@ from eagle_align.attribution.masking import baseline_row
 from eagle_align.attribution.metrics import point_game, prior_hit_at_k
 from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, slice_sample
 from eagle_align.attribution.search import (
-    attribute_sample,
+    attribute_samples,
     evaluate_prefixes,
     set_prob_for,
 )
@@ -217,13 +217,11 @@ class PriorAlignedTrainer(Trainer):
             stats = dict.fromkeys(("point_hits", "prior_hits", "attribution_forwards", "deviation", "redundancy",
                                    "nonfinite", "loss_forwards", "padded"), 0.0)
             start = time.perf_counter()
-            built: list[tuple[int, AlignmentExamples]] = []
             lockstep = distributed.Lockstep(unwrapped, lambda s=samples: s.dummy_pass(unwrapped, grad=False),
                                             self.accelerator.device)
             with attribution_mode(unwrapped), lockstep:
                 selected, full_probs = self._select(unwrapped, batch, batch["meta"])
-                for i in selected:
-                    built.append((i, self._attribute(unwrapped, samples, i, full_probs.get(i), stats)))
+                built = self._attribute(unwrapped, samples, selected, full_probs, stats)
             stats["padded"] += lockstep.padded
             chunks = [(i, ex, ex.examples[k : k + per_chunk])
                       for i, ex in built for k in range(0, len(ex.examples), per_chunk)]
@@ -262,29 +260,37 @@ class PriorAlignedTrainer(Trainer):
         self._record(*plan.counts, stats, plan.attribution_seconds, time.perf_counter() - start)
 
     def _attribute(
-        self, model: torch.nn.Module, samples: _BatchSamples, i: int, full_prob: float | None, stats: dict
-    ) -> AlignmentExamples:
-        """Attribution of sample i with the current weights, its prior metrics, and its alignment examples."""
+        self, model: torch.nn.Module, samples: _BatchSamples, selected: list[int], full_probs: dict[int, float],
+        stats: dict,
+    ) -> list[tuple[int, AlignmentExamples]]:
+        """Attribution of the selected samples with the current weights (their searches share forwards), their
+        prior metrics, and their alignment examples."""
         args = self.args
-        attribution = attribute_sample(
-            model, samples.batch, i, n_regions=args.n_regions, region_method=args.region_method,
-            baseline=samples.row(i), strategy=args.search, batch_size=args.attribution_batch_size,
-            reduction=args.score_reduction, max_regions=args.ranked_regions, stop_confidence=args.stop_confidence,
-            search_scope=args.search_scope, resort_every=args.resort_every, insertion_weight=args.insertion_weight,
-            deletion_weight=args.deletion_weight, full_prob=full_prob, prior_overlap=args.prior_overlap,
+        attributions = attribute_samples(
+            model, samples.batch, selected, n_regions=args.n_regions, region_method=args.region_method,
+            baseline=[samples.row(i) for i in selected], strategy=args.search,
+            batch_size=args.attribution_batch_size, reduction=args.score_reduction,
+            full_probs=[full_probs.get(i) for i in selected], prior_overlap=args.prior_overlap,
+            max_regions=args.ranked_regions, stop_confidence=args.stop_confidence, search_scope=args.search_scope,
+            resort_every=args.resort_every, insertion_weight=args.insertion_weight,
+            deletion_weight=args.deletion_weight,
         )
-        if args.search == "single_round" and args.lambda_redundancy > 0:
-            # Redundancy needs F(S_{r-1}) of every prefix; single_round measured only S_1.
-            evaluate_prefixes(attribution, set_prob_for(samples.scorer(model, i), attribution.partition))
-        prior = samples.batch["meta"][i].prior_mask
-        stats["attribution_forwards"] += attribution.forwards
-        stats["point_hits"] += float(point_game(attribution, prior, args.prior_overlap))
-        stats["prior_hits"] += prior_hit_at_k(attribution, prior, k=args.prior_hit_k, prior_overlap=args.prior_overlap)
-        built = build_alignment_examples(attribution, prior, args.prior_overlap, args.insertion_weight,
-                                         args.deletion_weight, deviation_margin=args.deviation_margin)
         # A term with weight 0 would cost gradient forwards and add nothing.
         weight = {"deviation": args.lambda_deviation, "redundancy": args.lambda_redundancy}
-        built.examples = [e for e in built.examples if weight[e.kind] > 0]
+        built = []
+        for i, attribution in zip(selected, attributions):
+            if args.search == "single_round" and args.lambda_redundancy > 0:
+                # Redundancy needs F(S_{r-1}) of every prefix; single_round measured only S_1.
+                evaluate_prefixes(attribution, set_prob_for(samples.scorer(model, i), attribution.partition))
+            prior = samples.batch["meta"][i].prior_mask
+            stats["attribution_forwards"] += attribution.forwards
+            stats["point_hits"] += float(point_game(attribution, prior, args.prior_overlap))
+            stats["prior_hits"] += prior_hit_at_k(attribution, prior, k=args.prior_hit_k,
+                                                  prior_overlap=args.prior_overlap)
+            examples = build_alignment_examples(attribution, prior, args.prior_overlap, args.insertion_weight,
+                                                args.deletion_weight, deviation_margin=args.deviation_margin)
+            examples.examples = [e for e in examples.examples if weight[e.kind] > 0]
+            built.append((i, examples))
         return built
 
     def _loss_chunk(

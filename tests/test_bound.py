@@ -197,17 +197,23 @@ def test_hierarchy_splits_the_prior_first_then_space():
         greedy_search(additive(torch.ones(4) / 4), 4, "bounded", hierarchy=build_hierarchy(3))
 
 
-def test_attribute_sample_counts_every_forward_of_the_bounded_search(tiny_checkpoints):
-    from scripts.ddp_align import examples  # small grey screens with one red button
+def _counted_model_and_batch(checkpoint: str, n_samples: int) -> tuple[torch.nn.Module, dict, list[int]]:
+    """A tiny Qwen3-VL, a batch of small grey screens with one red button, and the rows of every forward."""
+    from scripts.ddp_align import examples
 
     from eagle_align.data.collator import GroundingCollator
     from eagle_align.models import load_model_and_processor
 
-    model, processor = load_model_and_processor(tiny_checkpoints["qwen3_vl"], dtype="float32")
-    batch = GroundingCollator(processor, "qwen3_vl")(examples(1))
-    rows = []
+    model, processor = load_model_and_processor(checkpoint, dtype="float32")
+    batch = GroundingCollator(processor, "qwen3_vl")(examples(n_samples))
+    rows: list[int] = []
     model.register_forward_pre_hook(lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]),
                                     with_kwargs=True)
+    return model, batch, rows
+
+
+def test_attribute_sample_counts_every_forward_of_the_bounded_search(tiny_checkpoints):
+    model, batch, rows = _counted_model_and_batch(tiny_checkpoints["qwen3_vl"], 1)
     result = attribute_sample(model, batch, 0, n_regions=16, strategy="bounded", max_regions=2, batch_size=4,
                               stop_confidence=None)
     assert result.strategy == "bounded" and len(result.ranking) == 2 and len(result.prefix_scores) == 2
@@ -255,3 +261,48 @@ def test_trainer_logs_the_bounded_search_forwards_it_ran(tiny_checkpoints, tmp_p
     assert log["align/attribution_seconds"] > 0 and log["align/selected"] == 2
     # One ranked region per sample (the deviation gate's), so prior_hit@k is over that rank.
     assert log["align/point_game"] == log[f"align/prior_hit@{cfg.prior_hit_k}"]
+
+
+@pytest.mark.parametrize("strategy", ["bounded", "efficient", "single_round"])
+def test_searches_run_side_by_side_each_get_their_own_answers(strategy):
+    from eagle_align.attribution import run_searches, search_regions
+
+    weights = [OFF_SHORTCUT / OFF_SHORTCUT.sum(), ON_TARGET / ON_TARGET.sum(), torch.linspace(1, 2, N) / 24]
+    hierarchy = build_hierarchy(N, on_prior(N, [0, 1, 2, 3]))
+    options = dict(max_regions=3, stop_confidence=None, hierarchy=hierarchy)
+    alone = [greedy_search(additive(w), N, strategy, **options) for w in weights]
+    functions = [additive(w) for w in weights]
+    rounds = []
+
+    def score(requests):
+        rounds.append([k for k, _ in requests])
+        return [functions[k](sets) for k, sets in requests]
+
+    together = run_searches([search_regions(N, strategy, **options) for _ in weights], score)
+    for single, joint, function in zip(alone, together, functions):
+        assert joint.ranking == single.ranking and joint.prefix_scores == single.prefix_scores
+        assert joint.forwards == single.forwards == function.rows
+    # Every round serves every search still running: as many rounds as the longest search asks.
+    asks = [sum(k in r for r in rounds) for k in range(3)]
+    assert len(rounds) == max(asks) and all(rounds[r] == [k for k in range(3) if asks[k] > r] for r in range(len(rounds)))
+
+
+def test_samples_attributed_together_share_forwards(tiny_checkpoints):
+    from eagle_align.attribution import attribute_samples
+
+    model, batch, calls = _counted_model_and_batch(tiny_checkpoints["qwen3_vl"], 3)
+    # Rank 1 by exhaustive scoring: its score is the maximum of F, which float rounding cannot reorder.
+    options = dict(n_regions=16, strategy="efficient", max_regions=1, stop_confidence=None, batch_size=64,
+                   baseline="mean")
+    alone = [attribute_sample(model, batch, i, **options) for i in range(3)]
+    alone_calls, calls[:] = len(calls), []
+    together = attribute_samples(model, batch, [0, 1, 2], **options)
+    for single, joint in zip(alone, together):
+        assert joint.forwards == single.forwards == 2 * 16 + 2 and joint.partition is not None
+        assert joint.prefix_scores[0] == pytest.approx(single.prefix_scores[0], abs=1e-5)
+    assert sum(calls) == 3 * (2 * 16 + 2) and len(calls) < alone_calls
+    calls[:] = []
+    bounded = attribute_samples(model, batch, [0, 1, 2], **{**options, "strategy": "bounded", "batch_size": 8})
+    assert sum(calls) == sum(a.forwards for a in bounded) and max(calls) <= 8
+    with pytest.raises(ValueError, match="3 samples need as many baselines"):
+        attribute_samples(model, batch, [0, 1, 2], baseline=[torch.zeros(1)] * 2)

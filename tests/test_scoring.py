@@ -119,3 +119,27 @@ def test_scorer_refuses_inconsistent_inputs(tiny_checkpoints):
         DecisionScorer(model, sample, meta)
     with pytest.raises(IndexError):
         slice_sample(batch, 2)
+
+
+def test_joint_scoring_of_two_samples_equals_each_scored_alone(tiny_checkpoints, family):
+    """Two samples of different image sizes (so different prompt lengths and grids) in shared forwards."""
+    from eagle_align.attribution import score_jointly
+
+    model, processor = load_model_and_processor(tiny_checkpoints[family], dtype="float32")
+    batch = _batch(processor, family)
+    generator = torch.Generator().manual_seed(0)
+    with attribution_mode(model):
+        scorers = [DecisionScorer(model, slice_sample(batch, i), batch["meta"][i], baseline="mean") for i in (0, 1)]
+        assert scorers[0].sample["input_ids"].shape[1] != scorers[1].sample["input_ids"].shape[1]
+        keeps = [torch.rand(n, *s.grid_hw, generator=generator) > 0.5 for n, s in zip((3, 4), scorers)]
+        alone = [scorer.score(keep) for scorer, keep in zip(scorers, keeps)]
+        calls = []
+        handle = model.register_forward_pre_hook(
+            lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+        together = score_jointly(list(zip(scorers, keeps)), batch_size=4)
+        handle.remove()
+    assert calls == [4, 3]  # the first forward holds sample 0's three masks and one of sample 1's
+    for joint, single in zip(together, alone):
+        torch.testing.assert_close(joint, single, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(together[1][:1], together[1][1:2]), "masks must change the scores"
+    assert [s.forwards for s in scorers] == [3 + 3, 4 + 4]

@@ -11,13 +11,17 @@ from eagle_align.attribution.metrics import (
 )
 from eagle_align.attribution.overlay import render_overlay
 from eagle_align.attribution.regions import REGION_METHODS, RegionPartition, make_partition
-from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, slice_sample
+from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, score_jointly, slice_sample
 from eagle_align.attribution.search import (
     STRATEGIES,
     Attribution,
     attribute_sample,
+    attribute_samples,
     evaluate_prefixes,
     greedy_search,
+    run_search,
+    run_searches,
+    search_regions,
     set_prob_for,
 )
 
@@ -30,6 +34,7 @@ __all__ = [
     "Explanation",
     "RegionPartition",
     "attribute_sample",
+    "attribute_samples",
     "attribution_metrics",
     "attribution_mode",
     "baseline_row",
@@ -44,6 +49,10 @@ __all__ = [
     "point_game",
     "prior_hit_at_k",
     "render_overlay",
+    "run_search",
+    "run_searches",
+    "score_jointly",
+    "search_regions",
     "set_prob_for",
     "slice_sample",
 ]

@@ -27,7 +27,7 @@ benchmarks/fidelity_bench.py measures how often the decisions agree with `exact`
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -111,23 +111,27 @@ def region_centroids(cell_masks: torch.Tensor) -> torch.Tensor:
 
 
 class MemoProb:
-    """Region-set probabilities cached by set: a set asked again (a region's insertion after a spent budget,
-    P(x) or P(x_∅) at the end, a set two greedy steps share) costs no forward. `forwards` counts the sets
-    that reached the model."""
+    """Region-set probabilities cached by set, for a search coroutine: `probs = yield from memo(sets)`.
 
-    def __init__(self, prob: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        self.prob, self.cache = prob, {}
+    A set asked again (a region's insertion after a spent budget, P(x) or P(x_∅) at the end, a set two greedy
+    steps share) costs no forward; only unseen sets are passed on to `ask` (a counting coroutine of the same
+    shape, `eagle_align.attribution.search`), whose `forwards` counts the sets that reached the model.
+    """
+
+    def __init__(self, ask: Callable[[torch.Tensor], Generator[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        self.ask, self.cache = ask, {}
 
     @property
     def forwards(self) -> int:
-        return self.prob.forwards
+        return self.ask.forwards
 
-    def __call__(self, region_sets: torch.Tensor) -> torch.Tensor:
+    def __call__(self, region_sets: torch.Tensor) -> Generator[torch.Tensor, torch.Tensor, torch.Tensor]:
         keys = [bytes(row.tolist()) for row in region_sets.bool()]
         new = list(dict.fromkeys(k for k in keys if k not in self.cache))
         if new:
             rows = torch.tensor([list(k) for k in new], dtype=torch.bool)
-            for key, value in zip(new, self.prob(rows).tolist()):
+            values = yield from self.ask(rows)
+            for key, value in zip(new, values.tolist()):
                 self.cache[key] = value
         return torch.tensor([self.cache[k] for k in keys])
 
@@ -168,8 +172,11 @@ def bounded_best(
     deletion_weight: float,
     budget: int | None = DEFAULT_STEP_BUDGET,
     tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
-) -> BoundedStep:
+) -> Generator[torch.Tensor, torch.Tensor, BoundedStep]:
     """argmax over v ∉ `selected` of F(selected ∪ {v}) by best-first branch-and-bound over `root`'s groups.
+
+    A coroutine, like the search that runs it: `step = yield from bounded_best(memo, ...)`, where `memo` is a
+    `MemoProb`; the region sets it yields are answered with their probabilities.
 
     Order of work (module docstring): insertions of the top groups in one batch; a dive along the highest
     bound, one batch of children's insertions per level, to one region and its deletion; then, while an open
@@ -195,11 +202,11 @@ def bounded_best(
         keep[list(node.free)] = True
         return keep if insertion else ~keep
 
-    def measure(nodes: list[_Open], insertion: bool) -> None:
-        """One batched call for one side (insertion or deletion) of every node."""
+    def measure(nodes: list[_Open], insertion: bool) -> Generator[torch.Tensor, torch.Tensor, None]:
+        """One batched request for one side (insertion or deletion) of every node."""
         if not nodes:
             return
-        values = prob(torch.stack([kept(node, insertion) for node in nodes])).tolist()
+        values = (yield from prob(torch.stack([kept(node, insertion) for node in nodes]))).tolist()
         for node, value in zip(nodes, values):
             if insertion:
                 node.high = value
@@ -239,7 +246,7 @@ def bounded_best(
     while len(top.free) > 1 and len(children(top)) == 1:
         top = children(top)[0]
     level = children(top) if len(top.free) > 1 else [top]
-    measure(level, insertion=True)
+    yield from measure(level, insertion=True)
     # Dive along the highest bound to one region first: pruning needs a best region to compare against.
     while True:
         node = max(level, key=lambda n: n.bound(a, b))
@@ -249,9 +256,9 @@ def bounded_best(
         if len(node.free) == 1:
             break
         level = children(node)
-        measure(level, insertion=True)
+        yield from measure(level, insertion=True)
     if not node.measured_low:
-        measure([node], insertion=False)
+        yield from measure([node], insertion=False)
     settle(node)
     margin = tie_tolerance * (a + b)
     while heap and -heap[0][0] > best[0]:
@@ -262,18 +269,18 @@ def bounded_best(
             regions = sorted({v for _, _, node in heap for v in node.free})
             heap.clear()
             flat = [_Open(RegionGroup((v,)), (v,), 1.0, 0.0) for v in regions]
-            measure(flat, insertion=True)
-            measure(flat, insertion=False)
+            yield from measure(flat, insertion=True)
+            yield from measure(flat, insertion=False)
             for node in flat:
                 settle(node)
             break
         _, _, node = heapq.heappop(heap)
         if not node.measured_low:
-            measure([node], insertion=False)
+            yield from measure([node], insertion=False)
             settle(node)
         else:
             refined = children(node)
-            measure(refined, insertion=True)
+            yield from measure(refined, insertion=True)
             for child in refined:
                 settle(child)
     return BoundedStep(region=best[1], score=best[0], insertion=best[2], deletion=best[3])

@@ -134,66 +134,35 @@ class DecisionScorer:
     def n_tokens(self) -> int:
         return int(self.target_ids.numel())
 
-    def _forward(self, keep_cells: torch.Tensor) -> torch.Tensor:
-        n = keep_cells.shape[0]
-        grid = self.sample["image_grid_thw"][0]
-        shortcut = self._patch_embed is not None and not torch.is_grad_enabled()
-        if shortcut:
-            # Rows enter as keep flags; the patch embedding turns them into cached embeddings.
-            image_rows = self.sample["pixel_values"].new_ones(self.sample["pixel_values"].shape[0], 1)
-            pixel_values = mask_image_rows(image_rows, grid, keep_cells, image_rows.new_zeros(1))
-        else:
-            pixel_values = mask_image_rows(self.sample["pixel_values"], grid, keep_cells, self.baseline)
-        inputs = {key: self.sample[key].expand(n, -1) for key in _TEXT_KEYS}
-        with self._embedded_rows() if shortcut else contextlib.nullcontext():
-            outputs = self.model(
-                **inputs,
-                pixel_values=pixel_values,
-                image_grid_thw=self.sample["image_grid_thw"].repeat(n, 1),
-                logits_to_keep=self.logit_positions,
-                use_cache=False,
-            )
-        log_probs = outputs.logits.float().log_softmax(-1)
-        self.forwards += n
-        return log_probs.gather(-1, self.target_ids.view(1, -1, 1).expand(n, -1, 1)).squeeze(-1).exp()
-
-    @contextlib.contextmanager
-    def _embedded_rows(self) -> Iterator[None]:
-        """Let the patch embedding map keep flags to precomputed row embeddings (no-grad scoring only).
+    def row_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The patch embedding of the screenshot's rows and of the baseline row (no-grad scoring only).
 
         The patch embedding is a linear map applied to each pixel_values row on its own, so a masked variant's
         embeddings are the screenshot's rows where kept and the baseline row's embedding elsewhere: computing
         them once per sample skips the largest per-variant cost of a small vision tower (building the masked
         copy and the convolution over it) with the same result.
         """
-        embed = self._patch_embed
         if self._row_embeddings is None:
-            dtype = next(embed.parameters()).dtype
-            rows = embed(self.sample["pixel_values"].to(dtype))
-            self._row_embeddings = (rows, embed(self.baseline.view(1, -1).to(dtype)))
-        kept, masked = self._row_embeddings
+            dtype = next(self._patch_embed.parameters()).dtype
+            rows = self._patch_embed(self.sample["pixel_values"].to(dtype))
+            self._row_embeddings = (rows, self._patch_embed(self.baseline.view(1, -1).to(dtype)))
+        return self._row_embeddings
 
-        def lookup(flags: torch.Tensor) -> torch.Tensor:
-            return torch.where(flags.bool(), kept.repeat(flags.shape[0] // kept.shape[0], 1), masked)
-
-        embed.forward = lookup
-        try:
-            yield
-        finally:
-            del embed.forward
-
-    def token_probs(self, keep_cells: torch.Tensor, grad: bool = False) -> torch.Tensor:
-        """p(y_t | x_keep, y_<t) at every decision token, float32 [B, T]; keep_cells is Bool [B, rows, cols]."""
+    def keep_mask(self, keep_cells: torch.Tensor) -> torch.Tensor:
+        """keep_cells as Bool [B, rows, cols] on the model's device, checked against this sample's grid."""
         keep_cells = torch.as_tensor(keep_cells, device=self.device).bool()
         if keep_cells.dim() == 2:
             keep_cells = keep_cells.unsqueeze(0)
         if tuple(keep_cells.shape[1:]) != self.grid_hw:
             raise ValueError(f"keep_cells grid {tuple(keep_cells.shape[1:])} != sample grid {self.grid_hw}")
+        return keep_cells
+
+    def token_probs(self, keep_cells: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """p(y_t | x_keep, y_<t) at every decision token, float32 [B, T]; keep_cells is Bool [B, rows, cols]."""
+        keep_cells = self.keep_mask(keep_cells)
         if grad:
-            return self._forward(keep_cells)
-        with torch.no_grad():
-            chunks = [self._forward(chunk) for chunk in keep_cells.split(self.batch_size)]
-        return torch.cat(chunks) if chunks else torch.empty(0, self.n_tokens, device=self.device)
+            return _forward_rows([(self, keep_cells)])[0]
+        return _joint_token_probs([(self, keep_cells)], self.batch_size)[0]
 
     def reduce(self, token_probs: torch.Tensor) -> torch.Tensor:
         """Sample score from token probabilities: mean, or exp(mean log p) for "logmean"."""
@@ -210,3 +179,94 @@ class DecisionScorer:
         if self._full_prob is None:
             self._full_prob = float(self.score(torch.ones(1, *self.grid_hw, dtype=torch.bool))[0])
         return self._full_prob
+
+
+def score_jointly(pairs: list[tuple[DecisionScorer, torch.Tensor]], batch_size: int) -> list[torch.Tensor]:
+    """P(x_keep) for the keep-masks of several samples' scorers, float32 [B_k] per pair, without gradient.
+
+    The masks of all pairs are scored in shared forwards of up to `batch_size` masked inputs, so searches
+    that each ask for a few sets at a time fill a forward together (`attribute_samples`). Each sample keeps
+    its own prompt, image size and decision tokens: shorter prompts are padded on the right (masked out by
+    attention, so the probabilities are those of the sample alone, up to float rounding).
+    """
+    pairs = [(scorer, scorer.keep_mask(keep)) for scorer, keep in pairs]
+    return [scorer.reduce(probs) for (scorer, _), probs in zip(pairs, _joint_token_probs(pairs, batch_size))]
+
+
+def _joint_token_probs(pairs: list[tuple[DecisionScorer, torch.Tensor]], batch_size: int) -> list[torch.Tensor]:
+    """Token probabilities [B_k, T_k] per (scorer, checked keep mask) pair, in no-grad chunks of `batch_size`."""
+    rows = [(k, j) for k, (_, keep) in enumerate(pairs) for j in range(keep.shape[0])]
+    found: list[list[torch.Tensor]] = [[] for _ in pairs]
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            groups: list[tuple[int, list[int]]] = []  # runs of one pair's rows inside the chunk
+            for k, j in rows[start : start + batch_size]:
+                if groups and groups[-1][0] == k:
+                    groups[-1][1].append(j)
+                else:
+                    groups.append((k, [j]))
+            results = _forward_rows([(pairs[k][0], pairs[k][1][js]) for k, js in groups])
+            for (k, _), probs in zip(groups, results):
+                found[k].append(probs)
+    return [
+        torch.cat(chunks) if chunks else torch.empty(0, scorer.n_tokens, device=scorer.device)
+        for (scorer, _), chunks in zip(pairs, found)
+    ]
+
+
+def _forward_rows(groups: list[tuple[DecisionScorer, torch.Tensor]]) -> list[torch.Tensor]:
+    """One model forward over the keep masks of one or more samples: token probabilities [n_k, T_k] per group.
+
+    Rows are the groups' masked copies in order, text right-padded to the longest prompt (pad id 0, attention
+    0, text type), images in the same order; the LM head runs only at the union of the groups' logit positions.
+    """
+    model = groups[0][0].model
+    if any(scorer.model is not model for scorer, _ in groups):
+        raise ValueError("scorers of one joint forward must share one model")
+    shortcut = not torch.is_grad_enabled() and all(scorer._patch_embed is not None for scorer, _ in groups)
+    length = max(scorer.sample["input_ids"].shape[1] for scorer, _ in groups)
+    text: dict[str, list[torch.Tensor]] = {key: [] for key in _TEXT_KEYS}
+    pixels, grids = [], []
+    for scorer, keep in groups:
+        n, grid = keep.shape[0], scorer.sample["image_grid_thw"]
+        for key in _TEXT_KEYS:
+            row = scorer.sample[key]
+            text[key].append(torch.nn.functional.pad(row, (0, length - row.shape[1])).expand(n, -1))
+        if shortcut:  # rows enter as keep flags; the patch embedding turns them into cached embeddings
+            flags = scorer.sample["pixel_values"].new_ones(scorer.sample["pixel_values"].shape[0], 1)
+            pixels.append(mask_image_rows(flags, grid[0], keep, flags.new_zeros(1)))
+        else:
+            pixels.append(mask_image_rows(scorer.sample["pixel_values"], grid[0], keep, scorer.baseline))
+        grids.append(grid.repeat(n, 1))
+    positions = torch.unique(torch.cat([scorer.logit_positions for scorer, _ in groups]))
+    with _embedded_rows(groups) if shortcut else contextlib.nullcontext():
+        outputs = model(
+            **{key: torch.cat(rows) for key, rows in text.items()},
+            pixel_values=torch.cat(pixels),
+            image_grid_thw=torch.cat(grids),
+            logits_to_keep=positions,
+            use_cache=False,
+        )
+    log_probs = outputs.logits.float().log_softmax(-1)
+    out, first = [], 0
+    for scorer, keep in groups:
+        n = keep.shape[0]
+        picked = log_probs[first : first + n, torch.searchsorted(positions, scorer.logit_positions)]
+        out.append(picked.gather(-1, scorer.target_ids.view(1, -1, 1).expand(n, -1, 1)).squeeze(-1).exp())
+        scorer.forwards += n
+        first += n
+    return out
+
+
+@contextlib.contextmanager
+def _embedded_rows(groups: list[tuple[DecisionScorer, torch.Tensor]]) -> Iterator[None]:
+    """Let the patch embedding map keep flags to the groups' precomputed row embeddings (`row_embeddings`)."""
+    embed = groups[0][0]._patch_embed
+    kept = torch.cat([scorer.row_embeddings()[0].repeat(keep.shape[0], 1) for scorer, keep in groups])
+    masked = torch.cat([scorer.row_embeddings()[1].expand(scorer.row_embeddings()[0].shape[0] * keep.shape[0], -1)
+                        for scorer, keep in groups])
+    embed.forward = lambda flags: torch.where(flags.bool(), kept, masked)
+    try:
+        yield
+    finally:
+        del embed.forward

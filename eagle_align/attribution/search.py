@@ -1,4 +1,4 @@
-"""Greedy subset-selection ranking of screenshot regions (EAGLE), plus the one-call `attribute_sample`.
+"""Greedy subset-selection ranking of screenshot regions (EAGLE), plus the one-call `attribute_sample(s)`.
 
 F(S) = a·P(x_S) + b·(1 − P(x_¬S)) rewards regions that suffice for the answer (insertion) and whose removal
 destroys it (deletion). The greedy search picks, step by step, the region that maximises F of the growing
@@ -10,7 +10,7 @@ provably holds no better one when the model is monotone in the kept set (`eagle_
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from eagle_align.attribution.bound import (
     region_centroids,
 )
 from eagle_align.attribution.regions import RegionPartition, make_partition
-from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, slice_sample
+from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, score_jointly, slice_sample
 
 STRATEGIES = ("efficient", "exact", "single_round", "bounded")
 # Chosen by benchmarks/attribution_bench.py on full N=64 rankings (3 screenshots, trained tiny Qwen3-VL):
@@ -38,6 +38,8 @@ DEFAULT_SEARCH_SCOPE = 1
 DEFAULT_RESORT_EVERY: int | None = 21
 
 SetProb = Callable[[torch.Tensor], torch.Tensor]
+# A search coroutine: yields Bool[B, R] region sets, is sent P(x_S) for them (float [B]), returns its Attribution.
+Search = Generator[torch.Tensor, torch.Tensor, "Attribution"]
 
 
 @dataclass
@@ -107,14 +109,17 @@ class Attribution:
         return data
 
 
-class _Counter:
-    """Wraps set_prob to count masked forwards and report them to an optional progress callback."""
+class _Ask:
+    """The one way a search reaches the model: `probs = yield from ask(sets)` yields the region sets and
+    receives P(x_S) for them; it counts them as masked forwards and reports them to an optional progress
+    callback."""
 
-    def __init__(self, set_prob: SetProb, progress: Callable[[int], Any] | None) -> None:
-        self.set_prob, self.progress, self.forwards = set_prob, progress, 0
+    def __init__(self, progress: Callable[[int], Any] | None) -> None:
+        self.progress, self.forwards = progress, 0
 
-    def __call__(self, region_sets: torch.Tensor) -> torch.Tensor:
-        probs = self.set_prob(region_sets).detach().float().cpu().view(-1)
+    def __call__(self, region_sets: torch.Tensor) -> Generator[torch.Tensor, torch.Tensor, torch.Tensor]:
+        probs = yield region_sets
+        probs = torch.as_tensor(probs).detach().float().cpu().view(-1)
         if probs.numel() != region_sets.shape[0]:
             raise ValueError(f"set_prob returned {probs.numel()} values for {region_sets.shape[0]} sets")
         self.forwards += region_sets.shape[0]
@@ -123,17 +128,68 @@ class _Counter:
         return probs
 
 
-def _score_candidates(prob, selected: torch.Tensor, candidates: list[int], a: float, b: float):
+def _score_candidates(
+    prob, selected: torch.Tensor, candidates: list[int], a: float, b: float
+) -> Generator[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """F(S ∪ {v}) for every candidate v, with the insertion and deletion probabilities behind it."""
     sets = selected.repeat(len(candidates), 1)
     sets[torch.arange(len(candidates)), torch.tensor(candidates)] = True
-    probs = prob(torch.cat([sets, ~sets]))
+    probs = yield from prob(torch.cat([sets, ~sets]))
     insertion, deletion = probs[: len(candidates)], probs[len(candidates) :]
     return a * insertion + b * (1 - deletion), insertion, deletion
 
 
-def greedy_search(
-    set_prob: SetProb,
+def run_search(search: Search, set_prob: SetProb) -> Attribution:
+    """Answer one search coroutine's region sets with `set_prob` until it returns its attribution."""
+    return run_searches([search], lambda requests: [set_prob(sets) for _, sets in requests])[0]
+
+
+def run_searches(
+    searches: Sequence[Search], score: Callable[[list[tuple[int, torch.Tensor]]], list[torch.Tensor]]
+) -> list[Attribution]:
+    """Run search coroutines side by side: each round, every unfinished search's pending region sets go to
+    `score` together (as (search index, Bool[B, R]) pairs, answered by P(x_S) per set), so one model call can
+    serve all of them (`attribute_samples`). Returns the attributions in the searches' order."""
+    results: list[Attribution | None] = [None] * len(searches)
+    pending: dict[int, torch.Tensor] = {}
+
+    def advance(k: int, answer: torch.Tensor | None) -> None:
+        try:
+            pending[k] = next(searches[k]) if answer is None else searches[k].send(answer)
+        except StopIteration as done:
+            results[k] = done.value
+            pending.pop(k, None)
+
+    for k in range(len(searches)):
+        advance(k, None)
+    while pending:
+        requests = list(pending.items())
+        answers = score(requests)
+        for (k, _), answer in zip(requests, answers):
+            advance(k, answer)
+    return results
+
+
+def greedy_search(set_prob: SetProb, n_regions: int, strategy: str = "efficient", **settings: Any) -> Attribution:
+    """Rank regions by greedy maximisation of F; `set_prob(Bool[B, R]) -> P(x_S)` is the only model access.
+
+    `exact` scores every remaining region at every step; `efficient` scores all of them at step 1 and every
+    `resort_every` steps (None: only at step 1) and in between only the best `search_scope` of the last
+    sort; `single_round` ranks by singleton scores F({v}) in one batch of 2N. Greedy strategies stop after
+    `max_regions` (None: all) or once P(x_{S_r}) ≥ `stop_confidence` (None: never). P(x) and P(x_∅) come
+    from the last step of a complete ranking, else cost one forward each unless given.
+
+    `bounded` makes each greedy step's choice by branch-and-bound over `hierarchy`'s region groups (default:
+    index halves; `attribute_sample` groups the on-prior regions and halves the off-prior ones), with at most
+    `step_budget` forwards per step before it scores the open groups flat, and without separating regions on
+    the same side of the prior whose scores lie within `tie_tolerance`·(a + b) of each other
+    (`eagle_align.attribution.bound`). It never asks for a set twice, so P(x) and P(x_∅) are free when a step
+    already scored them. `settings` are `search_regions`'s (max_regions, stop_confidence, ...).
+    """
+    return run_search(search_regions(n_regions, strategy, **settings), set_prob)
+
+
+def search_regions(
     n_regions: int,
     strategy: str = "efficient",
     max_regions: int | None = 10,
@@ -148,20 +204,11 @@ def greedy_search(
     hierarchy: RegionGroup | None = None,
     step_budget: int | None = DEFAULT_STEP_BUDGET,
     tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
-) -> Attribution:
-    """Rank regions by greedy maximisation of F; `set_prob(Bool[B, R]) -> P(x_S)` is the only model access.
-
-    `exact` scores every remaining region at every step; `efficient` scores all of them at step 1 and every
-    `resort_every` steps (None: only at step 1) and in between only the best `search_scope` of the last
-    sort; `single_round` ranks by singleton scores F({v}) in one batch of 2N. Greedy strategies stop after
-    `max_regions` (None: all) or once P(x_{S_r}) ≥ `stop_confidence` (None: never). P(x) and P(x_∅) come
-    from the last step of a complete ranking, else cost one forward each unless given.
-
-    `bounded` makes each greedy step's choice by branch-and-bound over `hierarchy`'s region groups (default:
-    index halves; `attribute_sample` groups the on-prior regions and halves the off-prior ones), with at most
-    `step_budget` forwards per step before it scores the open groups flat, and without separating regions
-    whose scores lie within `tie_tolerance`·(a + b) of each other (`eagle_align.attribution.bound`).
-    It never asks for a set twice, so P(x) and P(x_∅) are free when a step already scored them.
+) -> Search:
+    """The search of `greedy_search` as a coroutine that yields the region sets it needs scored and is sent
+    their P(x_S): `run_search` answers it from one set function, `run_searches` answers several at once so
+    that their sets share forwards. Settings are checked here, before anything runs; `greedy_search`
+    documents them.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -173,21 +220,31 @@ def greedy_search(
         raise ValueError(f"search_scope={search_scope} must be at least 1")
     if resort_every is not None and resort_every < 1:
         raise ValueError(f"resort_every={resort_every} must be at least 1 (or None: sort only at step 1)")
-    a, b = float(insertion_weight), float(deletion_weight)
-    limit = n_regions if max_regions is None else min(max_regions, n_regions)
-    prob = _Counter(set_prob, progress)
     if strategy == "bounded":
-        prob = MemoProb(prob)
         hierarchy = hierarchy or build_hierarchy(n_regions)
         if sorted(hierarchy.members) != list(range(n_regions)):
             raise ValueError(f"the region hierarchy covers {len(hierarchy.members)} regions, not {n_regions}")
+    return _search(n_regions, strategy, max_regions, stop_confidence, search_scope, resort_every,
+                   float(insertion_weight), float(deletion_weight), full_prob, empty_prob, progress, hierarchy,
+                   step_budget, tie_tolerance)
+
+
+def _search(
+    n_regions, strategy, max_regions, stop_confidence, search_scope, resort_every, a, b, full_prob, empty_prob,
+    progress, hierarchy, step_budget, tie_tolerance,
+) -> Search:
+    """The body of `search_regions` (settings already checked)."""
+    limit = n_regions if max_regions is None else min(max_regions, n_regions)
+    prob = _Ask(progress)
+    if strategy == "bounded":
+        prob = MemoProb(prob)
     start = time.perf_counter()
     selected = torch.zeros(n_regions, dtype=torch.bool)
     ranking, scores, insertions, deletions = [], [], [], []
     singleton_scores = None
 
     if strategy == "single_round":
-        values, insertion, deletion = _score_candidates(prob, selected, list(range(n_regions)), a, b)
+        values, insertion, deletion = yield from _score_candidates(prob, selected, list(range(n_regions)), a, b)
         order = torch.argsort(values, descending=True, stable=True)[:limit].tolist()
         ranking, singleton_scores = order, [float(values[v]) for v in order]
         scores, insertions, deletions = [singleton_scores[0]], [float(insertion[order[0]])], [float(deletion[order[0]])]
@@ -196,7 +253,7 @@ def greedy_search(
         while len(ranking) < limit:
             step = len(ranking)
             if strategy == "bounded":
-                found = bounded_best(prob, selected, hierarchy, a, b, step_budget, tie_tolerance)
+                found = yield from bounded_best(prob, selected, hierarchy, a, b, step_budget, tie_tolerance)
                 region, value, p_insert, p_delete = found.region, found.score, found.insertion, found.deletion
             else:
                 resort = strategy == "exact" or step == 0 or (resort_every is not None and step % resort_every == 0)
@@ -204,7 +261,7 @@ def greedy_search(
                     candidates = [v for v in range(n_regions) if not selected[v]]
                 else:
                     candidates = [v for v in sorted_candidates if not selected[v]][:search_scope]
-                values, insertion, deletion = _score_candidates(prob, selected, candidates, a, b)
+                values, insertion, deletion = yield from _score_candidates(prob, selected, candidates, a, b)
                 if resort:
                     sorted_candidates = [candidates[i] for i in torch.argsort(values, descending=True, stable=True)]
                 best = int(values.argmax())
@@ -223,7 +280,7 @@ def greedy_search(
     missing = [full_prob is None, empty_prob is None]
     if any(missing):
         boundary = torch.stack([torch.ones(n_regions, dtype=torch.bool), torch.zeros(n_regions, dtype=torch.bool)])
-        values = prob(boundary[torch.tensor(missing)])
+        values = yield from prob(boundary[torch.tensor(missing)])
         if full_prob is None:
             full_prob = float(values[0])
         if empty_prob is None:
@@ -264,44 +321,81 @@ def set_prob_for(scorer: DecisionScorer, partition: RegionPartition) -> SetProb:
     return lambda region_sets: scorer.score(partition.cells_of(region_sets))
 
 
-def attribute_sample(
+def attribute_sample(model: torch.nn.Module, batch: dict[str, Any], index: int, **options: Any) -> Attribution:
+    """Attribute sample `index` of a collated batch (with its `meta`): partition, scorer, search, in one call.
+
+    `options` are `attribute_samples`'s (n_regions, region_method, baseline, strategy, ...); `full_prob`, if
+    given, is this sample's P(x).
+    """
+    full_prob = options.pop("full_prob", None)
+    return attribute_samples(model, batch, [index], full_probs=[full_prob], **options)[0]
+
+
+def attribute_samples(
     model: torch.nn.Module,
     batch: dict[str, Any],
-    index: int,
+    indices: Sequence[int],
     n_regions: int = 64,
     region_method: str = "grid",
-    baseline: str | torch.Tensor = "black",
+    baseline: str | torch.Tensor | Sequence[torch.Tensor] = "black",
     strategy: str = "efficient",
     batch_size: int = 16,
     reduction: str = "mean",
     prior_overlap: float = 0.15,
     leaf_size: int = DEFAULT_LEAF_SIZE,
+    full_probs: Sequence[float | None] | None = None,
     **search_kwargs: Any,
-) -> Attribution:
-    """Attribute sample `index` of a collated batch (with its `meta`): partition, scorer, search, in one call.
+) -> list[Attribution]:
+    """Attribute samples `indices` of a collated batch (with its `meta`) together, one Attribution each.
 
-    Runs in eval mode without gradient on whatever weights `model` holds (LoRA included) and restores the
-    previous train/eval mode. `search_kwargs` go to `greedy_search` (max_regions, stop_confidence, ...).
-    For `bounded`, the sample's prior mask and `prior_overlap` split on-prior from off-prior regions first,
-    and region centroids halve each side down to `leaf_size` regions.
+    Each sample gets its own partition, scorer and search, as if attributed alone; the searches run side by
+    side (`run_searches`), and the region sets all of them ask for in a round are scored in shared forwards of
+    up to `batch_size` masked inputs (`score_jointly`). A search that asks for two sets at a time then fills
+    a forward with the sets of several samples, which is what a GPU (and, up to a point, a CPU) runs
+    efficiently. Runs in eval mode without gradient on whatever weights `model` holds (LoRA included) and
+    restores the previous train/eval mode.
+
+    `baseline` is one setting for all samples or one ready row per sample; `full_probs` holds each sample's
+    P(x) if known (None: measured). `search_kwargs` go to `search_regions` (max_regions, stop_confidence, ...).
+    For `bounded`, each sample's prior mask and `prior_overlap` split on-prior from off-prior regions first,
+    and region centroids halve each side down to `leaf_size` regions. `seconds` of each attribution is the
+    wall time while its search ran, shared with the searches beside it.
     """
     from eagle_align.attribution.masking import pixel_values_to_image
 
     if "meta" not in batch:
-        raise ValueError("attribute_sample needs a collated batch with 'meta' (GroundingCollator output)")
-    meta = batch["meta"][index]
-    sample = slice_sample(batch, index)
-    image = None
-    if region_method == "slic":
-        image = pixel_values_to_image(model, sample["pixel_values"], sample["image_grid_thw"][0])
-    partition = make_partition(meta.grid_hw, n_regions, region_method, image=image)
-    if strategy == "bounded":
-        on_prior = (partition.coverage(meta.prior_mask) >= prior_overlap).tolist()
-        search_kwargs["hierarchy"] = build_hierarchy(
-            partition.n_regions, on_prior, region_centroids(partition.cell_masks), leaf_size
-        )
+        raise ValueError("attribute_samples needs a collated batch with 'meta' (GroundingCollator output)")
+    indices = list(indices)
+    baselines = list(baseline) if isinstance(baseline, (list, tuple)) else [baseline] * len(indices)
+    full_probs = list(full_probs) if full_probs is not None else [None] * len(indices)
+    if len(baselines) != len(indices) or len(full_probs) != len(indices):
+        raise ValueError(f"{len(indices)} samples need as many baselines and full_probs, "
+                         f"got {len(baselines)} and {len(full_probs)}")
+    partitions, scorers, searches = [], [], []
     with attribution_mode(model):
-        scorer = DecisionScorer(model, sample, meta, baseline=baseline, batch_size=batch_size, reduction=reduction)
-        attribution = greedy_search(set_prob_for(scorer, partition), partition.n_regions, strategy, **search_kwargs)
-    attribution.partition = partition
-    return attribution
+        for index, row, full_prob in zip(indices, baselines, full_probs):
+            meta = batch["meta"][index]
+            sample = slice_sample(batch, index)
+            image = None
+            if region_method == "slic":
+                image = pixel_values_to_image(model, sample["pixel_values"], sample["image_grid_thw"][0])
+            partition = make_partition(meta.grid_hw, n_regions, region_method, image=image)
+            settings = dict(search_kwargs, full_prob=full_prob)
+            if strategy == "bounded":
+                on_prior = (partition.coverage(meta.prior_mask) >= prior_overlap).tolist()
+                settings["hierarchy"] = build_hierarchy(
+                    partition.n_regions, on_prior, region_centroids(partition.cell_masks), leaf_size
+                )
+            partitions.append(partition)
+            scorers.append(DecisionScorer(model, sample, meta, baseline=row, batch_size=batch_size,
+                                          reduction=reduction))
+            searches.append(search_regions(partition.n_regions, strategy, **settings))
+
+        def score(requests: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
+            pairs = [(scorers[k], partitions[k].cells_of(sets)) for k, sets in requests]
+            return score_jointly(pairs, batch_size)
+
+        attributions = run_searches(searches, score)
+    for attribution, partition in zip(attributions, partitions):
+        attribution.partition = partition
+    return attributions

@@ -75,14 +75,14 @@ def main(checkpoint: str, out_dir: str) -> None:
     def count_backward(module, grad_input, grad_output):
         counts["backwards"] += 1
 
-    search = trainer_module.attribute_sample
+    search = trainer_module.attribute_samples
 
     def count_search(*args, **kwargs):  # this rank's own attribution forwards (the logs hold the global sum)
-        attribution = search(*args, **kwargs)
-        counts["attribution_forwards"] += attribution.forwards
-        return attribution
+        attributions = search(*args, **kwargs)
+        counts["attribution_forwards"] += sum(attribution.forwards for attribution in attributions)
+        return attributions
 
-    trainer_module.attribute_sample = count_search
+    trainer_module.attribute_samples = count_search
     model.get_input_embeddings().register_forward_pre_hook(count_forward)
     model.get_output_embeddings().register_full_backward_hook(count_backward)
     trainer.train()
