@@ -114,7 +114,11 @@ class PriorAlignedConfig(TrainingArguments):
                   "background (the screenshot's border colour)."},
     )
     score_reduction: str = field(default="mean", metadata={"help": "mean | logmean over decision tokens."})
-    attribution_batch_size: int = field(default=16, metadata={"help": "Masked inputs per attribution forward."})
+    # Throughput only. The selected samples' searches share forwards, so a forward is usually full; 8 was the
+    # fastest per masked input on CPU (benchmarks/README.md); on a GPU, raise it as memory allows.
+    attribution_batch_size: int = field(
+        default=8, metadata={"help": "Masked inputs per attribution forward (shared by the selected samples)."}
+    )
     loss_chunk_size: int = field(default=4, metadata={"help": "Masked inputs per gradient forward (even, ≥ 2)."})
     prior_hit_k: int = field(default=3, metadata={"help": "k of the logged align/prior_hit@k."})
     remove_unused_columns: bool = field(

@@ -273,7 +273,7 @@ class PriorAlignedTrainer(Trainer):
             full_probs=[full_probs.get(i) for i in selected], prior_overlap=args.prior_overlap,
             max_regions=args.ranked_regions, stop_confidence=args.stop_confidence, search_scope=args.search_scope,
             resort_every=args.resort_every, insertion_weight=args.insertion_weight,
-            deletion_weight=args.deletion_weight,
+            deletion_weight=args.deletion_weight, measure_ends=args.loss_variant == "adaptive_log",  # reads P(x)
         )
         # A term with weight 0 would cost gradient forwards and add nothing.
         weight = {"deviation": args.lambda_deviation, "redundancy": args.lambda_redundancy}

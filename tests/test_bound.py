@@ -54,6 +54,11 @@ def test_shortcut_region_is_found_along_one_path_with_analytic_forwards():
     # P(x) and P(x_∅) close the attribution (2).
     assert result.forwards == prob.rows == 3 + 2 + 2 + 1 + 2
     assert exact.forwards == 2 * N + 2
+    # Where nothing reads the curves' end points (the trainer without adaptive_log), they are not measured.
+    unended = greedy_search(additive(weights), N, "bounded", max_regions=1, stop_confidence=None,
+                            hierarchy=build_hierarchy(N, on_prior(N, [0, 1, 2, 3])), measure_ends=False)
+    assert unended.ranking == [13] and unended.forwards == 3 + 2 + 2 + 1
+    assert np.isnan(unended.full_prob) and np.isnan(unended.empty_prob)
 
 
 def test_target_evidence_settles_without_scoring_an_off_prior_region():

@@ -320,17 +320,20 @@ def test_dropout_off_switches_only_dropout(tiny_checkpoints):
     assert all(m.training for m in model.modules())
 
 
-@pytest.mark.parametrize("lambda_redundancy", [0.0, 0.5])
-def test_single_round_measures_prefixes_only_when_redundancy_is_trained(lora_setup, tmp_path, lambda_redundancy):
+@pytest.mark.parametrize(("lambda_redundancy", "loss_variant"), [(0.0, "log"), (0.5, "log"), (0.0, "adaptive_log")])
+def test_single_round_measures_prefixes_only_when_redundancy_is_trained(lora_setup, tmp_path, lambda_redundancy,
+                                                                        loss_variant):
     model, processor, collator = lora_setup
-    cfg = config(tmp_path, search="single_round", lambda_redundancy=lambda_redundancy)
+    cfg = config(tmp_path, search="single_round", lambda_redundancy=lambda_redundancy, loss_variant=loss_variant)
     trainer = PriorAlignedTrainer(model=model, args=cfg, data_collator=collator)
     batch = collator(examples(2))
     model.train()
     trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
     regions = [make_partition(m.grid_hw, cfg.n_regions).n_regions for m in batch["meta"]]
-    # 2N singletons + P(x) and P(x_∅), plus both sides of prefixes 2..max_regions when redundancy is on.
+    # 2N singletons, plus both sides of prefixes 2..max_regions when redundancy is on; P(x) and P(x_∅) only for
+    # adaptive_log, the one loss that reads P(x).
     prefixes = 2 * (cfg.max_regions - 1) if lambda_redundancy else 0
-    assert trainer._metrics["align/attribution_forwards"] == [sum(2 * n + 2 + prefixes for n in regions)]
+    ends = 2 if cfg.loss_variant == "adaptive_log" else 0
+    assert trainer._metrics["align/attribution_forwards"] == [sum(2 * n + ends + prefixes for n in regions)]
     if not lambda_redundancy:
         assert trainer._metrics["align/redundancy_examples"] == [0.0]

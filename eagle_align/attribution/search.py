@@ -204,11 +204,13 @@ def search_regions(
     hierarchy: RegionGroup | None = None,
     step_budget: int | None = DEFAULT_STEP_BUDGET,
     tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
+    measure_ends: bool = True,
 ) -> Search:
     """The search of `greedy_search` as a coroutine that yields the region sets it needs scored and is sent
     their P(x_S): `run_search` answers it from one set function, `run_searches` answers several at once so
     that their sets share forwards. Settings are checked here, before anything runs; `greedy_search`
-    documents them.
+    documents them. `measure_ends=False` leaves P(x) and P(x_∅) NaN unless given or found on the way, saving
+    up to two forwards where nothing reads them (the trainer's losses other than adaptive_log).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -226,12 +228,12 @@ def search_regions(
             raise ValueError(f"the region hierarchy covers {len(hierarchy.members)} regions, not {n_regions}")
     return _search(n_regions, strategy, max_regions, stop_confidence, search_scope, resort_every,
                    float(insertion_weight), float(deletion_weight), full_prob, empty_prob, progress, hierarchy,
-                   step_budget, tie_tolerance)
+                   step_budget, tie_tolerance, measure_ends)
 
 
 def _search(
     n_regions, strategy, max_regions, stop_confidence, search_scope, resort_every, a, b, full_prob, empty_prob,
-    progress, hierarchy, step_budget, tie_tolerance,
+    progress, hierarchy, step_budget, tie_tolerance, measure_ends,
 ) -> Search:
     """The body of `search_regions` (settings already checked)."""
     limit = n_regions if max_regions is None else min(max_regions, n_regions)
@@ -278,7 +280,10 @@ def _search(
         full_prob = insertions[-1] if full_prob is None else full_prob
         empty_prob = deletions[-1] if empty_prob is None else empty_prob
     missing = [full_prob is None, empty_prob is None]
-    if any(missing):
+    if not measure_ends:
+        full_prob = float("nan") if full_prob is None else full_prob
+        empty_prob = float("nan") if empty_prob is None else empty_prob
+    elif any(missing):
         boundary = torch.stack([torch.ones(n_regions, dtype=torch.bool), torch.zeros(n_regions, dtype=torch.bool)])
         values = yield from prob(boundary[torch.tensor(missing)])
         if full_prob is None:
