@@ -25,7 +25,8 @@ LAYOUTS = ("mobile", "desktop", "web", "mixed")
 RELATIONS = ("top_left", "right", "left", "above", "below")
 # Cue colours by name (the presets' defaults are white for shortcut, magenta for gui). How salient the cue is
 # decides whether a model takes the shortcut: tiny Qwen3-VL models learn a magenta cue fast, a white one not.
-CUE_COLOURS = {"white": (255, 255, 255), "magenta": (255, 0, 255)}
+CUE_COLOURS = {"white": (255, 255, 255), "magenta": (255, 0, 255), "cyan": (0, 255, 255), "green": (0, 200, 0),
+               "yellow": (255, 230, 0)}
 # shortcut difficulty → (slots per side, position jitter as a fraction of the slot)
 _SHORTCUT_LEVELS = {1: (2, 0.0), 2: (2, 0.12), 3: (3, 0.0), 4: (4, 0.1)}
 # gui difficulty → (screen scale, content columns, content rows)
