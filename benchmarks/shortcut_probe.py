@@ -1,0 +1,68 @@
+"""Does plain SFT take the cue? The demo's SFT run under other benchmark settings (cue colour and size, distractor
+colour, schedule), scored on the iid and shifted splits.
+
+Same checkpoint builder, recipe, seed, data sizes and pixel limits as `eagle-align demo --family F`, but only the
+SFT model, so one setting costs 3–7 minutes on 2 CPU cores. A shifted click accuracy well below the iid one
+means SFT follows the cue; 100 / 100 means the cue was ignored (nothing for alignment to remove).
+`data_cards/synthetic.md` ("Benchmark settings tried") lists the settings measured.
+
+    python benchmarks/shortcut_probe.py --family qwen2_5_vl --seed 0 --cue-colour cyan --distractor-colour orange
+
+The last output line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from eagle_align.data import generate_synthetic, load_examples
+from eagle_align.data.synth import CUE_COLOURS, DISTRACTOR_COLOURS
+from eagle_align.demo import FAMILIES, RECIPE, SIZES, TRAIN_CUE_FRACTION, training_config
+from eagle_align.eval import evaluate
+from eagle_align.models import build_tiny_checkpoint, get_family, load_model_and_processor
+from eagle_align.train import run_training
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--family", default="qwen3_vl", choices=sorted(FAMILIES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cue-colour", default="magenta", choices=sorted(CUE_COLOURS))
+    parser.add_argument("--cue-size", type=int, default=None, help="pixels (default: the preset's, 16)")
+    parser.add_argument("--distractor-colour", default="orange", choices=sorted(DISTRACTOR_COLOURS))
+    parser.add_argument("--steps", type=int, default=300, help="SFT steps (the demo's: 300)")
+    parser.add_argument("--out", default=None, help="keep the run here (default: a temporary folder)")
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    sizes, pixels = SIZES["full"], FAMILIES[args.family]["pixels"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out or tmp)
+        options = dict(preset="shortcut", difficulty=1, seed=args.seed, cue_fraction=TRAIN_CUE_FRACTION,
+                       cue_colour=args.cue_colour, cue_size=args.cue_size, distractor_colour=args.distractor_colour)
+        train = generate_synthetic(out / "data", sizes["train"], split="train", **options)
+        tests = {"iid": generate_synthetic(out / "data", sizes["iid"], split="test", **options),
+                 "shifted": generate_synthetic(out / "data", sizes["shifted"], split="shifted", **options)}
+        checkpoint = build_tiny_checkpoint(args.family, out / "checkpoint", seed=args.seed, min_pixels=pixels,
+                                           max_pixels=pixels)
+        config = training_config(RECIPE, checkpoint, train, out / "sft", args.seed, alignment=False,
+                                 overrides={"max_steps": args.steps}, family=args.family)
+        run_training(config)
+        model, processor = load_model_and_processor(str(out / "sft"), dtype="float32", min_pixels=pixels,
+                                                    max_pixels=pixels)
+        action_format = get_family(args.family).default_action_format
+        result = {key: value for key, value in vars(args).items() if key != "out"}
+        for split, path in tests.items():
+            metrics = evaluate(model, processor, load_examples(path), action_format=action_format, batch_size=16,
+                               attribution_samples=0, out_dir=out / "eval" / split)
+            result[f"{split}_click_accuracy"] = round(100 * metrics["click_accuracy"], 1)
+    result["minutes"] = round((time.perf_counter() - start) / 60, 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
