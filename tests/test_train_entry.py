@@ -22,8 +22,8 @@ from eagle_align.models import FAMILIES, detect_family
 from eagle_align.train import load_config, load_training_data, parse_config, parse_overrides, run_training
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted((REPO / "recipes" / "train").glob("*.yaml"))
-REAL_RECIPES = [p for p in RECIPES if p.name != "tiny_synthetic_cpu.yaml"]
+RECIPES = sorted((REPO / "recipes" / "train").glob("*.yaml")) + sorted((REPO / "recipes" / "experiments").glob("*.yaml"))
+REAL_RECIPES = [p for p in RECIPES if p.parent.name == "train" and p.name != "tiny_synthetic_cpu.yaml"]
 
 
 def _family_of(recipe: Path) -> str:
