@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 import torch
@@ -199,12 +201,8 @@ def _joint_token_probs(pairs: list[tuple[DecisionScorer, torch.Tensor]], batch_s
     found: list[list[torch.Tensor]] = [[] for _ in pairs]
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
-            groups: list[tuple[int, list[int]]] = []  # runs of one pair's rows inside the chunk
-            for k, j in rows[start : start + batch_size]:
-                if groups and groups[-1][0] == k:
-                    groups[-1][1].append(j)
-                else:
-                    groups.append((k, [j]))
+            # runs of one pair's rows inside the chunk
+            groups = [(k, [j for _, j in run]) for k, run in groupby(rows[start : start + batch_size], itemgetter(0))]
             results = _forward_rows([(pairs[k][0], pairs[k][1][js]) for k, js in groups])
             for (k, _), probs in zip(groups, results):
                 found[k].append(probs)
