@@ -1,9 +1,11 @@
 """Does plain SFT take the cue? The demo's SFT run under other benchmark settings (cue colour and size, distractor
-colour, schedule), scored on the iid and shifted splits.
+colour, training cue fraction, pixel budget, schedule), scored on the iid, shifted and cue-free splits.
 
 Same checkpoint builder, recipe, seed, data sizes and pixel limits as `eagle-align demo --family F`, but only the
 SFT model, so one setting costs 3–7 minutes on 2 CPU cores. A shifted click accuracy well below the iid one
-means SFT follows the cue; 100 / 100 means the cue was ignored (nothing for alignment to remove).
+means SFT follows the cue; 100 / 100 means the cue was ignored (nothing for alignment to remove). The cue-free
+split (the test screens' generator with no cue at all) tells the two kinds of shortcut apart: near 100 % the model
+also knows the target and the cue only wins when the two disagree; near chance (25 %) it learned nothing but the cue.
 `data_cards/synthetic.md` ("Benchmark settings tried") lists the settings measured.
 
     python benchmarks/shortcut_probe.py --family qwen2_5_vl --seed 0 --cue-colour cyan --distractor-colour orange
@@ -34,23 +36,32 @@ def main() -> None:
     parser.add_argument("--cue-colour", default="magenta", choices=sorted(CUE_COLOURS))
     parser.add_argument("--cue-size", type=int, default=None, help="pixels (default: the preset's, 16)")
     parser.add_argument("--distractor-colour", default="orange", choices=sorted(DISTRACTOR_COLOURS))
+    parser.add_argument("--cue-fraction", type=float, default=TRAIN_CUE_FRACTION,
+                        help="share of training screens with the cue (the demo's: 1.0)")
+    parser.add_argument("--pixels", type=int, default=None,
+                        help="min = max pixels of the processor (default: the family's in the demo)")
     parser.add_argument("--steps", type=int, default=300, help="SFT steps (the demo's: 300)")
     parser.add_argument("--out", default=None, help="keep the run here (default: a temporary folder)")
     args = parser.parse_args()
 
     start = time.perf_counter()
-    sizes, pixels = SIZES["full"], FAMILIES[args.family]["pixels"]
+    sizes, pixels = SIZES["full"], args.pixels or FAMILIES[args.family]["pixels"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
-        options = dict(preset="shortcut", difficulty=1, seed=args.seed, cue_fraction=TRAIN_CUE_FRACTION,
-                       cue_colour=args.cue_colour, cue_size=args.cue_size, distractor_colour=args.distractor_colour)
-        train = generate_synthetic(out / "data", sizes["train"], split="train", **options)
-        tests = {"iid": generate_synthetic(out / "data", sizes["iid"], split="test", **options),
-                 "shifted": generate_synthetic(out / "data", sizes["shifted"], split="shifted", **options)}
+        options = dict(preset="shortcut", difficulty=1, seed=args.seed, cue_colour=args.cue_colour,
+                       cue_size=args.cue_size, distractor_colour=args.distractor_colour)
+        train = generate_synthetic(out / "data", sizes["train"], split="train", cue_fraction=args.cue_fraction,
+                                   **options)
+        tests = {"iid": generate_synthetic(out / "data", sizes["iid"], split="test", cue_fraction=args.cue_fraction,
+                                           **options),
+                 "shifted": generate_synthetic(out / "data", sizes["shifted"], split="shifted", cue_fraction=1.0,
+                                               **options),
+                 "cue_free": generate_synthetic(out / "cue_free", sizes["iid"], split="test", cue_fraction=0.0,
+                                                **options)}
         checkpoint = build_tiny_checkpoint(args.family, out / "checkpoint", seed=args.seed, min_pixels=pixels,
                                            max_pixels=pixels)
         config = training_config(RECIPE, checkpoint, train, out / "sft", args.seed, alignment=False,
-                                 overrides={"max_steps": args.steps}, family=args.family)
+                                 overrides={"max_steps": args.steps}, family=args.family, pixels=pixels)
         run_training(config)
         model, processor = load_model_and_processor(str(out / "sft"), dtype="float32", min_pixels=pixels,
                                                     max_pixels=pixels)

@@ -70,13 +70,13 @@ def synthetic_split(out: Path, split: str, n: int, seed: int, cue_fraction: floa
 
 
 def training_config(recipe: Path, checkpoint: Path, train: Path, out: Path, seed: int, alignment: bool,
-                    overrides: dict[str, Any], family: str = FAMILY) -> dict[str, Any]:
-    """The recipe as the demo runs it: its checkpoint, data, seed, the family's pixel limits and action
+                    overrides: dict[str, Any], family: str = FAMILY, pixels: int | None = None) -> dict[str, Any]:
+    """The recipe as the demo runs it: its checkpoint, data, seed, pixel limits (None: the family's) and action
     format, and size overrides."""
     from eagle_align.models import get_family
     from eagle_align.train import load_config
 
-    pixels = FAMILIES[family]["pixels"]
+    pixels = pixels or FAMILIES[family]["pixels"]
     return load_config(recipe, {
         **overrides,
         "model_name_or_path": str(checkpoint),
