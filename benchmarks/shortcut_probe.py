@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from eagle_align.data import generate_synthetic, load_examples
+from eagle_align.data import load_examples
 from eagle_align.data.synth import CUE_COLOURS, DISTRACTOR_COLOURS
-from eagle_align.demo import FAMILIES, RECIPE, SIZES, TRAIN_CUE_FRACTION, training_config
+from eagle_align.demo import FAMILIES, RECIPE, SIZES, TRAIN_CUE_FRACTION, synthetic_split, training_config
 from eagle_align.eval import evaluate
 from eagle_align.models import build_tiny_checkpoint, get_family, load_model_and_processor
 from eagle_align.train import run_training
@@ -48,16 +48,15 @@ def main() -> None:
     sizes, pixels = SIZES["full"], args.pixels or FAMILIES[args.family]["pixels"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
-        options = dict(preset="shortcut", difficulty=1, seed=args.seed, cue_colour=args.cue_colour,
-                       cue_size=args.cue_size, distractor_colour=args.distractor_colour)
-        train = generate_synthetic(out / "data", sizes["train"], split="train", cue_fraction=args.cue_fraction,
-                                   **options)
-        tests = {"iid": generate_synthetic(out / "data", sizes["iid"], split="test", cue_fraction=args.cue_fraction,
-                                           **options),
-                 "shifted": generate_synthetic(out / "data", sizes["shifted"], split="shifted", cue_fraction=1.0,
-                                               **options),
-                 "cue_free": generate_synthetic(out / "cue_free", sizes["iid"], split="test", cue_fraction=0.0,
-                                                **options)}
+        cue = {"cue_colour": args.cue_colour, "cue_size": args.cue_size, "distractor_colour": args.distractor_colour}
+
+        def split_of(folder: str, split: str, n: int, cue_fraction: float) -> Path:
+            return synthetic_split(out / folder, split, n, args.seed, cue_fraction, args.family, cue)
+
+        train = split_of("data", "train", sizes["train"], args.cue_fraction)
+        tests = {"iid": split_of("data", "test", sizes["iid"], args.cue_fraction),
+                 "shifted": split_of("data", "shifted", sizes["shifted"], 1.0),
+                 "cue_free": split_of("cue_free", "test", sizes["iid"], 0.0)}
         checkpoint = build_tiny_checkpoint(args.family, out / "checkpoint", seed=args.seed, min_pixels=pixels,
                                            max_pixels=pixels)
         config = training_config(RECIPE, checkpoint, train, out / "sft", args.seed, alignment=False,

@@ -59,11 +59,13 @@ def _stage(start: float, message: str) -> None:
     print(f"[demo {int(elapsed // 60):02d}:{int(elapsed % 60):02d}] {message}", flush=True)
 
 
-def synthetic_split(out: Path, split: str, n: int, seed: int, cue_fraction: float, family: str = FAMILY) -> Path:
-    """One split of the demo's shortcut benchmark for `family` under `out` (its JSONL path)."""
+def synthetic_split(out: Path, split: str, n: int, seed: int, cue_fraction: float, family: str = FAMILY,
+                    benchmark: dict[str, Any] | None = None) -> Path:
+    """One split of the demo's shortcut benchmark for `family` under `out` (its JSONL path); `benchmark` replaces
+    some of the family's cue settings (`FAMILIES`), e.g. for benchmarks/shortcut_probe.py."""
     from eagle_align.data import generate_synthetic
 
-    bench = FAMILIES[family]
+    bench = {**FAMILIES[family], **(benchmark or {})}
     return generate_synthetic(out, n, seed=seed, preset="shortcut", cue_fraction=cue_fraction, split=split,
                               difficulty=1, cue_colour=bench["cue_colour"], cue_size=bench["cue_size"],
                               distractor_colour=bench["distractor_colour"])
