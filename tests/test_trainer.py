@@ -257,13 +257,17 @@ def test_confident_correct_selection_matches_a_full_forward(tiny_checkpoints, tm
     collator = GroundingCollator(processor, get_family(FAMILY).default_action_format)
     batch = collator(examples(4))
     inputs = {k: v for k, v in batch.items() if k != "meta"}
-    # Memorise the first sample's answer so that the filter has something to accept.
+    # Memorise the first sample's answer so that the filter has something to accept. Adam at this rate
+    # oscillates, so stop once the answer is learned rather than after a fixed step count.
     memorise = {k: v for k, v in collator(examples(1)).items() if k != "meta"}
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
-    for _ in range(60):
+    for _ in range(300):
         optimizer.zero_grad()
-        model(**memorise).loss.backward()
+        loss = model(**memorise).loss
+        if loss.item() < 0.02:
+            break
+        loss.backward()
         optimizer.step()
     trainer = PriorAlignedTrainer(model=model, args=config(tmp_path, selection="confident_correct", min_confidence=0.5),
                                   data_collator=collator)
