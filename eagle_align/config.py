@@ -46,8 +46,10 @@ class PriorAlignedConfig(TrainingArguments):
     """TrainingArguments plus every knob of the prior-alignment method.
 
     The defaults are the method settings measured best for GUI grounding on the synthetic shortcut benchmark
-    (data_cards/synthetic.md): log-space deviation loss, no redundancy term, SLIC regions, mid-grey baseline,
-    a = b = 1, the paper's rank-1 gate, and the `bounded` search, which finds exact's rank-1 region for a
+    (data_cards/synthetic.md): log-space deviation loss with weight 2, no redundancy term, SLIC regions, mid-grey
+    baseline, a deletion-only set function (a = 0, b = 1: for "click the X", X alone on an empty screen is clicked
+    whatever the model learned, so the insertion half of F lets a shortcut-following model rank the target
+    first), the paper's rank-1 gate, and the `bounded` search, which finds exact's rank-1 region for a
     fraction of the forwards (benchmarks/fidelity_bench.py). ``preset="paper"`` starts from the paper's settings instead
     (`PRESETS`); settings passed explicitly, in Python or in a recipe, win over the preset's.
     """
@@ -60,7 +62,9 @@ class PriorAlignedConfig(TrainingArguments):
     alignment: bool = field(default=True, metadata={"help": "Add the alignment losses (False: plain SFT)."})
     align_every: int = field(default=5, metadata={"help": "Align on every n-th optimizer step."})
     align_start_step: int = field(default=0, metadata={"help": "No alignment before this optimizer step."})
-    lambda_deviation: float = field(default=0.5, metadata={"help": "Weight of the mean deviation loss."})
+    lambda_deviation: float = field(
+        default=2.0, metadata={"help": "Weight of the mean deviation loss (paper: 0.5; 2 measured best with a = 0)."}
+    )
     lambda_redundancy: float = field(
         default=0.0,
         metadata={"help": "Weight of the mean redundancy loss (paper: 0.5; 0 by default: on every off-prior rank "
@@ -79,7 +83,9 @@ class PriorAlignedConfig(TrainingArguments):
     )
     adaptive_beta: float = field(default=2.0, metadata={"help": "β of the adaptive_log penalty."})
     insertion_weight: float = field(
-        default=1.0, metadata={"help": "a in F(S) = a·P(x_S) + b·(1 − P(x_¬S)) (EAGLE's explanations: 1; paper: 2)."}
+        default=0.0,
+        metadata={"help": "a in F(S) = a·P(x_S) + b·(1 − P(x_¬S)) (default 0: deletion only, the target alone is "
+                  "clicked by a shortcut model too; EAGLE's explanations: 1; paper: 2)."},
     )
     deletion_weight: float = field(default=1.0, metadata={"help": "b in F(S) (paper: 1)."})
     selection: str = field(
