@@ -7,11 +7,13 @@ distractor. SFT and prior-aligned training run with the same seed, data order, s
 harness then measures click accuracy on both test splits and the point game (is the top-ranked evidence
 inside the target box?) on the shifted one.
 
-The model is a tiny random Qwen3-VL (default) or Qwen2.5-VL (`--family qwen2_5_vl`) built from scratch, fully
-fine-tuned (a random model has nothing for LoRA to adapt). Each family has its own entry in `FAMILIES` (pixel
-limits and how salient the cue is). The benchmark's setting was chosen by SFT-only measurement: with orange
-distractors Qwen3-VL's SFT follows the cue on most shifted screens; the tiny Qwen2.5-VL ignored the cue in every
-setting tried, so its demo runs the pipeline without a shortcut to remove (data_cards/synthetic.md).
+The model is a tiny random Qwen3-VL (default), Qwen2.5-VL (`--family qwen2_5_vl`) or Qwen2-VL (`--family
+qwen2_vl`) built from scratch, fully fine-tuned (a random model has nothing for LoRA to adapt). Each family has
+its own entry in `FAMILIES` (pixel limits and how salient the cue is). The benchmark's setting was chosen by
+SFT-only measurement: with orange distractors Qwen3-VL's SFT follows the cue on every seed 0-4; the tiny
+Qwen2.5-VL ignored the cue in every setting tried, and the tiny Qwen2-VL takes it on seed 0 only (on seed 1 only
+with pumpkin distractors, on seed 2 never), so their demos mostly run the pipeline without a shortcut to remove
+(data_cards/synthetic.md).
 """
 
 from __future__ import annotations

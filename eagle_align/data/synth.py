@@ -41,7 +41,7 @@ _SHAPES = ("circle", "square", "triangle", "diamond", "plus")
 # Colours of the shortcut preset's non-target squares, from most to least distinct from the red target
 # (RGB distance 251 … 48): the closer, the weaker the target's own evidence against the cue.
 DISTRACTOR_COLOURS = {"blue": _COLOURS["blue"], "purple": _COLOURS["purple"], "orange": _COLOURS["orange"],
-                      "pumpkin": (235, 118, 28), "mid": (232, 106, 31), "vermilion": (230, 95, 35)}
+                      "pumpkin": (235, 118, 28), "vermilion": (230, 95, 35)}
 
 
 def shortcut_margin(difficulty: int) -> int:
