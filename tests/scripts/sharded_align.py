@@ -65,7 +65,9 @@ def main(checkpoint: str, out_dir: str) -> None:
     config = PriorAlignedConfig(
         output_dir=f"{out_dir}/run", per_device_train_batch_size=2, align_every=1, n_regions=16, max_regions=3,
         search="bounded", region_method="grid", lambda_redundancy=0.5, selection="all", loss_chunk_size=2, attribution_batch_size=4, report_to="none", save_strategy="no",
-        seed=0, ddp_timeout=120, use_cpu=True,
+        # a = 1: on this random model the deletion-only default F gives its terms no gradient, and the test
+        # needs rank 0's gradient passes to carry one.
+        insertion_weight=1.0, seed=0, ddp_timeout=120, use_cpu=True,
     )
     collator = GroundingCollator(processor, get_family(FAMILY).default_action_format)
     trainer = PriorAlignedTrainer(model=model, args=config, train_dataset=examples(4), data_collator=collator)
