@@ -65,8 +65,8 @@ def main(checkpoint: str, out_dir: str) -> None:
     config = PriorAlignedConfig(
         output_dir=f"{out_dir}/run", per_device_train_batch_size=2, align_every=1, n_regions=16, max_regions=3,
         search="bounded", region_method="grid", lambda_redundancy=0.5, selection="all", loss_chunk_size=2, attribution_batch_size=4, report_to="none", save_strategy="no",
-        # a = 1: on this random model the deletion-only default F gives its terms no gradient, and the test
-        # needs rank 0's gradient passes to carry one.
+        # a = 1: with the deletion-only default this random model ranks the prior first and its one redundancy
+        # hinge is inactive (P(x_notS) stays near 1), so rank 0's pass would carry no gradient to check.
         insertion_weight=1.0, seed=0, ddp_timeout=120, use_cpu=True,
     )
     collator = GroundingCollator(processor, get_family(FAMILY).default_action_format)
