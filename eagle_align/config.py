@@ -25,7 +25,7 @@ SELECTIONS = ("confident_correct", "all")
 # with EAGLE's scope 10 / re-sort every 5), for comparisons against it; throughput knobs are not part of it.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
-        "align_every": 5, "align_start_step": 0, "lambda_deviation": 0.5, "lambda_redundancy": 0.5,
+        "align_every": 5, "align_start_step": 0, "lambda_deviation": 0.5, "lambda_redundancy": 0.5, "lambda_necessity": 0.0,
         "loss_variant": "paper", "deviation_margin": None, "adaptive_beta": 2.0, "insertion_weight": 2.0,
         "deletion_weight": 1.0, "selection": "confident_correct", "min_confidence": 0.75, "prior_overlap": 0.15,
         "n_regions": 64, "region_method": "grid", "search": "efficient", "search_scope": 10, "resort_every": 5,
@@ -69,6 +69,12 @@ class PriorAlignedConfig(TrainingArguments):
         default=0.0,
         metadata={"help": "Weight of the mean redundancy loss (paper: 0.5; 0 by default: on every off-prior rank "
                   "it mostly pushes on background regions, and it hurt on the synthetic benchmark)."},
+    )
+    lambda_necessity: float = field(
+        default=0.0,
+        metadata={"help": "Beyond the paper: weight of the mean necessity loss on P(x_¬B), the click with the whole "
+                  "target box removed (what a cue beside the target still explains once the deviation gate has "
+                  "closed). 0: off, as in the paper."},
     )
     loss_variant: str = field(
         default="log",
@@ -154,7 +160,7 @@ class PriorAlignedConfig(TrainingArguments):
         for name in ("max_aligned_per_step", "resort_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1 (or None)")
-        for name in ("lambda_deviation", "lambda_redundancy", "insertion_weight", "deletion_weight"):
+        for name in ("lambda_deviation", "lambda_redundancy", "lambda_necessity", "insertion_weight", "deletion_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be ≥ 0")
         if self.insertion_weight + self.deletion_weight <= 0:

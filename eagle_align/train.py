@@ -171,22 +171,39 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One recipe's keys, over those of the recipe its `base:` names (a path relative to this recipe's folder).
+
+    `base:` keeps a variant of a recipe to the keys it changes, so the experiment recipes cannot drift apart
+    from the recipe they vary.
+    """
+    if not path.is_file():
+        where = f" (the base of {seen[-1]})" if seen else ""
+        raise UsageError(f"training config {path}{where} " + ("is a directory" if path.is_dir() else "does not exist"),
+                         hint="pass a recipe YAML, e.g. one of recipes/train/")
+    try:
+        with open(path, encoding="utf-8") as handle:  # from the file, so YAML errors name it
+            config = yaml.load(handle, Loader=RecipeLoader) or {}
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        raise UsageError(f"{path}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {error.problem}") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{path}: a training config must be a mapping of key: value")
+    base = config.pop("base", None)
+    if base is None:
+        return config
+    if not isinstance(base, str):
+        raise UsageError(f"{path}: base={base!r} must be the path of another recipe")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen + (path.resolve(),):
+        raise UsageError(f"{path}: base {base} leads back to itself")
+    return {**_read_recipe(base_path, seen + (path.resolve(),)), **config}
+
+
 def load_config(config_path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """YAML recipe merged with overrides; unknown keys fail with the closest valid names."""
-    config: dict[str, Any] = {}
-    if config_path is not None:
-        path = Path(config_path)
-        if not path.is_file():
-            raise UsageError(f"training config {path} " + ("is a directory" if path.is_dir() else "does not exist"),
-                             hint="pass a recipe YAML, e.g. one of recipes/train/")
-        try:
-            with open(path, encoding="utf-8") as handle:  # from the file, so YAML errors name it
-                config = yaml.load(handle, Loader=RecipeLoader) or {}
-        except yaml.MarkedYAMLError as error:
-            mark = error.problem_mark
-            raise UsageError(f"{path}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {error.problem}") from None
-        if not isinstance(config, dict):
-            raise UsageError(f"{path}: a training config must be a mapping of key: value")
+    """YAML recipe (over its `base:` recipe, if it names one) merged with overrides; unknown keys fail with the
+    closest valid names."""
+    config = _read_recipe(Path(config_path)) if config_path is not None else {}
     config.update(overrides or {})
     known = set(valid_keys())
     unknown = [k for k in config if k not in known]

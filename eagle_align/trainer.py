@@ -30,6 +30,7 @@ from eagle_align.alignment import (
     AlignmentExamples,
     build_alignment_examples,
     deviation_loss,
+    necessity_loss,
     redundancy_loss,
 )
 from eagle_align.attribution.masking import baseline_row
@@ -48,6 +49,7 @@ logger = logging.get_logger(__name__)
 _MODEL_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
 _PLAN_KEY = "alignment_plan"  # set on a micro-batch by get_batch_samples, popped by compute_loss
 _NEEDS_META = "alignment=True needs batches with 'meta' (use eagle_align.data.GroundingCollator)"
+LOSS_KINDS = ("deviation", "redundancy", "necessity")  # each weighs lambda_<kind> / (its count in the step)
 
 
 @contextlib.contextmanager
@@ -114,7 +116,8 @@ class PriorAlignedTrainer(Trainer):
         from eagle_align.hub import write_model_card
 
         alignment_keys = (
-            "alignment", "align_every", "align_start_step", "lambda_deviation", "lambda_redundancy", "loss_variant",
+            "alignment", "align_every", "align_start_step", "lambda_deviation", "lambda_redundancy", "lambda_necessity",
+            "loss_variant",
             "deviation_margin",
             "insertion_weight", "deletion_weight", "selection", "min_confidence", "prior_overlap", "n_regions",
             "region_method", "search", "max_regions", "baseline", "score_reduction",
@@ -214,7 +217,7 @@ class PriorAlignedTrainer(Trainer):
             if batch.get("meta") is None:
                 raise ValueError(_NEEDS_META)
             samples = _BatchSamples(batch, unwrapped, args)
-            stats = dict.fromkeys(("point_hits", "prior_hits", "attribution_forwards", "deviation", "redundancy",
+            stats = dict.fromkeys(("point_hits", "prior_hits", "attribution_forwards", *LOSS_KINDS,
                                    "nonfinite", "loss_forwards", "padded"), 0.0)
             start = time.perf_counter()
             lockstep = distributed.Lockstep(unwrapped, lambda s=samples: s.dummy_pass(unwrapped, grad=False),
@@ -225,18 +228,17 @@ class PriorAlignedTrainer(Trainer):
             stats["padded"] += lockstep.padded
             chunks = [(i, ex, ex.examples[k : k + per_chunk])
                       for i, ex in built for k in range(0, len(ex.examples), per_chunk)]
-            n_dev = sum(len(ex.deviation) for _, ex in built)
-            n_red = sum(len(ex.redundancy) for _, ex in built)
-            plans.append(_AlignmentPlan(samples, chunks, (len(selected), len(built), n_dev, n_red), stats,
+            kinds = [sum(len(getattr(ex, kind)) for _, ex in built) for kind in LOSS_KINDS]
+            plans.append(_AlignmentPlan(samples, chunks, (len(selected), len(built), *kinds), stats,
                                         time.perf_counter() - start))
-            local_counts += [len(chunks), n_dev, n_red]
-        # [ranks, micro-batches, (chunks, deviation, redundancy)], one collective for the whole step.
-        counts = distributed.gather_counts(local_counts, self.accelerator.device).view(-1, len(batches), 3)
-        total_dev, total_red = float(counts[..., 1].sum()), float(counts[..., 2].sum())
-        weights = {
-            "deviation": args.lambda_deviation * distributed.world_size() / total_dev if total_dev else 0.0,
-            "redundancy": args.lambda_redundancy * distributed.world_size() / total_red if total_red else 0.0,
-        }
+            local_counts += [len(chunks), *kinds]
+        # [ranks, micro-batches, (chunks, one count per loss kind)], one collective for the whole step.
+        counts = distributed.gather_counts(local_counts, self.accelerator.device).view(
+            -1, len(batches), 1 + len(LOSS_KINDS))
+        weights = {}
+        for column, kind in enumerate(LOSS_KINDS, start=1):
+            total = float(counts[..., column].sum())
+            weights[kind] = getattr(args, f"lambda_{kind}") * distributed.world_size() / total if total else 0.0
         for k, plan in enumerate(plans):
             plan.agreed_chunks, plan.weights = int(counts[:, k, 0].max()), weights
         return plans
@@ -276,7 +278,7 @@ class PriorAlignedTrainer(Trainer):
             deletion_weight=args.deletion_weight, measure_ends=args.loss_variant == "adaptive_log",  # reads P(x)
         )
         # A term with weight 0 would cost gradient forwards and add nothing.
-        weight = {"deviation": args.lambda_deviation, "redundancy": args.lambda_redundancy}
+        weight = {kind: getattr(args, f"lambda_{kind}") for kind in LOSS_KINDS}
         built = []
         for i, attribution in zip(selected, attributions):
             if args.search == "single_round" and args.lambda_redundancy > 0:
@@ -288,7 +290,8 @@ class PriorAlignedTrainer(Trainer):
             stats["prior_hits"] += prior_hit_at_k(attribution, prior, k=args.prior_hit_k,
                                                   prior_overlap=args.prior_overlap)
             examples = build_alignment_examples(attribution, prior, args.prior_overlap, args.insertion_weight,
-                                                args.deletion_weight, deviation_margin=args.deviation_margin)
+                                                args.deletion_weight, deviation_margin=args.deviation_margin,
+                                                necessity=args.lambda_necessity > 0)
             examples.examples = [e for e in examples.examples if weight[e.kind] > 0]
             built.append((i, examples))
         return built
@@ -296,23 +299,36 @@ class PriorAlignedTrainer(Trainer):
     def _loss_chunk(
         self, scorer: DecisionScorer, examples: AlignmentExamples, chunk: list, weights: dict, stats: dict
     ) -> None:
-        """One gradient forward over the chunk's insertion + deletion inputs, weighted, back-propagated now."""
+        """One gradient forward over the chunk's deletion inputs and the insertions its losses read, weighted,
+        back-propagated now.
+
+        Insertions are only scored where they carry weight: not for necessity examples, and for none when a = 0
+        (their P(x_S) would enter every loss multiplied by 0).
+        """
         args = self.args
         insert_cells, delete_cells = examples.keep_cells(chunk)
-        probs = scorer.score(torch.cat([insert_cells, delete_cells]), grad=True)
+        reads_insert = [i for i, e in enumerate(chunk) if e.kind != "necessity" and args.insertion_weight > 0]
+        probs = scorer.score(torch.cat([insert_cells[reads_insert], delete_cells]), grad=True)
         stats["loss_forwards"] += probs.numel()
-        p_insert, p_delete = probs[: len(chunk)], probs[len(chunk) :]
+        p_delete = probs[len(reads_insert) :]
+        p_insert = p_delete.new_zeros(len(chunk)).index_copy(
+            0, torch.tensor(reads_insert, dtype=torch.long, device=probs.device), probs[: len(reads_insert)])
         common = dict(
             variant=args.loss_variant, insertion_weight=args.insertion_weight, deletion_weight=args.deletion_weight,
             best_on_prior=examples.best_on_prior_gain, full_prob=examples.full_prob, beta=args.adaptive_beta,
         )
         is_dev = torch.tensor([e.kind == "deviation" for e in chunk], device=probs.device)
+        is_nec = torch.tensor([e.kind == "necessity" for e in chunk], device=probs.device)
         prev_insert = torch.tensor([e.prev_p_insert or 0.0 for e in chunk], device=probs.device)
         prev_delete = torch.tensor([e.prev_p_delete or 0.0 for e in chunk], device=probs.device)
         terms = torch.where(
-            is_dev,
-            deviation_loss(p_insert, p_delete, **common),
-            redundancy_loss(p_insert, p_delete, prev_insert, prev_delete, **common),
+            is_nec,
+            necessity_loss(p_delete, args.loss_variant),
+            torch.where(
+                is_dev,
+                deviation_loss(p_insert, p_delete, **common),
+                redundancy_loss(p_insert, p_delete, prev_insert, prev_delete, **common),
+            ),
         )
         finite = torch.isfinite(terms)
         if not bool(finite.all()):
@@ -321,9 +337,10 @@ class PriorAlignedTrainer(Trainer):
             del probs, terms
             self._backward(scorer.score(torch.ones(1, *scorer.grid_hw, dtype=torch.bool), grad=True).sum() * 0.0)
             return
-        weight = torch.where(is_dev, weights["deviation"], weights["redundancy"])
+        weight = torch.where(is_nec, weights["necessity"], torch.where(is_dev, weights["deviation"], weights["redundancy"]))
         stats["deviation"] += float(terms.detach()[is_dev].sum())
-        stats["redundancy"] += float(terms.detach()[~is_dev].sum())
+        stats["redundancy"] += float(terms.detach()[~is_dev & ~is_nec].sum())
+        stats["necessity"] += float(terms.detach()[is_nec].sum())
         self._backward((terms * weight).sum())
 
     def _backward(self, loss: torch.Tensor) -> None:
@@ -335,20 +352,22 @@ class PriorAlignedTrainer(Trainer):
             self.accelerator.backward(loss)
 
     # ------------------------------------------------------------------------------------------ metrics
-    def _record(self, selected, attributed, n_dev, n_red, stats, attr_seconds, loss_seconds) -> None:
+    def _record(self, selected, attributed, n_dev, n_red, n_nec, stats, attr_seconds, loss_seconds) -> None:
         """Reduce this micro-step's statistics over ranks and queue them for the next log()."""
         values = [
-            selected, attributed, n_dev, n_red, stats["deviation"], stats["redundancy"], stats["nonfinite"],
-            stats["point_hits"], stats["prior_hits"], stats["attribution_forwards"], stats["loss_forwards"],
-            attr_seconds, loss_seconds, stats["padded"],
+            selected, attributed, n_dev, n_red, n_nec, stats["deviation"], stats["redundancy"], stats["necessity"],
+            stats["nonfinite"], stats["point_hits"], stats["prior_hits"], stats["attribution_forwards"],
+            stats["loss_forwards"], attr_seconds, loss_seconds, stats["padded"],
         ]
-        (selected, attributed, n_dev, n_red, dev_sum, red_sum, nonfinite, point_hits, prior_hits, forwards,
-         loss_forwards, attr_seconds, loss_seconds, padded) = distributed.all_reduce_sum(values, self.accelerator.device)
+        (selected, attributed, n_dev, n_red, n_nec, dev_sum, red_sum, nec_sum, nonfinite, point_hits, prior_hits,
+         forwards, loss_forwards, attr_seconds, loss_seconds, padded) = distributed.all_reduce_sum(
+            values, self.accelerator.device)
         ranks = distributed.world_size()
         metrics = {
             "align/selected": selected,
             "align/deviation_examples": n_dev,
             "align/redundancy_examples": n_red,
+            "align/necessity_examples": n_nec,
             "align/attribution_forwards": forwards,
             "align/attribution_seconds": attr_seconds / ranks,
             "align/loss_forwards": loss_forwards,
@@ -360,6 +379,8 @@ class PriorAlignedTrainer(Trainer):
             metrics["align/loss_deviation"] = dev_sum / n_dev
         if n_red:
             metrics["align/loss_redundancy"] = red_sum / n_red
+        if n_nec:
+            metrics["align/loss_necessity"] = nec_sum / n_nec
         if attributed:
             metrics["align/point_game"] = point_hits / attributed
             metrics[f"align/prior_hit@{self.args.prior_hit_k}"] = prior_hits / attributed
@@ -372,6 +393,7 @@ class PriorAlignedTrainer(Trainer):
             self._last_aligned_step = self.state.global_step
             state["alignment_steps"] += 1
         for key, value in (("selected", selected), ("deviation_examples", n_dev), ("redundancy_examples", n_red),
+                           ("necessity_examples", n_nec),
                            ("attribution_forwards", forwards), ("loss_forwards", loss_forwards),
                            ("nonfinite_terms", nonfinite), ("padded_passes", padded)):
             state[key] += value
@@ -428,7 +450,7 @@ class _AlignmentPlan:
 
     samples: _BatchSamples
     chunks: list[tuple[int, AlignmentExamples, list[AlignmentExample]]]
-    counts: tuple[int, int, int, int]  # this rank's selected, attributed, deviation and redundancy examples
+    counts: tuple[int, ...]  # this rank's selected and attributed samples, then its examples of each LOSS_KINDS
     stats: dict[str, float]
     attribution_seconds: float
     agreed_chunks: int = 0  # gradient passes every rank runs for this micro-batch (the most chunks of any rank)

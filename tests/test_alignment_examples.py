@@ -85,6 +85,21 @@ def test_keep_cells_are_the_union_and_its_complement():
     assert torch.equal(delete, ~insert)
 
 
+def test_necessity_example_removes_the_box_cells_not_its_regions():
+    """One per sample, whatever the ranking; its deletion keeps every cell outside the box, even in a region the
+    box only partly covers."""
+    corner = box(slice(0, 1), slice(0, 3))  # region 0's top row and one cell of region 1
+    built = build_alignment_examples(attribution([3, 2]), corner, necessity=True)
+    assert [(e.kind, e.regions) for e in built.examples][-1] == ("necessity", ())
+    assert len(built.necessity) == 1 and len(built.deviation) == 1
+    insert, delete = built.keep_cells(built.necessity)
+    assert torch.equal(insert[0], corner) and torch.equal(delete[0], ~corner)
+    assert build_alignment_examples(attribution([3, 2]), corner).necessity == []  # off by default
+    # A box over every cell or over none leaves nothing to remove from or to keep.
+    assert build_alignment_examples(attribution([1]), box(slice(0, 4), slice(0, 4)), necessity=True).examples == []
+    assert build_alignment_examples(attribution([1]), box(slice(0, 0), slice(0, 0)), necessity=True).necessity == []
+
+
 def test_gains_and_errors():
     att = attribution([1, 2], insertion=[0.5, 0.7], deletion=[0.5, 0.2])
     built = build_alignment_examples(att, box(slice(0, 2), slice(2, 4)))  # box = region 1

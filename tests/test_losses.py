@@ -14,6 +14,7 @@ from eagle_align.alignment import (
     best_on_prior_gain,
     deviation_loss,
     log_set_score,
+    necessity_loss,
     normalised_gains,
     redundancy_loss,
     set_score,
@@ -75,6 +76,20 @@ def test_log_deviation_keeps_a_finite_gradient_on_a_saturated_shortcut(p_ins, p_
     assert torch.isfinite(p_ins.grad).all() and torch.isfinite(p_del.grad).all()
     assert p_ins.grad.item() == pytest.approx(2 / 1e-4)  # the log's gradient at the bound
     assert p_del.grad.item() == pytest.approx(-1 / 1e-4)
+
+
+@pytest.mark.parametrize("p", [0.3, 0.99995, 1.0])
+def test_necessity_loss_pushes_the_click_without_the_box_down(p):
+    """−log(1 − P(x_¬B)) (log) and P(x_¬B) (paper): finite, and a negative-going gradient even when saturated."""
+    p_log, p_lin = leaf(p), leaf(p)
+    log_term, linear = necessity_loss(p_log, "log"), necessity_loss(p_lin, "paper")
+    assert log_term.item() == pytest.approx(-math.log(max(1 - p, 1e-4)))
+    assert linear.item() == pytest.approx(p)
+    (log_term.sum() + linear.sum()).backward()
+    assert p_log.grad.item() == pytest.approx(1 / max(1 - p, 1e-4))
+    assert p_lin.grad.item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="loss_variant"):
+        necessity_loss(leaf(p), "l2")
 
 
 def test_log_redundancy_keeps_a_gradient_at_saturated_probabilities():

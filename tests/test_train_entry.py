@@ -240,6 +240,30 @@ def test_recipe_preset_comes_first_and_the_recipes_keys_and_overrides_win(tmp_pa
     assert training_args.preset_description() == "paper (changed: loss_variant=log, n_regions=16, baseline=mean)"
 
 
+def test_recipe_base_is_read_first_relative_to_the_recipe_and_refuses_loops(tmp_path):
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "base.yaml").write_text("model_name_or_path: m\ntrain_data: t.jsonl\nmax_steps: 7\n"
+                                                  "lambda_deviation: 2.0\n")
+    variant = tmp_path / "variant.yaml"
+    variant.write_text("base: shared/base.yaml\nlambda_deviation: 4.0\n")
+    config = load_config(variant, {"max_steps": 9})
+    assert config == {"model_name_or_path": "m", "train_data": "t.jsonl", "max_steps": 9, "lambda_deviation": 4.0}
+    (tmp_path / "shared" / "base.yaml").write_text("base: ../variant.yaml\n")
+    with pytest.raises(UsageError, match="leads back to itself"):
+        load_config(variant)
+    variant.write_text("base: missing.yaml\n")
+    with pytest.raises(UsageError, match=r"missing.yaml \(the base of .*variant.yaml\) does not exist"):
+        load_config(variant)
+
+
+def test_experiment_recipes_are_the_demo_recipe_plus_their_own_keys():
+    demo = load_config(REPO / "recipes" / "train" / "tiny_synthetic_cpu.yaml")
+    for recipe in (REPO / "recipes" / "experiments").glob("*.yaml"):
+        config = load_config(recipe)
+        assert {k: v for k, v in config.items() if k in demo and v != demo[k]}.keys() <= {"align_start_step"}, recipe
+        assert set(config) - set(demo), f"{recipe.name} changes nothing"
+
+
 @pytest.mark.parametrize("recipe", REAL_RECIPES, ids=lambda p: p.name)
 def test_real_recipes_are_the_paper_with_a_gui_baseline_and_a_cheaper_search(recipe):
     training_args = parse_config(load_config(recipe, {} if torch.cuda.is_available() else {"bf16": False}))[3]

@@ -12,7 +12,7 @@ import torch
 from scripts.ddp_align import examples  # the same small screens the DDP test trains on
 from transformers import Trainer, TrainingArguments
 
-from eagle_align.alignment import build_alignment_examples, deviation_loss, redundancy_loss
+from eagle_align.alignment import build_alignment_examples, deviation_loss, necessity_loss, redundancy_loss
 from eagle_align.attribution import (
     DecisionScorer,
     attribute_sample,
@@ -64,7 +64,8 @@ def test_config_defaults_are_the_settings_measured_best():
 
 # Every method setting of the paper, written out here independently of eagle_align.config.PRESETS.
 PAPER = dict(
-    align_every=5, align_start_step=0, lambda_deviation=0.5, lambda_redundancy=0.5, loss_variant="paper",
+    align_every=5, align_start_step=0, lambda_deviation=0.5, lambda_redundancy=0.5, lambda_necessity=0.0,
+    loss_variant="paper",
     deviation_margin=None, adaptive_beta=2.0, insertion_weight=2.0, deletion_weight=1.0, selection="confident_correct",
     min_confidence=0.75, prior_overlap=0.15, n_regions=64, region_method="grid", search="efficient", search_scope=10,
     resort_every=5, max_regions=10, stop_confidence=0.8, baseline="black", score_reduction="mean",
@@ -157,8 +158,9 @@ def test_alignment_off_is_exactly_plain_sft(lora_setup, tmp_path):
 
 
 def _manual_alignment_grads(model, batch, cfg) -> dict[str, torch.Tensor]:
-    """λ·mean(L_dev) + λ·mean(L_red) over the whole batch in one graph, from the same attributions."""
-    dev, red = [], []
+    """λ·mean(L_dev) + λ·mean(L_red) (+ λ·mean(L_nec)) over the whole batch in one graph, from the same
+    attributions."""
+    dev, red, nec = [], [], []
     weights = dict(insertion_weight=cfg.insertion_weight, deletion_weight=cfg.deletion_weight)
     model.zero_grad()
     for i in range(batch["input_ids"].shape[0]):
@@ -167,7 +169,8 @@ def _manual_alignment_grads(model, batch, cfg) -> dict[str, torch.Tensor]:
         att = attribute_sample(model, batch, i, n_regions=cfg.n_regions, region_method=cfg.region_method, baseline=row,
                                strategy=cfg.search, max_regions=cfg.max_regions, stop_confidence=cfg.stop_confidence,
                                search_scope=cfg.search_scope, resort_every=cfg.resort_every, **weights)
-        built = build_alignment_examples(att, batch["meta"][i].prior_mask, cfg.prior_overlap, **weights)
+        built = build_alignment_examples(att, batch["meta"][i].prior_mask, cfg.prior_overlap, **weights,
+                                         necessity=cfg.lambda_necessity > 0)
         if not built.examples:
             continue
         model.eval()
@@ -177,11 +180,15 @@ def _manual_alignment_grads(model, batch, cfg) -> dict[str, torch.Tensor]:
         for j, example in enumerate(built.examples):
             if example.kind == "deviation":
                 dev.append(deviation_loss(probs[j], probs[n + j], cfg.loss_variant, **weights))
+            elif example.kind == "necessity":
+                nec.append(necessity_loss(probs[n + j], cfg.loss_variant))
             else:
                 red.append(redundancy_loss(probs[j], probs[n + j], torch.tensor(example.prev_p_insert),
                                            torch.tensor(example.prev_p_delete), cfg.loss_variant, **weights))
-    assert dev and red
+    assert dev and red and (nec or not cfg.lambda_necessity)
     loss = cfg.lambda_deviation * torch.stack(dev).mean() + cfg.lambda_redundancy * torch.stack(red).mean()
+    if nec:
+        loss = loss + cfg.lambda_necessity * torch.stack(nec).mean()
     loss.backward()
     model.train()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -211,6 +218,28 @@ def test_chunked_alignment_gradient_equals_the_batch_mean_loss(lora_setup, tmp_p
     for name, grad in expected.items():
         torch.testing.assert_close(model.get_parameter(name).grad, grad, atol=1e-6, rtol=1e-4)
     assert any(g.abs().sum() > 0 for g in expected.values())
+
+
+def test_necessity_term_and_deletion_only_forwards_give_the_batch_mean_loss(lora_setup, tmp_path):
+    """λ_nec·mean(−log(1 − P(x_¬B))) joins the other means; with a = 0 no insertion is scored (one input per term)."""
+    model, processor, collator = lora_setup
+    _lora_b_off_zero(model)
+    cfg = config(tmp_path, per_device_train_batch_size=3, loss_chunk_size=2, insertion_weight=0.0,
+                 loss_variant="log", lambda_necessity=1.0)
+    trainer = PriorAlignedTrainer(model=model, args=cfg, train_dataset=examples(3), data_collator=collator)
+    batch = collator(examples(3))
+    expected = _manual_alignment_grads(model, batch, cfg)
+    model.zero_grad()
+    model.train()
+    trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
+    logged = trainer._metrics
+    assert logged["align/necessity_examples"] == [3.0]  # one per sample: every box covers some cells, not all
+    assert logged["align/loss_forwards"][0] == (logged["align/deviation_examples"][0]
+                                                + logged["align/redundancy_examples"][0] + 3)
+    assert logged["align/loss_necessity"][0] > 0
+    for name, grad in expected.items():
+        torch.testing.assert_close(model.get_parameter(name).grad, grad, atol=1e-6, rtol=1e-4)
+    assert trainer.alignment_state["necessity_examples"] == 3
 
 
 def _step_alignment_grads(trainer, model, micro_batches: list[dict]) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Prior alignment: from an attribution and the target box to deviation / redundancy losses."""
+"""Prior alignment: from an attribution and the target box to deviation / redundancy (/ necessity) losses."""
 
 from eagle_align.alignment.examples import (
     AlignmentExample,
@@ -12,6 +12,7 @@ from eagle_align.alignment.losses import (
     best_on_prior_gain,
     deviation_loss,
     log_set_score,
+    necessity_loss,
     normalised_gains,
     redundancy_loss,
     set_score,
@@ -26,6 +27,7 @@ __all__ = [
     "build_alignment_examples",
     "deviation_loss",
     "log_set_score",
+    "necessity_loss",
     "normalised_gains",
     "on_prior_regions",
     "redundancy_loss",

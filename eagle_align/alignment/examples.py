@@ -9,6 +9,10 @@ sufficient as the target (a cue that always sits next to it in training) ranks s
 rank 1. The paper's gate then never fires, and the redundancy term cannot remove it either: it acts on the
 prefix {target, cue}. With a margin, every off-prior region whose singleton score F({v})/Z lies within the
 margin of the best one gets a deviation example of its own.
+
+Also beyond the paper, ``necessity`` adds one example per sample that removes the whole target box (its cells,
+not its regions: a region may hold the cue and a corner of the box). Its loss lowers P(x_¬B), what the rest of
+the screen alone still explains of the click.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class AlignmentExample:
     """One loss term: the region set whose insertion/deletion forwards carry the gradient.
 
     ``regions`` is {π_1} for a deviation example and the prefix S_r = {π_1..π_r} for a redundancy example;
+    a necessity example has none (rank 0): its set is the target box's cells;
     ``prev_p_insert``/``prev_p_delete`` are the attribution's P(x_{S_{r−1}}) and P(x_¬{S_{r−1}}) (redundancy
     only), reused under stop-gradient instead of re-running those forwards.
     """
@@ -50,6 +55,7 @@ class AlignmentExamples:
     full_prob: float
     examples: list[AlignmentExample] = field(default_factory=list)
     partition: RegionPartition | None = None
+    prior_cells: torch.Tensor | None = None  # Bool [rows, cols]: the target box's cells (necessity examples)
 
     @property
     def deviation(self) -> list[AlignmentExample]:
@@ -58,6 +64,10 @@ class AlignmentExamples:
     @property
     def redundancy(self) -> list[AlignmentExample]:
         return [e for e in self.examples if e.kind == "redundancy"]
+
+    @property
+    def necessity(self) -> list[AlignmentExample]:
+        return [e for e in self.examples if e.kind == "necessity"]
 
     def keep_cells(self, examples: list[AlignmentExample] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell keep-masks (insertion, deletion), each Bool[E, rows, cols], for ``examples`` (default: all)."""
@@ -68,6 +78,9 @@ class AlignmentExamples:
         for i, example in enumerate(examples):
             sets[i, list(example.regions)] = True
         cells = self.partition.cells_of(sets)
+        for i, example in enumerate(examples):
+            if example.kind == "necessity":
+                cells[i] = torch.as_tensor(self.prior_cells, device=cells.device).bool()
         return cells, ~cells
 
 
@@ -78,6 +91,7 @@ def build_alignment_examples(
     insertion_weight: float = 2.0,
     deletion_weight: float = 1.0,
     deviation_margin: float | None = None,
+    necessity: bool = False,
 ) -> AlignmentExamples:
     """Gate an attribution into deviation / redundancy examples.
 
@@ -85,7 +99,8 @@ def build_alignment_examples(
     Z = a + b. A redundancy example at rank r needs the measured prefix S_{r−1}; a `single_round` ranking
     measures only S_1 (see `evaluate_prefixes` to measure the rest), so ranks beyond the measured prefixes + 1
     give none. ``deviation_margin`` (None: the paper's rank-1 gate) needs the singleton scores of a
-    `single_round` ranking.
+    `single_round` ranking. ``necessity`` adds the sample's necessity example (the box removed) whenever the box
+    covers some cells but not all.
     """
     ranking = [int(r) for r in attribution.ranking]
     on_prior = on_prior_regions(attribution, prior_mask, prior_overlap)
@@ -111,6 +126,9 @@ def build_alignment_examples(
                     prev_p_delete=float(attribution.deletion_probs[rank - 2]),
                 )
             )
+    prior_cells = torch.as_tensor(prior_mask).bool()
+    if necessity and bool(prior_cells.any()) and not bool(prior_cells.all()):
+        examples.append(AlignmentExample("necessity", 0, ()))
     return AlignmentExamples(
         ranking=ranking,
         on_prior=on_prior,
@@ -119,6 +137,7 @@ def build_alignment_examples(
         full_prob=float(attribution.full_prob),
         examples=examples,
         partition=attribution.partition,
+        prior_cells=prior_cells,
     )
 
 

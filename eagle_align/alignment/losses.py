@@ -12,6 +12,9 @@ r >= 2):
   (the linear terms' gradient p(1-p) vanishes there).
 - ``adaptive_log``: a log penalty on how much an off-prior gain exceeds the best on-prior gain, zero (with zero
   gradient) when it does not.
+
+Beyond the paper, `necessity_loss` acts on P(x_¬B), the answer with the whole target box removed: evidence that
+still gives the click once the target is gone can only be a shortcut.
 """
 
 from __future__ import annotations
@@ -167,3 +170,16 @@ def redundancy_loss(
         prev_p_insert, prev_p_delete, insertion_weight, deletion_weight
     )
     return adaptive_log_penalty(delta / (insertion_weight + deletion_weight), best_on_prior, full_prob, beta)
+
+
+def necessity_loss(p_delete_prior: torch.Tensor, variant: str = "log") -> torch.Tensor:
+    """Loss on P(x_¬B), the answer's probability with the whole target box B removed (beyond the paper).
+
+    The deviation gate closes as soon as the target ranks first, even while a cue beside it still predicts the
+    click on its own (cue and target always agree on training screens). What the cue alone explains is exactly
+    what survives the removal of B, so this term keeps pushing on it: P(x_¬B) for ``paper``, −log(1 − P(x_¬B))
+    otherwise (bounded like the log variant's terms). Both are small, with a small gradient, when removing the
+    target already loses the click.
+    """
+    _check_variant(variant)
+    return p_delete_prior if variant == "paper" else -_log1m(p_delete_prior)
