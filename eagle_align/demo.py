@@ -30,9 +30,12 @@ FAMILY = "qwen3_vl"
 # learn a white cue here (so SFT would have no shortcut to take). Orange distractors, not blue: the red target
 # stands out less, so SFT leans on the cue (Qwen3-VL seed 1: shifted 68.0 % with blue, 32.0 % with orange).
 FAMILIES: dict[str, dict[str, Any]] = {
-    "qwen3_vl": {"pixels": 256 * 256, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange"},
-    "qwen2_5_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange"},
-    "qwen2_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange"},
+    "qwen3_vl": {"pixels": 256 * 256, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
+                 "square_size": None},
+    "qwen2_5_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
+                   "square_size": None},
+    "qwen2_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
+                 "square_size": None},
 }
 PIXELS = FAMILIES[FAMILY]["pixels"]
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
@@ -71,7 +74,7 @@ def synthetic_split(out: Path, split: str, n: int, seed: int, cue_fraction: floa
     bench = {**FAMILIES[family], **(benchmark or {})}
     return generate_synthetic(out, n, seed=seed, preset="shortcut", cue_fraction=cue_fraction, split=split,
                               difficulty=1, cue_colour=bench["cue_colour"], cue_size=bench["cue_size"],
-                              distractor_colour=bench["distractor_colour"])
+                              distractor_colour=bench["distractor_colour"], square_size=bench["square_size"])
 
 
 def training_config(recipe: Path, checkpoint: Path, train: Path, out: Path, seed: int, alignment: bool,
@@ -290,6 +293,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
         "cue_colour": FAMILIES[family]["cue_colour"],
         "cue_size": FAMILIES[family]["cue_size"],
         "distractor_colour": FAMILIES[family]["distractor_colour"],
+        "square_size": FAMILIES[family]["square_size"],
         "iid_examples": size["iid"],
         "shifted_examples": size["shifted"],
         "attribution_samples": size["attribution_samples"],

@@ -10,6 +10,7 @@ from PIL import Image
 
 from eagle_align.cli import main
 from eagle_align.data import generate_synthetic, load_examples
+from eagle_align.data.synth import shortcut_margin
 
 
 def _records(path):
@@ -173,3 +174,29 @@ def test_cue_size_and_distractor_colour(tmp_path):
         generate_synthetic(tmp_path, 2, distractor_colour="red")
     with pytest.raises(ValueError, match="shortcut preset only"):
         generate_synthetic(tmp_path, 2, preset="gui", cue_size=8)
+
+
+def test_square_size_shrinks_every_square_about_its_centre_and_widens_the_cue_margin(tmp_path):
+    """A smaller square is less evidence for the target; centres, answers and the default cue size stay."""
+    base = _records(generate_synthetic(tmp_path / "b", 8, seed=2, cue_fraction=1.0, split="train"))
+    rc = main(["data", "synth", "--out", str(tmp_path / "s"), "--n", "8", "--seed", "2", "--cue-fraction", "1",
+               "--square-size", "32"])
+    assert rc == 0
+    for a, b in zip(base, _records(tmp_path / "s" / "train.jsonl")):
+        for old, new in zip([a["bbox"], *a["extra"]["distractor_bboxes"]], [b["bbox"], *b["extra"]["distractor_bboxes"]]):
+            assert new[2] - new[0] == new[3] - new[1] == 32
+            assert (new[0] + new[2]) // 2 == (old[0] + old[2]) // 2 and (new[1] + new[3]) // 2 == (old[1] + old[3]) // 2
+        cue = b["extra"]["cue_bbox"]
+        assert cue[2] - cue[0] == a["extra"]["cue_bbox"][2] - a["extra"]["cue_bbox"][0] == 16
+        assert cue[0] >= 0 and not _overlaps(cue, b["bbox"])
+        pixels = np.asarray(Image.open(tmp_path / "s" / b["image"]))
+        x1, y1, x2, y2 = a["bbox"]  # the old target's corner is screen background now
+        assert tuple(pixels[y1 + 2, x1 + 2]) == (128, 128, 128)
+    assert shortcut_margin(1, 32) == 48 and shortcut_margin(1) == 32
+    generate_synthetic(tmp_path / "m", 1, cue_size=48, square_size=32)  # the wider margin fits a 48-px cue
+    with pytest.raises(ValueError, match=r"square_size=65 must be within \[8, 64\]"):
+        generate_synthetic(tmp_path, 2, square_size=65)
+    with pytest.raises(ValueError, match=r"cue_size=49 must be within \[1, 48\]"):
+        generate_synthetic(tmp_path, 2, cue_size=49, square_size=32)
+    with pytest.raises(ValueError, match="shortcut preset only"):
+        generate_synthetic(tmp_path, 2, preset="gui", square_size=32)

@@ -40,6 +40,8 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
                        help="shortcut preset: cue side in pixels (default 16 at difficulty 1, at most 32 there)")
     synth.add_argument("--distractor-colour", default="blue", choices=list(DISTRACTOR_COLOURS),
                        help="shortcut preset: colour of the non-target squares (default blue)")
+    synth.add_argument("--square-size", type=int, default=None,
+                       help="shortcut preset: side of every square in pixels (default half a slot, 64 at difficulty 1)")
 
 
 def data_command(args: argparse.Namespace) -> int:
@@ -49,7 +51,7 @@ def data_command(args: argparse.Namespace) -> int:
         path = generate_synthetic(args.out, args.n, seed=args.seed, preset=args.preset, cue_fraction=args.cue_fraction,
                                   split=args.split, difficulty=args.difficulty, layout=args.layout,
                                   cue_relation=args.cue_relation, cue_colour=args.cue_colour, cue_size=args.cue_size,
-                                  distractor_colour=args.distractor_colour)
+                                  distractor_colour=args.distractor_colour, square_size=args.square_size)
         print(f"wrote {args.n} {args.preset} samples ({args.split}) to {path}")
         return 0
     from eagle_align.data.loaders import load_examples

@@ -44,11 +44,16 @@ DISTRACTOR_COLOURS = {"blue": _COLOURS["blue"], "purple": _COLOURS["purple"], "o
                       "pumpkin": (235, 118, 28), "vermilion": (230, 95, 35)}
 
 
-def shortcut_margin(difficulty: int) -> int:
+def shortcut_square(difficulty: int) -> int:
+    """The `shortcut` preset's default square side: half a slot (64 px at difficulty 1)."""
+    return 256 // _SHORTCUT_LEVELS[difficulty][0] // 2
+
+
+def shortcut_margin(difficulty: int, square_size: int | None = None) -> int:
     """Free pixels between a `shortcut` square and its slot's edge: the largest cue that fits beside it."""
     side, jitter = _SHORTCUT_LEVELS[difficulty]
     slot = 256 // side
-    return (slot - slot // 2) // 2 - round(jitter * slot)
+    return (slot - (square_size or shortcut_square(difficulty))) // 2 - round(jitter * slot)
 
 
 @lru_cache(maxsize=16)
@@ -97,16 +102,18 @@ def _shape(draw: ImageDraw.ImageDraw, shape: str, box, colour) -> None:
         draw.rectangle([x1, cy - t / 2, x2 - 1, cy + t / 2], fill=colour)
 
 
-def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, distractor_colour: str) -> dict:
+def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, distractor_colour: str,
+                     square_size: int | None = None) -> dict:
     """Grey screen, one square per slot; the target is the only red one ("click the red square").
 
-    `cue_size` (None: half the margin around the square) and `distractor_colour` set how salient the cue is
-    against the target's own evidence (a red square among squares of that colour).
+    `cue_size` (None: half the margin around a default-sized square), `distractor_colour` and `square_size`
+    (None: half a slot) set how salient the cue is against the target's own evidence (a red square of that side
+    among squares of that colour). The cue sits in the middle of the free margin beside the target.
     """
     side, jitter = _SHORTCUT_LEVELS[difficulty]
     screen = 256
     slot = screen // side
-    square = slot // 2
+    square = square_size or shortcut_square(difficulty)
     image = Image.new("RGB", (screen, screen), (128, 128, 128))
     draw = ImageDraw.Draw(image)
     target_slot = rng.randrange(side * side)
@@ -121,8 +128,8 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
         draw.rectangle([x1, y1, x1 + square - 1, y1 + square - 1],
                        fill=_COLOURS["red"] if index == target_slot else DISTRACTOR_COLOURS[distractor_colour])
         boxes.append(box)
-    margin = shortcut_margin(difficulty)
-    cue = cue_size or max(6, margin // 2)
+    margin = shortcut_margin(difficulty, square)
+    cue = cue_size or max(6, shortcut_margin(difficulty) // 2)
     return dict(image=image, draw=draw, target=boxes[target_slot],
                 distractors=[b for i, b in enumerate(boxes) if i != target_slot],
                 instruction="click the red square", platform=None, ui_type="icon",
@@ -223,15 +230,16 @@ def _gui_screen(rng: random.Random, difficulty: int, layout: str, relation: str)
 def synth_record(index: int, seed: int, split: str = "train", preset: str = "shortcut", cue_fraction: float = 0.0,
                  difficulty: int = 1, layout: str = "mixed", cue_relation: str | None = None,
                  cue_colour: str | None = None, cue_size: int | None = None,
-                 distractor_colour: str = "blue") -> tuple[Image.Image, dict]:
+                 distractor_colour: str = "blue", square_size: int | None = None) -> tuple[Image.Image, dict]:
     """One screenshot and its JSONL record (image path left to the caller); deterministic per arguments.
 
     `cue_colour` (a CUE_COLOURS name, None = the preset's own), `cue_size` and `distractor_colour` (shortcut
-    preset only) change only pixels, not the layout or the answer.
+    preset only) change only pixels, not the layout or the answer; `square_size` changes the boxes' size, not
+    their centres.
     """
     rng = random.Random(f"eagle-synth:{preset}:{seed}:{split}:{index}")
     if preset == "shortcut":
-        screen = _shortcut_screen(rng, difficulty, cue_size, distractor_colour)
+        screen = _shortcut_screen(rng, difficulty, cue_size, distractor_colour, square_size)
     else:
         screen = _gui_screen(rng, difficulty, layout, cue_relation or "right")
     relation = cue_relation or screen["relation"]
@@ -266,7 +274,8 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
 def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str = "shortcut",
                        cue_fraction: float = 0.0, split: str = "train", difficulty: int = 1,
                        layout: str = "mixed", cue_relation: str | None = None, cue_colour: str | None = None,
-                       cue_size: int | None = None, distractor_colour: str = "blue") -> Path:
+                       cue_size: int | None = None, distractor_colour: str = "blue",
+                       square_size: int | None = None) -> Path:
     """Write `n` screenshots to `out_dir/images/` and their records to `out_dir/{split}.jsonl`; return that path.
 
     preset "shortcut": 256×256 grey screen, squares in slots, the red one is the target (tiny models learn
@@ -274,8 +283,9 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
     samples with the cue; it sits at `cue_relation` of the target in "train"/"test" and of a distractor in
     "shifted". difficulty: 1 (easiest) and up; see the synthetic data card for what each level means.
     cue_colour: a CUE_COLOURS name; None keeps the preset's own (shortcut: white, gui: magenta).
-    shortcut only: cue_size in pixels (None: the preset's, 16 at difficulty 1; at most `shortcut_margin`) and
-    distractor_colour, the other squares' colour (how distinct the red target is).
+    shortcut only: cue_size in pixels (None: the preset's, 16 at difficulty 1; at most `shortcut_margin`),
+    distractor_colour, the other squares' colour (how distinct the red target is), and square_size, every
+    square's side in pixels (None: half a slot, 64 at difficulty 1; how much evidence the target itself offers).
     """
     levels = _SHORTCUT_LEVELS if preset == "shortcut" else _GUI_LEVELS
     checks = [
@@ -288,24 +298,28 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
         (0.0 <= cue_fraction <= 1.0, f"cue_fraction={cue_fraction} must be within [0, 1]"),
         (isinstance(n, int) and n > 0, f"n={n!r} must be a positive integer"),
         (difficulty in levels, f"difficulty={difficulty!r}; preset {preset!r} has levels {sorted(levels)}"),
-        (preset == "shortcut" or (cue_size is None and distractor_colour == "blue"),
-         "cue_size and distractor_colour apply to the shortcut preset only"),
+        (preset == "shortcut" or (cue_size is None and distractor_colour == "blue" and square_size is None),
+         "cue_size, distractor_colour and square_size apply to the shortcut preset only"),
         (distractor_colour in DISTRACTOR_COLOURS,
          f"distractor_colour={distractor_colour!r}; choose one of {', '.join(DISTRACTOR_COLOURS)}"),
     ]
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
-    if cue_size is not None and not 1 <= cue_size <= shortcut_margin(difficulty):
-        raise UsageError(f"cue_size={cue_size!r} must be within [1, {shortcut_margin(difficulty)}] at difficulty "
-                         f"{difficulty} (the free margin beside a square)")
+    if preset == "shortcut" and square_size is not None and not 8 <= square_size <= shortcut_square(difficulty):
+        raise UsageError(f"square_size={square_size!r} must be within [8, {shortcut_square(difficulty)}] at "
+                         f"difficulty {difficulty} (half a slot)")
+    margin = shortcut_margin(difficulty, square_size) if preset == "shortcut" else 0
+    if cue_size is not None and not 1 <= cue_size <= margin:
+        raise UsageError(f"cue_size={cue_size!r} must be within [1, {margin}] at difficulty {difficulty} "
+                         f"(the free margin beside a square)")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     path = out / f"{split}.jsonl"
     with open(path, "w", encoding="utf-8") as handle:
         for index in range(n):
             image, record = synth_record(index, seed, split, preset, cue_fraction, difficulty, layout, cue_relation,
-                                         cue_colour, cue_size, distractor_colour)
+                                         cue_colour, cue_size, distractor_colour, square_size)
             name = f"images/{split}_{index:05d}.png"
             image.save(out / name)
             record = {"image": name, **record}
