@@ -31,11 +31,11 @@ FAMILY = "qwen3_vl"
 # stands out less, so SFT leans on the cue (Qwen3-VL seed 1: shifted 68.0 % with blue, 32.0 % with orange).
 FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3_vl": {"pixels": 256 * 256, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
-                 "square_size": None},
+                 "square_size": None, "unmarked_train_fraction": 0.0},
     "qwen2_5_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
-                   "square_size": None},
+                   "square_size": None, "unmarked_train_fraction": 0.0},
     "qwen2_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
-                 "square_size": None},
+                 "square_size": None, "unmarked_train_fraction": 0.0},
 }
 PIXELS = FAMILIES[FAMILY]["pixels"]
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
@@ -74,7 +74,8 @@ def synthetic_split(out: Path, split: str, n: int, seed: int, cue_fraction: floa
     bench = {**FAMILIES[family], **(benchmark or {})}
     return generate_synthetic(out, n, seed=seed, preset="shortcut", cue_fraction=cue_fraction, split=split,
                               difficulty=1, cue_colour=bench["cue_colour"], cue_size=bench["cue_size"],
-                              distractor_colour=bench["distractor_colour"], square_size=bench["square_size"])
+                              distractor_colour=bench["distractor_colour"], square_size=bench["square_size"],
+                              unmarked_target_fraction=bench["unmarked_train_fraction"] if split == "train" else 0.0)
 
 
 def training_config(recipe: Path, checkpoint: Path, train: Path, out: Path, seed: int, alignment: bool,
@@ -294,6 +295,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
         "cue_size": FAMILIES[family]["cue_size"],
         "distractor_colour": FAMILIES[family]["distractor_colour"],
         "square_size": FAMILIES[family]["square_size"],
+        "unmarked_train_fraction": FAMILIES[family]["unmarked_train_fraction"],
         "iid_examples": size["iid"],
         "shifted_examples": size["shifted"],
         "attribution_samples": size["attribution_samples"],

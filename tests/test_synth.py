@@ -200,3 +200,29 @@ def test_square_size_shrinks_every_square_about_its_centre_and_widens_the_cue_ma
         generate_synthetic(tmp_path, 2, cue_size=49, square_size=32)
     with pytest.raises(ValueError, match="shortcut preset only"):
         generate_synthetic(tmp_path, 2, preset="gui", square_size=32)
+
+
+def test_unmarked_targets_look_like_distractors_and_leave_the_other_screens_unchanged(tmp_path):
+    """An unmarked target is drawn in the distractors' colour (only the cue marks it); its own draw keeps every
+    other screen pixel-identical to the default data."""
+    base = _records(generate_synthetic(tmp_path / "b", 24, seed=3, cue_fraction=1.0, distractor_colour="orange"))
+    rc = main(["data", "synth", "--out", str(tmp_path / "u"), "--n", "24", "--seed", "3", "--cue-fraction", "1",
+               "--distractor-colour", "orange", "--unmarked-target-fraction", "0.5"])
+    assert rc == 0
+    unmarked = 0
+    for a, b in zip(base, _records(tmp_path / "u" / "train.jsonl")):
+        assert a["bbox"] == b["bbox"] and a["extra"]["cue_bbox"] == b["extra"]["cue_bbox"]
+        old = np.asarray(Image.open(tmp_path / "b" / a["image"]))
+        new = np.asarray(Image.open(tmp_path / "u" / b["image"]))
+        x1, y1, x2, y2 = b["bbox"]
+        if b["extra"]["target_marked"]:
+            assert np.array_equal(old, new)
+        else:
+            unmarked += 1
+            assert tuple(new[(y1 + y2) // 2, (x1 + x2) // 2]) == (240, 140, 20)  # orange, like the distractors
+            assert tuple(old[(y1 + y2) // 2, (x1 + x2) // 2]) == (220, 50, 47)  # red by default
+    assert 0 < unmarked < 24
+    with pytest.raises(ValueError, match=r"unmarked_target_fraction=1.5 must be within \[0, 1\]"):
+        generate_synthetic(tmp_path, 2, unmarked_target_fraction=1.5)
+    with pytest.raises(ValueError, match="shortcut preset only"):
+        generate_synthetic(tmp_path, 2, preset="gui", unmarked_target_fraction=0.5)

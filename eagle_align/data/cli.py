@@ -42,6 +42,9 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
                        help="shortcut preset: colour of the non-target squares (default blue)")
     synth.add_argument("--square-size", type=int, default=None,
                        help="shortcut preset: side of every square in pixels (default half a slot, 64 at difficulty 1)")
+    synth.add_argument("--unmarked-target-fraction", type=float, default=0.0,
+                       help="shortcut preset: share of screens whose target is drawn like the distractors, so only "
+                            "the cue marks it (default 0)")
 
 
 def data_command(args: argparse.Namespace) -> int:
@@ -51,7 +54,8 @@ def data_command(args: argparse.Namespace) -> int:
         path = generate_synthetic(args.out, args.n, seed=args.seed, preset=args.preset, cue_fraction=args.cue_fraction,
                                   split=args.split, difficulty=args.difficulty, layout=args.layout,
                                   cue_relation=args.cue_relation, cue_colour=args.cue_colour, cue_size=args.cue_size,
-                                  distractor_colour=args.distractor_colour, square_size=args.square_size)
+                                  distractor_colour=args.distractor_colour, square_size=args.square_size,
+                                  unmarked_target_fraction=args.unmarked_target_fraction)
         print(f"wrote {args.n} {args.preset} samples ({args.split}) to {path}")
         return 0
     from eagle_align.data.loaders import load_examples

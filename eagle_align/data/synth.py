@@ -103,12 +103,13 @@ def _shape(draw: ImageDraw.ImageDraw, shape: str, box, colour) -> None:
 
 
 def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, distractor_colour: str,
-                     square_size: int | None = None) -> dict:
+                     square_size: int | None = None, unmarked: bool = False) -> dict:
     """Grey screen, one square per slot; the target is the only red one ("click the red square").
 
     `cue_size` (None: half the margin around a default-sized square), `distractor_colour` and `square_size`
     (None: half a slot) set how salient the cue is against the target's own evidence (a red square of that side
-    among squares of that colour). The cue sits in the middle of the free margin beside the target.
+    among squares of that colour). The cue sits in the middle of the free margin beside the target. `unmarked`
+    draws the target in the distractors' colour too: nothing on the screen but a cue tells it apart.
     """
     side, jitter = _SHORTCUT_LEVELS[difficulty]
     screen = 256
@@ -126,7 +127,8 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
         y1 = row * slot + (slot - square) // 2 + dy
         box = [x1, y1, x1 + square, y1 + square]
         draw.rectangle([x1, y1, x1 + square - 1, y1 + square - 1],
-                       fill=_COLOURS["red"] if index == target_slot else DISTRACTOR_COLOURS[distractor_colour])
+                       fill=_COLOURS["red"] if index == target_slot and not unmarked
+                       else DISTRACTOR_COLOURS[distractor_colour])
         boxes.append(box)
     margin = shortcut_margin(difficulty, square)
     cue = cue_size or max(6, shortcut_margin(difficulty) // 2)
@@ -134,7 +136,7 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
                 distractors=[b for i, b in enumerate(boxes) if i != target_slot],
                 instruction="click the red square", platform=None, ui_type="icon",
                 cue_size=cue, cue_gap=max(0, (margin - cue) // 2), cue_colour=(255, 255, 255),
-                relation="top_left", extra={"slot": target_slot})
+                relation="top_left", extra={"slot": target_slot, "target_marked": not unmarked})
 
 
 def _bars(draw: ImageDraw.ImageDraw, layout: str, size, scale: float, rng: random.Random) -> tuple[int, int, int, int]:
@@ -230,16 +232,19 @@ def _gui_screen(rng: random.Random, difficulty: int, layout: str, relation: str)
 def synth_record(index: int, seed: int, split: str = "train", preset: str = "shortcut", cue_fraction: float = 0.0,
                  difficulty: int = 1, layout: str = "mixed", cue_relation: str | None = None,
                  cue_colour: str | None = None, cue_size: int | None = None,
-                 distractor_colour: str = "blue", square_size: int | None = None) -> tuple[Image.Image, dict]:
+                 distractor_colour: str = "blue", square_size: int | None = None,
+                 unmarked_target_fraction: float = 0.0) -> tuple[Image.Image, dict]:
     """One screenshot and its JSONL record (image path left to the caller); deterministic per arguments.
 
     `cue_colour` (a CUE_COLOURS name, None = the preset's own), `cue_size` and `distractor_colour` (shortcut
     preset only) change only pixels, not the layout or the answer; `square_size` changes the boxes' size, not
-    their centres.
+    their centres; `unmarked_target_fraction` (shortcut) draws that share of targets in the distractors' colour,
+    decided by a draw of its own so the other screens stay as they are.
     """
     rng = random.Random(f"eagle-synth:{preset}:{seed}:{split}:{index}")
     if preset == "shortcut":
-        screen = _shortcut_screen(rng, difficulty, cue_size, distractor_colour, square_size)
+        unmarked = random.Random(f"eagle-synth-unmarked:{seed}:{split}:{index}").random() < unmarked_target_fraction
+        screen = _shortcut_screen(rng, difficulty, cue_size, distractor_colour, square_size, unmarked)
     else:
         screen = _gui_screen(rng, difficulty, layout, cue_relation or "right")
     relation = cue_relation or screen["relation"]
@@ -275,7 +280,7 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
                        cue_fraction: float = 0.0, split: str = "train", difficulty: int = 1,
                        layout: str = "mixed", cue_relation: str | None = None, cue_colour: str | None = None,
                        cue_size: int | None = None, distractor_colour: str = "blue",
-                       square_size: int | None = None) -> Path:
+                       square_size: int | None = None, unmarked_target_fraction: float = 0.0) -> Path:
     """Write `n` screenshots to `out_dir/images/` and their records to `out_dir/{split}.jsonl`; return that path.
 
     preset "shortcut": 256×256 grey screen, squares in slots, the red one is the target (tiny models learn
@@ -285,7 +290,9 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
     cue_colour: a CUE_COLOURS name; None keeps the preset's own (shortcut: white, gui: magenta).
     shortcut only: cue_size in pixels (None: the preset's, 16 at difficulty 1; at most `shortcut_margin`),
     distractor_colour, the other squares' colour (how distinct the red target is), and square_size, every
-    square's side in pixels (None: half a slot, 64 at difficulty 1; how much evidence the target itself offers).
+    square's side in pixels (None: half a slot, 64 at difficulty 1; how much evidence the target itself offers),
+    and unmarked_target_fraction, the share of screens whose target is not red but the distractors' colour
+    (there the cue is the only evidence: a cue more reliable than the target's own look).
     """
     levels = _SHORTCUT_LEVELS if preset == "shortcut" else _GUI_LEVELS
     checks = [
@@ -298,8 +305,11 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
         (0.0 <= cue_fraction <= 1.0, f"cue_fraction={cue_fraction} must be within [0, 1]"),
         (isinstance(n, int) and n > 0, f"n={n!r} must be a positive integer"),
         (difficulty in levels, f"difficulty={difficulty!r}; preset {preset!r} has levels {sorted(levels)}"),
-        (preset == "shortcut" or (cue_size is None and distractor_colour == "blue" and square_size is None),
-         "cue_size, distractor_colour and square_size apply to the shortcut preset only"),
+        (preset == "shortcut" or (cue_size is None and distractor_colour == "blue" and square_size is None
+                                  and unmarked_target_fraction == 0.0),
+         "cue_size, distractor_colour, square_size and unmarked_target_fraction apply to the shortcut preset only"),
+        (0.0 <= unmarked_target_fraction <= 1.0,
+         f"unmarked_target_fraction={unmarked_target_fraction} must be within [0, 1]"),
         (distractor_colour in DISTRACTOR_COLOURS,
          f"distractor_colour={distractor_colour!r}; choose one of {', '.join(DISTRACTOR_COLOURS)}"),
     ]
@@ -319,7 +329,8 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
     with open(path, "w", encoding="utf-8") as handle:
         for index in range(n):
             image, record = synth_record(index, seed, split, preset, cue_fraction, difficulty, layout, cue_relation,
-                                         cue_colour, cue_size, distractor_colour, square_size)
+                                         cue_colour, cue_size, distractor_colour, square_size,
+                                         unmarked_target_fraction)
             name = f"images/{split}_{index:05d}.png"
             image.save(out / name)
             record = {"image": name, **record}
