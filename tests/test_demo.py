@@ -52,6 +52,15 @@ def test_quick_demo_end_to_end(tmp_path, family):
     shifted_record = json.loads((out / "data" / "shifted.jsonl").read_text().splitlines()[0])
     cue = shifted_record["extra"]["cue_bbox"]
     assert cue[2] - cue[0] == (FAMILIES[family]["cue_size"] or 16)  # 16: the preset's own size at difficulty 1
+    box = shifted_record["bbox"]
+    assert box[2] - box[0] == (FAMILIES[family]["square_size"] or 64)
+    # Unmarked targets (only the cue marks them) are a training-data setting: every test screen is marked.
+    marked = {split: [json.loads(line)["extra"]["target_marked"]
+                      for line in (out / "data" / f"{split}.jsonl").read_text().splitlines()]
+              for split in ("train", "test", "shifted")}
+    assert all(marked["test"]) and all(marked["shifted"])
+    assert report["settings"]["unmarked_train_fraction"] == FAMILIES[family]["unmarked_train_fraction"]
+    assert (not all(marked["train"])) == (FAMILIES[family]["unmarked_train_fraction"] > 0)
     assert (out / "report.md").read_text().startswith("# eagle-align demo")
     assert (out / "attribution_comparison.png").stat().st_size > 10_000
     for name in MODELS:

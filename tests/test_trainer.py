@@ -54,6 +54,7 @@ def test_config_defaults_are_the_settings_measured_best():
     cfg = PriorAlignedConfig(output_dir="unused", report_to="none")
     assert (cfg.loss_variant, cfg.baseline, cfg.region_method, cfg.n_regions) == ("log", "mean", "slic", 16)
     assert (cfg.insertion_weight, cfg.deletion_weight, cfg.lambda_deviation, cfg.lambda_redundancy) == (0.0, 1.0, 2.0, 0.0)
+    assert cfg.lambda_necessity == 1.0  # beyond the paper (preset paper: 0)
     assert cfg.deviation_margin is None  # the paper's rank-1 gate
     assert cfg.search == "bounded" and cfg.ranked_regions == 1  # deviation only: the gate reads rank 1
     assert (cfg.align_every, cfg.min_confidence, cfg.prior_overlap, cfg.max_regions) == (5, 0.75, 0.15, 10)
