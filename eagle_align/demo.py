@@ -11,10 +11,10 @@ The model is a tiny random Qwen3-VL (default), Qwen2.5-VL (`--family qwen2_5_vl`
 qwen2_vl`) built from scratch, fully fine-tuned (a random model has nothing for LoRA to adapt). Each family has
 its own entry in `FAMILIES` (pixel limits and how salient the cue is). The benchmark's setting was chosen by
 SFT-only measurement: with orange distractors Qwen3-VL's SFT follows the cue on every seed 0-4. The tiny Qwen2-VL
-learns the red square instead unless the cue is the more reliable evidence: its training screens draw 40 % of
-the targets like the distractors (only the cue marks them), and then its SFT follows the cue on every seed 0-2.
-The tiny Qwen2.5-VL ignored the cue in every setting tried, so its demo runs the pipeline without a shortcut
-to remove (data_cards/synthetic.md).
+takes the cue on seed 0 only; making the cue the more reliable evidence (`unmarked_train_fraction`: training
+targets drawn like the distractors) makes it take the cue more often, but then alignment collapses some seeds'
+models to one constant click, so its demo keeps none. The tiny Qwen2.5-VL ignored the cue in every setting
+tried. Their demos mostly run the pipeline without a shortcut to remove (data_cards/synthetic.md).
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ FAMILY = "qwen3_vl"
 # Qwen2.5-VL) and the cue (synthetic `shortcut` options). Magenta, not the preset's white: tiny models never
 # learn a white cue here (so SFT would have no shortcut to take). Orange distractors, not blue: the red target
 # stands out less, so SFT leans on the cue (Qwen3-VL seed 1: shifted 68.0 % with blue, 32.0 % with orange).
-# Qwen2-VL: 40 % of its training targets unmarked (drawn orange; test screens never), else it ignores the cue.
+# unmarked_train_fraction: share of training targets drawn like the distractors (0: none; data card for why).
 FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3_vl": {"pixels": 256 * 256, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
                  "square_size": None, "unmarked_train_fraction": 0.0},
     "qwen2_5_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
                    "square_size": None, "unmarked_train_fraction": 0.0},
     "qwen2_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
-                 "square_size": None, "unmarked_train_fraction": 0.4},
+                 "square_size": None, "unmarked_train_fraction": 0.0},
 }
 PIXELS = FAMILIES[FAMILY]["pixels"]
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
