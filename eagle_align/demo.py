@@ -294,11 +294,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
         "trainable_parameters": trained["sft"]["trainable"],
         "train_examples": size["train"],
         "train_cue_fraction": TRAIN_CUE_FRACTION,
-        "cue_colour": FAMILIES[family]["cue_colour"],
-        "cue_size": FAMILIES[family]["cue_size"],
-        "distractor_colour": FAMILIES[family]["distractor_colour"],
-        "square_size": FAMILIES[family]["square_size"],
-        "unmarked_train_fraction": FAMILIES[family]["unmarked_train_fraction"],
+        **{key: value for key, value in FAMILIES[family].items() if key != "pixels"},  # the benchmark's settings
         "iid_examples": size["iid"],
         "shifted_examples": size["shifted"],
         "attribution_samples": size["attribution_samples"],

@@ -27,6 +27,7 @@ RELATIONS = ("top_left", "right", "left", "above", "below")
 # decides whether a model takes the shortcut: tiny Qwen3-VL models learn a magenta cue fast, a white one not.
 CUE_COLOURS = {"white": (255, 255, 255), "magenta": (255, 0, 255), "cyan": (0, 255, 255), "green": (0, 200, 0),
                "yellow": (255, 230, 0)}
+_SHORTCUT_SCREEN = 256  # side of every `shortcut` screen in pixels
 # shortcut difficulty → (slots per side, position jitter as a fraction of the slot)
 _SHORTCUT_LEVELS = {1: (2, 0.0), 2: (2, 0.12), 3: (3, 0.0), 4: (4, 0.1)}
 # gui difficulty → (screen scale, content columns, content rows)
@@ -46,13 +47,13 @@ DISTRACTOR_COLOURS = {"blue": _COLOURS["blue"], "purple": _COLOURS["purple"], "o
 
 def shortcut_square(difficulty: int) -> int:
     """The `shortcut` preset's default square side: half a slot (64 px at difficulty 1)."""
-    return 256 // _SHORTCUT_LEVELS[difficulty][0] // 2
+    return _SHORTCUT_SCREEN // _SHORTCUT_LEVELS[difficulty][0] // 2
 
 
 def shortcut_margin(difficulty: int, square_size: int | None = None) -> int:
     """Free pixels between a `shortcut` square and its slot's edge: the largest cue that fits beside it."""
     side, jitter = _SHORTCUT_LEVELS[difficulty]
-    slot = 256 // side
+    slot = _SHORTCUT_SCREEN // side
     return (slot - (square_size or shortcut_square(difficulty))) // 2 - round(jitter * slot)
 
 
@@ -112,7 +113,7 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
     draws the target in the distractors' colour too: nothing on the screen but a cue tells it apart.
     """
     side, jitter = _SHORTCUT_LEVELS[difficulty]
-    screen = 256
+    screen = _SHORTCUT_SCREEN
     slot = screen // side
     square = square_size or shortcut_square(difficulty)
     image = Image.new("RGB", (screen, screen), (128, 128, 128))
