@@ -30,6 +30,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "deletion_weight": 1.0, "selection": "confident_correct", "min_confidence": 0.75, "prior_overlap": 0.15,
         "n_regions": 64, "region_method": "grid", "search": "efficient", "search_scope": 10, "resort_every": 5,
         "max_regions": 10, "stop_confidence": 0.8, "baseline": "black", "score_reduction": "mean",
+        "min_box_sufficiency": None,
     },
 }
 
@@ -49,7 +50,8 @@ class PriorAlignedConfig(TrainingArguments):
     (data_cards/synthetic.md): log-space deviation loss with weight 2, no redundancy term, SLIC regions, mid-grey
     baseline, a deletion-only set function (a = 0, b = 1: for "click the X", X alone on an empty screen is clicked
     whatever the model learned, so the insertion half of F lets a shortcut-following model rank the target
-    first), the paper's rank-1 gate, and the `bounded` search, which finds exact's rank-1 region for a
+    first), the paper's rank-1 gate, the necessity term and the box-sufficiency gate (both beyond the paper),
+    and the `bounded` search, which finds exact's rank-1 region for a
     fraction of the forwards (benchmarks/fidelity_bench.py). ``preset="paper"`` starts from the paper's settings instead
     (`PRESETS`); settings passed explicitly, in Python or in a recipe, win over the preset's.
     """
@@ -86,6 +88,13 @@ class PriorAlignedConfig(TrainingArguments):
         metadata={"help": "Beyond the paper: also a deviation term for every off-prior region whose singleton score "
                   "F({v})/(a+b) is within this margin of the best (near-ties with the target; needs search="
                   "single_round). None: rank 1 only, as in the paper."},
+    )
+    min_box_sufficiency: float | None = field(
+        default=0.5,
+        metadata={"help": "Beyond the paper: align a sample only if its box alone keeps this share of the click, "
+                  "P(x_B) ≥ min_box_sufficiency · P(x) (one forward per sample). A box that holds no evidence "
+                  "(an element only its context identifies, a wrong box) has nothing to move reliance to, and "
+                  "pushing there destroys the click. None: every selected sample, as in the paper."},
     )
     adaptive_beta: float = field(default=2.0, metadata={"help": "β of the adaptive_log penalty."})
     insertion_weight: float = field(
@@ -174,6 +183,8 @@ class PriorAlignedConfig(TrainingArguments):
                 raise ValueError(f"deviation_margin={self.deviation_margin} must be ≥ 0 (or None)")
             if self.search != "single_round":
                 raise ValueError(f"deviation_margin needs search=single_round (singleton scores), got {self.search!r}")
+        if self.min_box_sufficiency is not None and not self.min_box_sufficiency >= 0:
+            raise ValueError(f"min_box_sufficiency={self.min_box_sufficiency} must be ≥ 0 (or None)")
         if not self.adaptive_beta > 0:
             raise ValueError(f"adaptive_beta={self.adaptive_beta} must be > 0")
         if self.remove_unused_columns:

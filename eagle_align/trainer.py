@@ -35,7 +35,7 @@ from eagle_align.alignment import (
 )
 from eagle_align.attribution.masking import baseline_row
 from eagle_align.attribution.metrics import point_game, prior_hit_at_k
-from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, slice_sample
+from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, score_jointly, slice_sample
 from eagle_align.attribution.search import (
     attribute_samples,
     evaluate_prefixes,
@@ -118,7 +118,7 @@ class PriorAlignedTrainer(Trainer):
         alignment_keys = (
             "alignment", "align_every", "align_start_step", "lambda_deviation", "lambda_redundancy", "lambda_necessity",
             "loss_variant",
-            "deviation_margin",
+            "deviation_margin", "min_box_sufficiency",
             "insertion_weight", "deletion_weight", "selection", "min_confidence", "prior_overlap", "n_regions",
             "region_method", "search", "max_regions", "baseline", "score_reduction",
         )
@@ -218,7 +218,7 @@ class PriorAlignedTrainer(Trainer):
                 raise ValueError(_NEEDS_META)
             samples = _BatchSamples(batch, unwrapped, args)
             stats = dict.fromkeys(("point_hits", "prior_hits", "attribution_forwards", *LOSS_KINDS,
-                                   "nonfinite", "loss_forwards", "padded"), 0.0)
+                                   "nonfinite", "loss_forwards", "padded", "insufficient_boxes"), 0.0)
             start = time.perf_counter()
             lockstep = distributed.Lockstep(unwrapped, lambda s=samples: s.dummy_pass(unwrapped, grad=False),
                                             self.accelerator.device)
@@ -279,8 +279,20 @@ class PriorAlignedTrainer(Trainer):
         )
         # A term with weight 0 would cost gradient forwards and add nothing.
         weight = {kind: getattr(args, f"lambda_{kind}") for kind in LOSS_KINDS}
+        box_probs, full = [None] * len(selected), [full_probs.get(i) for i in selected]
+        if args.min_box_sufficiency is not None and selected:
+            # The sufficiency gate: P(x_B) of every selected sample (and P(x) where selection did not measure
+            # it) in shared no-grad forwards.
+            masks = [torch.stack([samples.batch["meta"][i].prior_mask.bool()]
+                                 + ([] if p is not None else [torch.ones_like(samples.batch["meta"][i].prior_mask.bool())]))
+                     for i, p in zip(selected, full)]
+            probs = score_jointly([(samples.scorer(model, i), m) for i, m in zip(selected, masks)],
+                                  args.attribution_batch_size)
+            box_probs = [float(p[0]) for p in probs]
+            full = [p if p is not None else float(q[1]) for p, q in zip(full, probs)]
+            stats["attribution_forwards"] += sum(len(m) for m in masks)
         built = []
-        for i, attribution in zip(selected, attributions):
+        for i, attribution, box_prob, full_prob in zip(selected, attributions, box_probs, full):
             if args.search == "single_round" and args.lambda_redundancy > 0:
                 # Redundancy needs F(S_{r-1}) of every prefix; single_round measured only S_1.
                 evaluate_prefixes(attribution, set_prob_for(samples.scorer(model, i), attribution.partition))
@@ -291,7 +303,9 @@ class PriorAlignedTrainer(Trainer):
                                                   prior_overlap=args.prior_overlap)
             examples = build_alignment_examples(attribution, prior, args.prior_overlap, args.insertion_weight,
                                                 args.deletion_weight, deviation_margin=args.deviation_margin,
-                                                necessity=args.lambda_necessity > 0)
+                                                necessity=args.lambda_necessity > 0, box_prob=box_prob,
+                                                min_box_sufficiency=args.min_box_sufficiency, full_prob=full_prob)
+            stats["insufficient_boxes"] += float(not examples.box_sufficient)
             examples.examples = [e for e in examples.examples if weight[e.kind] > 0]
             built.append((i, examples))
         return built
@@ -357,10 +371,10 @@ class PriorAlignedTrainer(Trainer):
         values = [
             selected, attributed, n_dev, n_red, n_nec, stats["deviation"], stats["redundancy"], stats["necessity"],
             stats["nonfinite"], stats["point_hits"], stats["prior_hits"], stats["attribution_forwards"],
-            stats["loss_forwards"], attr_seconds, loss_seconds, stats["padded"],
+            stats["loss_forwards"], attr_seconds, loss_seconds, stats["padded"], stats["insufficient_boxes"],
         ]
         (selected, attributed, n_dev, n_red, n_nec, dev_sum, red_sum, nec_sum, nonfinite, point_hits, prior_hits,
-         forwards, loss_forwards, attr_seconds, loss_seconds, padded) = distributed.all_reduce_sum(
+         forwards, loss_forwards, attr_seconds, loss_seconds, padded, insufficient) = distributed.all_reduce_sum(
             values, self.accelerator.device)
         ranks = distributed.world_size()
         metrics = {
@@ -374,6 +388,7 @@ class PriorAlignedTrainer(Trainer):
             "align/loss_seconds": loss_seconds / ranks,
             "align/nonfinite_terms": nonfinite,
             "align/padded_passes": padded,
+            "align/insufficient_boxes": insufficient,
         }
         if n_dev:
             metrics["align/loss_deviation"] = dev_sum / n_dev
@@ -393,7 +408,7 @@ class PriorAlignedTrainer(Trainer):
             self._last_aligned_step = self.state.global_step
             state["alignment_steps"] += 1
         for key, value in (("selected", selected), ("deviation_examples", n_dev), ("redundancy_examples", n_red),
-                           ("necessity_examples", n_nec),
+                           ("necessity_examples", n_nec), ("insufficient_boxes", insufficient),
                            ("attribution_forwards", forwards), ("loss_forwards", loss_forwards),
                            ("nonfinite_terms", nonfinite), ("padded_passes", padded)):
             state[key] += value

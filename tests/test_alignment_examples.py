@@ -160,3 +160,20 @@ def test_deviation_margin_keeps_an_off_prior_top_region_and_needs_singleton_scor
         build_alignment_examples(attribution([1, 2]), box(slice(0, 2), slice(0, 2)), deviation_margin=0.1)
     with pytest.raises(ValueError, match="≥ 0"):
         build_alignment_examples(att, box(slice(0, 2), slice(0, 2)), deviation_margin=-0.1)
+
+
+def test_box_sufficiency_gate_keeps_or_drops_a_whole_sample():
+    """P(x_B) ≥ m·P(x) keeps every example; below it none is left, and the gate says so. P(x) is 0.9 here."""
+    corner = box(slice(0, 1), slice(0, 3))
+    open_gate = build_alignment_examples(attribution([3, 2]), corner, necessity=True, box_prob=0.5,
+                                         min_box_sufficiency=0.5)
+    assert open_gate.box_sufficient and open_gate.box_prob == 0.5
+    assert [e.kind for e in open_gate.examples] == ["deviation", "redundancy", "necessity"]
+    closed = build_alignment_examples(attribution([3, 2]), corner, necessity=True, box_prob=0.4,
+                                      min_box_sufficiency=0.5)
+    assert not closed.box_sufficient and closed.examples == []
+    assert closed.ranking == [3, 2]  # the attribution itself is still reported
+    # Off (the paper): no measurement needed, nothing dropped.
+    assert build_alignment_examples(attribution([3, 2]), corner, box_prob=0.0).box_sufficient
+    with pytest.raises(ValueError, match="box_prob"):
+        build_alignment_examples(attribution([3, 2]), corner, min_box_sufficiency=0.5)

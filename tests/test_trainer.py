@@ -56,6 +56,7 @@ def test_config_defaults_are_the_settings_measured_best():
     assert (cfg.insertion_weight, cfg.deletion_weight, cfg.lambda_deviation, cfg.lambda_redundancy) == (0.0, 1.0, 2.0, 0.0)
     assert cfg.lambda_necessity == 1.0  # beyond the paper (preset paper: 0)
     assert cfg.deviation_margin is None  # the paper's rank-1 gate
+    assert cfg.min_box_sufficiency == 0.5  # beyond the paper (preset paper: None)
     assert cfg.search == "bounded" and cfg.ranked_regions == 1  # deviation only: the gate reads rank 1
     assert (cfg.align_every, cfg.min_confidence, cfg.prior_overlap, cfg.max_regions) == (5, 0.75, 0.15, 10)
     assert (cfg.stop_confidence, cfg.score_reduction, cfg.adaptive_beta, cfg.alignment) == (0.8, "mean", 2.0, True)
@@ -70,6 +71,7 @@ PAPER = dict(
     deviation_margin=None, adaptive_beta=2.0, insertion_weight=2.0, deletion_weight=1.0, selection="confident_correct",
     min_confidence=0.75, prior_overlap=0.15, n_regions=64, region_method="grid", search="efficient", search_scope=10,
     resort_every=5, max_regions=10, stop_confidence=0.8, baseline="black", score_reduction="mean",
+    min_box_sufficiency=None,
 )
 
 
@@ -92,7 +94,7 @@ def test_preset_paper_sets_every_paper_value_and_explicit_settings_win():
      ("selection", "some"), ("region_method", "voronoi"), ("align_every", 0), ("loss_chunk_size", 1),
      ("min_confidence", 1.5), ("prior_overlap", -0.1), ("adaptive_beta", 0.0), ("lambda_deviation", -1.0),
      ("max_aligned_per_step", 0), ("remove_unused_columns", True),
-     ("deviation_margin", -0.1), ("deviation_margin", 0.1)],  # the second: the default search is not single_round
+     ("deviation_margin", -0.1), ("deviation_margin", 0.1), ("min_box_sufficiency", -0.1)],  # the second: the default search is not single_round
 )
 def test_config_rejects_bad_values_naming_the_option(option, value):
     with pytest.raises(ValueError, match=option):
@@ -241,6 +243,39 @@ def test_necessity_term_and_deletion_only_forwards_give_the_batch_mean_loss(lora
     for name, grad in expected.items():
         torch.testing.assert_close(model.get_parameter(name).grad, grad, atol=1e-6, rtol=1e-4)
     assert trainer.alignment_state["necessity_examples"] == 3
+
+
+def test_box_sufficiency_gate_drops_the_samples_whose_box_alone_loses_the_click(lora_setup, tmp_path):
+    """A sample is aligned only if P(x_B) ≥ m·P(x); the ratios are measured here with a scorer of their own and
+    the threshold put between two of them, so the gate must split the batch exactly there."""
+    model, processor, collator = lora_setup
+    _lora_b_off_zero(model)
+    batch = collator(examples(4))
+    base = config(tmp_path, per_device_train_batch_size=4, lambda_necessity=1.0)
+    ratios = []
+    model.eval()
+    for i, meta in enumerate(batch["meta"]):
+        sample = slice_sample(batch, i)
+        row = baseline_row(model, base.baseline, sample["pixel_values"], sample["image_grid_thw"])
+        scorer = DecisionScorer(model, sample, meta, row)
+        ratios.append(float(scorer.score(meta.prior_mask[None])[0]) / scorer.full_prob())
+    order = sorted(ratios)
+    gaps = [(b - a, (a + b) / 2) for a, b in zip(order, order[1:])]
+    gap, threshold = max(gaps)
+    assert gap > 1e-3, f"box ratios too close to split: {ratios}"
+    kept = sum(r >= threshold for r in ratios)
+    counts = {}
+    for minimum in (None, threshold):
+        trainer = PriorAlignedTrainer(model=model, args=config(tmp_path, per_device_train_batch_size=4,
+                                                               lambda_necessity=1.0, min_box_sufficiency=minimum),
+                                      train_dataset=examples(4), data_collator=collator)
+        model.train()
+        trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
+        counts[minimum] = {k: trainer._metrics[f"align/{k}"][0] for k in ("insufficient_boxes", "necessity_examples")}
+        model.zero_grad()
+    assert counts[None] == {"insufficient_boxes": 0.0, "necessity_examples": 4.0}
+    assert counts[threshold] == {"insufficient_boxes": float(4 - kept), "necessity_examples": float(kept)}
+    assert trainer.alignment_state["insufficient_boxes"] == 4 - kept
 
 
 def _step_alignment_grads(trainer, model, micro_batches: list[dict]) -> dict[str, torch.Tensor]:

@@ -13,10 +13,17 @@ margin of the best one gets a deviation example of its own.
 Also beyond the paper, ``necessity`` adds one example per sample that removes the whole target box (its cells,
 not its regions: a region may hold the cue and a corner of the box). Its loss lowers P(x_¬B), what the rest of
 the screen alone still explains of the click.
+
+And ``min_box_sufficiency`` gates a whole sample on its box: only if the box alone, everything else removed,
+keeps that share of the click (P(x_B) ≥ m·P(x)) does the sample give examples. Every term pushes the click's
+reliance into the box; a box that holds no evidence of its own (an element only its context tells apart from
+its neighbours, or a wrong box) has nowhere to take it, and on such samples the terms ask the model to lose a
+click it can only get from outside the box.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -56,6 +63,8 @@ class AlignmentExamples:
     examples: list[AlignmentExample] = field(default_factory=list)
     partition: RegionPartition | None = None
     prior_cells: torch.Tensor | None = None  # Bool [rows, cols]: the target box's cells (necessity examples)
+    box_prob: float | None = None  # P(x_B), the box alone, when the sufficiency gate measured it
+    box_sufficient: bool = True  # False: the gate dropped every example of this sample
 
     @property
     def deviation(self) -> list[AlignmentExample]:
@@ -92,6 +101,9 @@ def build_alignment_examples(
     deletion_weight: float = 1.0,
     deviation_margin: float | None = None,
     necessity: bool = False,
+    box_prob: float | None = None,
+    min_box_sufficiency: float | None = None,
+    full_prob: float | None = None,
 ) -> AlignmentExamples:
     """Gate an attribution into deviation / redundancy examples.
 
@@ -100,7 +112,9 @@ def build_alignment_examples(
     measures only S_1 (see `evaluate_prefixes` to measure the rest), so ranks beyond the measured prefixes + 1
     give none. ``deviation_margin`` (None: the paper's rank-1 gate) needs the singleton scores of a
     `single_round` ranking. ``necessity`` adds the sample's necessity example (the box removed) whenever the box
-    covers some cells but not all.
+    covers some cells but not all. ``min_box_sufficiency`` (None: off, as in the paper) needs ``box_prob``,
+    P(x_B) with only the box's cells kept; below min_box_sufficiency · P(x) the sample gives no examples. P(x)
+    is ``full_prob``, or the attribution's own when it measured it.
     """
     ranking = [int(r) for r in attribution.ranking]
     on_prior = on_prior_regions(attribution, prior_mask, prior_overlap)
@@ -129,6 +143,16 @@ def build_alignment_examples(
     prior_cells = torch.as_tensor(prior_mask).bool()
     if necessity and bool(prior_cells.any()) and not bool(prior_cells.all()):
         examples.append(AlignmentExample("necessity", 0, ()))
+    sufficient = True
+    if min_box_sufficiency is not None:
+        if box_prob is None:
+            raise ValueError("min_box_sufficiency needs box_prob, P(x_B) of the box alone")
+        full_prob = float(attribution.full_prob if full_prob is None else full_prob)
+        if not math.isfinite(full_prob):
+            raise ValueError("min_box_sufficiency needs P(x): pass full_prob (the attribution did not measure it)")
+        sufficient = box_prob >= min_box_sufficiency * full_prob
+        if not sufficient:
+            examples = []
     return AlignmentExamples(
         ranking=ranking,
         on_prior=on_prior,
@@ -138,6 +162,8 @@ def build_alignment_examples(
         examples=examples,
         partition=attribution.partition,
         prior_cells=prior_cells,
+        box_prob=box_prob,
+        box_sufficient=sufficient,
     )
 
 
