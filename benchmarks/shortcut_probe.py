@@ -44,12 +44,14 @@ def main() -> None:
                         help="share of training screens with the cue (the demo's: 1.0)")
     parser.add_argument("--pixels", type=int, default=None,
                         help="min = max pixels of the processor (default: the family's in the demo)")
-    parser.add_argument("--steps", type=int, default=300, help="SFT steps (the demo's: 300)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="SFT steps (default: the family's demo run, 300 or its full_run_schedule's)")
     parser.add_argument("--out", default=None, help="keep the run here (default: a temporary folder)")
     args = parser.parse_args()
 
     start = time.perf_counter()
     sizes, pixels = SIZES["full"], args.pixels or FAMILIES[args.family]["pixels"]
+    steps = args.steps or FAMILIES[args.family]["full_run_schedule"].get("max_steps")  # None: the recipe's
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
         cue = {"cue_colour": args.cue_colour, "cue_size": args.cue_size, "distractor_colour": args.distractor_colour,
@@ -65,12 +67,12 @@ def main() -> None:
         checkpoint = build_tiny_checkpoint(args.family, out / "checkpoint", seed=args.seed, min_pixels=pixels,
                                            max_pixels=pixels)
         config = training_config(RECIPE, checkpoint, train, out / "sft", args.seed, alignment=False,
-                                 overrides={"max_steps": args.steps}, family=args.family, pixels=pixels)
+                                 overrides={"max_steps": steps} if steps else {}, family=args.family, pixels=pixels)
         run_training(config)
         model, processor = load_model_and_processor(str(out / "sft"), dtype="float32", min_pixels=pixels,
                                                     max_pixels=pixels)
         action_format = get_family(args.family).default_action_format
-        result = {key: value for key, value in vars(args).items() if key != "out"}
+        result = {**{key: value for key, value in vars(args).items() if key != "out"}, "steps": config["max_steps"]}
         for split, path in tests.items():
             metrics = evaluate(model, processor, load_examples(path), action_format=action_format, batch_size=16,
                                attribution_samples=0, out_dir=out / "eval" / split)

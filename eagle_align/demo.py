@@ -11,10 +11,10 @@ The model is a tiny random Qwen3-VL (default), Qwen2.5-VL (`--family qwen2_5_vl`
 qwen2_vl`) built from scratch, fully fine-tuned (a random model has nothing for LoRA to adapt). Each family has
 its own entry in `FAMILIES` (pixel limits and how salient the cue is). The benchmark's setting was chosen by
 SFT-only measurement: with orange distractors Qwen3-VL's SFT follows the cue on every seed 0-4. The tiny Qwen2-VL
-takes the cue on seed 0 only; making the cue the more reliable evidence (`unmarked_train_fraction`: training
-targets drawn like the distractors) makes it take the cue more often, but then alignment collapses some seeds'
-models to one constant click, so its demo keeps none. The tiny Qwen2.5-VL ignored the cue in every setting
-tried. Their demos mostly run the pipeline without a shortcut to remove (data_cards/synthetic.md).
+takes it on every seed 0-2 once the cue is the more reliable evidence (`unmarked_train_fraction` 0.4: training
+targets drawn like the distractors) and it trains 600 steps; alignment then removes the cue on seeds 0 and 2 and
+collapses seed 1's model (data_cards/synthetic.md). The tiny Qwen2.5-VL ignored the cue in every setting tried,
+so its demo runs the pipeline without a shortcut to remove.
 """
 
 from __future__ import annotations
@@ -31,13 +31,17 @@ FAMILY = "qwen3_vl"
 # learn a white cue here (so SFT would have no shortcut to take). Orange distractors, not blue: the red target
 # stands out less, so SFT leans on the cue (Qwen3-VL seed 1: shifted 68.0 % with blue, 32.0 % with orange).
 # unmarked_train_fraction: share of training targets drawn like the distractors (0: none; data card for why).
+# full_run_schedule: recipe keys a full run overrides for this family (the recipe's own: 300 steps). The tiny
+# Qwen2-VL's SFT loss sits on a plateau (one coordinate still guessed) until step 130-290 on seeds 0-2, so it
+# trains 600 steps.
 FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3_vl": {"pixels": 256 * 256, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
-                 "square_size": None, "unmarked_train_fraction": 0.0},
+                 "square_size": None, "unmarked_train_fraction": 0.0, "full_run_schedule": {}},
     "qwen2_5_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
-                   "square_size": None, "unmarked_train_fraction": 0.0},
+                   "square_size": None, "unmarked_train_fraction": 0.0, "full_run_schedule": {}},
     "qwen2_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
-                 "square_size": None, "unmarked_train_fraction": 0.0},
+                 "square_size": None, "unmarked_train_fraction": 0.4,
+                 "full_run_schedule": {"max_steps": 600}},
 }
 PIXELS = FAMILIES[FAMILY]["pixels"]
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
@@ -225,6 +229,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
         raise ValueError(f"family={family!r}; the demo has benchmark settings for {', '.join(FAMILIES)}")
     pixels = FAMILIES[family]["pixels"]
     size = SIZES["quick" if quick else "full"]
+    overrides = {**size["overrides"], **({} if quick else FAMILIES[family]["full_run_schedule"])}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -239,7 +244,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
     trained: dict[str, Any] = {}
     for step, name in enumerate(MODELS, start=3):
         _stage(start, f"{step}/5 training {name} ({'prior-aligned' if name == 'aligned' else 'plain SFT'})")
-        config = training_config(recipe, checkpoint, train, out / name, seed, name == "aligned", size["overrides"],
+        config = training_config(recipe, checkpoint, train, out / name, seed, name == "aligned", overrides,
                                  family)
         trainer = run_training(config)
         trained[name] = {
@@ -301,7 +306,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
         "point_game_split": "shifted",
         "alignment_regions": trained["aligned"]["regions"],
         "point_game_attribution": metrics["aligned", "shifted"]["attribution"]["settings"],
-        "overrides": size["overrides"],
+        "overrides": overrides,
     }
     report["figure"] = figure.name
     report["minutes"] = (time.perf_counter() - start) / 60
