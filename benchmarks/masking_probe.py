@@ -1,0 +1,79 @@
+"""What a trained model's click rests on: P(click) on a demo run's training screens under five maskings.
+
+For each screen, the teacher-forced probability of the recorded click (the decision tokens, as in training) with
+nothing masked, the target box alone, the box removed, the cue removed, the cue alone and everything removed;
+masked cells show the baseline (the demo recipe's `mean` unless `--baseline`). Means over the screens the model
+gets confidently right (P ≥ 0.75), for targets drawn red and for unmarked ones apart. It tells the shortcuts of
+`data_cards/synthetic.md` apart: a cue-follower keeps the click with the box removed; a model that has learned
+to see the mask scores every masked input alike, far below the unmasked one; a collapsed model scores them all
+near its unmasked P.
+
+    python benchmarks/masking_probe.py outputs/demo/aligned outputs/demo/data/train.jsonl --family qwen3_vl
+
+The last output line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from eagle_align.attribution.masking import BASELINES
+from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, slice_sample
+from eagle_align.data import load_examples
+from eagle_align.data.collator import GroundingCollator, prior_mask
+from eagle_align.demo import FAMILIES
+from eagle_align.models import get_family, load_model_and_processor
+
+MASKINGS = ("full", "box_alone", "box_removed", "cue_removed", "cue_alone", "all_removed")
+
+
+def keep_masks(meta) -> torch.Tensor:
+    """Bool [len(MASKINGS), rows, cols]; the cue's cells exclude the box's (the cue sits beside the target)."""
+    box = meta.prior_mask.bool()
+    (width, height), (resized_w, resized_h) = meta.image_size, meta.resized_size
+    x1, y1, x2, y2 = meta.example.extra["cue_bbox"]
+    cue_resized = (x1 * resized_w / width, y1 * resized_h / height, x2 * resized_w / width, y2 * resized_h / height)
+    cue = prior_mask(cue_resized, meta.grid_hw, resized_w // meta.grid_hw[1]) & ~box
+    return torch.stack([torch.ones_like(box), box, ~box, ~cue, cue, torch.zeros_like(box)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="a trained folder (e.g. outputs/demo/aligned)")
+    parser.add_argument("data", help="the run's training JSONL (e.g. outputs/demo/data/train.jsonl)")
+    parser.add_argument("--family", default="qwen3_vl", choices=sorted(FAMILIES))
+    parser.add_argument("--samples", type=int, default=48, help="first N training screens (default 48)")
+    parser.add_argument("--baseline", default="mean", choices=BASELINES, help="masking baseline (default: mean)")
+    parser.add_argument("--min-confidence", type=float, default=0.75)
+    args = parser.parse_args()
+
+    pixels = FAMILIES[args.family]["pixels"]
+    model, processor = load_model_and_processor(args.model, dtype="float32", min_pixels=pixels, max_pixels=pixels)
+    examples = load_examples(args.data)[: args.samples]
+    collator = GroundingCollator(processor, get_family(args.family).default_action_format)
+    probs: dict[bool, list[list[float]]] = {True: [], False: []}
+    with attribution_mode(model):
+        for start in range(0, len(examples), 16):
+            batch = collator(examples[start : start + 16])
+            for i, meta in enumerate(batch["meta"]):
+                scorer = DecisionScorer(model, slice_sample(batch, i), meta, baseline=args.baseline)
+                probs[bool(meta.example.extra.get("target_marked", True))].append(scorer.score(keep_masks(meta)).tolist())
+
+    result = {"model": args.model, "family": args.family, "baseline": args.baseline}
+    for marked, rows in probs.items():
+        name = "marked" if marked else "unmarked"
+        table = torch.tensor(rows).view(-1, len(MASKINGS))
+        confident = table[table[:, 0] >= args.min_confidence]
+        result[f"{name}_screens"], result[f"{name}_confident"] = len(rows), len(confident)
+        if len(confident):
+            result[name] = {m: round(float(v), 3) for m, v in zip(MASKINGS, confident.mean(0))}
+            print(f"{name:>9} ({len(confident)} of {len(rows)} confident): "
+                  + "  ".join(f"{m} {result[name][m]:.3f}" for m in MASKINGS), flush=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
