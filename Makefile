@@ -10,10 +10,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Torch first (these versions resolve from this machine's disk), then the package with the extras the tests use.
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev,quant,deepspeed,tensorboard]'
+# Torch first, then the package with the extras the tests use, both at the versions the data card measured
+# (constraints.txt: results are deterministic for fixed versions only).
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -c constraints.txt torch torchvision
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,quant,deepspeed,tensorboard]'
 	touch $(STAMP)
 
 install: $(STAMP)
