@@ -23,7 +23,15 @@ from pathlib import Path
 
 from eagle_align.data import load_examples
 from eagle_align.data.synth import CUE_COLOURS, DISTRACTOR_COLOURS
-from eagle_align.demo import FAMILIES, RECIPE, SIZES, TRAIN_CUE_FRACTION, synthetic_split, training_config
+from eagle_align.demo import (
+    FAMILIES,
+    RECIPE,
+    SIZES,
+    TRAIN_CUE_FRACTION,
+    run_overrides,
+    synthetic_split,
+    training_config,
+)
 from eagle_align.eval import evaluate
 from eagle_align.models import build_tiny_checkpoint, get_family, load_model_and_processor
 from eagle_align.train import run_training
@@ -51,7 +59,7 @@ def main() -> None:
 
     start = time.perf_counter()
     sizes, pixels = SIZES["full"], args.pixels or FAMILIES[args.family]["pixels"]
-    steps = args.steps or FAMILIES[args.family]["full_run_schedule"].get("max_steps")  # None: the recipe's
+    steps = args.steps or run_overrides(args.family, quick=False).get("max_steps")  # None: the recipe's
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
         cue = {"cue_colour": args.cue_colour, "cue_size": args.cue_size, "distractor_colour": args.distractor_colour,

@@ -84,6 +84,12 @@ def synthetic_split(out: Path, split: str, n: int, seed: int, cue_fraction: floa
                               unmarked_target_fraction=bench["unmarked_train_fraction"] if split == "train" else 0.0)
 
 
+def run_overrides(family: str, quick: bool) -> dict[str, Any]:
+    """The recipe keys a demo run of `family` overrides: the --quick size's, or the family's full-run schedule."""
+    return dict(SIZES["quick"]["overrides"]) if quick else {**SIZES["full"]["overrides"],
+                                                            **FAMILIES[family]["full_run_schedule"]}
+
+
 def training_config(recipe: Path, checkpoint: Path, train: Path, out: Path, seed: int, alignment: bool,
                     overrides: dict[str, Any], family: str = FAMILY, pixels: int | None = None) -> dict[str, Any]:
     """The recipe as the demo runs it: its checkpoint, data, seed, pixel limits (None: the family's) and action
@@ -229,7 +235,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
         raise ValueError(f"family={family!r}; the demo has benchmark settings for {', '.join(FAMILIES)}")
     pixels = FAMILIES[family]["pixels"]
     size = SIZES["quick" if quick else "full"]
-    overrides = {**size["overrides"], **({} if quick else FAMILIES[family]["full_run_schedule"])}
+    overrides = run_overrides(family, quick)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

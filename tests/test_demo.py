@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eagle_align.demo import FAMILIES, MODELS, SPLITS, format_summary, format_table, summarize_seeds
+from eagle_align.demo import (
+    FAMILIES,
+    MODELS,
+    SIZES,
+    SPLITS,
+    format_summary,
+    format_table,
+    run_overrides,
+    summarize_seeds,
+)
 from eagle_align.models import get_family
 
 
@@ -31,6 +40,13 @@ def test_table_and_seed_summary():
     assert summary["aligned"]["point_game"] == (0.5, 0.0)  # a missing value is left out, not counted as 0
     assert summary["seeds"] == [0, 1]
     assert "75.0 ± 35.4" in format_summary(summary) and "87.5 ± 17.7" in format_summary(summary)
+
+
+def test_full_runs_follow_the_family_schedule_and_quick_runs_do_not():
+    assert run_overrides("qwen2_vl", quick=False) == {"max_steps": 600}  # past the SFT loss plateau
+    assert run_overrides("qwen3_vl", quick=False) == {}  # the recipe's own 300 steps
+    quick = run_overrides("qwen2_vl", quick=True)
+    assert quick["max_steps"] == 60 and quick == SIZES["quick"]["overrides"] and quick is not SIZES["quick"]["overrides"]
 
 
 @pytest.mark.slow
