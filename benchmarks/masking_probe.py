@@ -23,7 +23,7 @@ import torch
 from eagle_align.attribution.masking import BASELINES
 from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, slice_sample
 from eagle_align.data import load_examples
-from eagle_align.data.collator import GroundingCollator, prior_mask
+from eagle_align.data.collator import GroundingCollator, prior_mask, resize_box
 from eagle_align.demo import FAMILIES
 from eagle_align.models import get_family, load_model_and_processor
 
@@ -33,10 +33,8 @@ MASKINGS = ("full", "box_alone", "box_removed", "cue_removed", "cue_alone", "all
 def keep_masks(meta) -> torch.Tensor:
     """Bool [len(MASKINGS), rows, cols]; the cue's cells exclude the box's (the cue sits beside the target)."""
     box = meta.prior_mask.bool()
-    (width, height), (resized_w, resized_h) = meta.image_size, meta.resized_size
-    x1, y1, x2, y2 = meta.example.extra["cue_bbox"]
-    cue_resized = (x1 * resized_w / width, y1 * resized_h / height, x2 * resized_w / width, y2 * resized_h / height)
-    cue = prior_mask(cue_resized, meta.grid_hw, resized_w // meta.grid_hw[1]) & ~box
+    cue_resized = resize_box(meta.example.extra["cue_bbox"], meta.image_size, meta.resized_size)
+    cue = prior_mask(cue_resized, meta.grid_hw, meta.resized_size[0] // meta.grid_hw[1]) & ~box
     return torch.stack([torch.ones_like(box), box, ~box, ~cue, cue, torch.zeros_like(box)])
 
 

@@ -305,7 +305,8 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
         "trainable_parameters": trained["sft"]["trainable"],
         "train_examples": size["train"],
         "train_cue_fraction": TRAIN_CUE_FRACTION,
-        **{key: value for key, value in FAMILIES[family].items() if key != "pixels"},  # the benchmark's settings
+        # The benchmark's settings (its full-run schedule is in "overrides").
+        **{key: value for key, value in FAMILIES[family].items() if key not in ("pixels", "full_run_schedule")},
         "iid_examples": size["iid"],
         "shifted_examples": size["shifted"],
         "attribution_samples": size["attribution_samples"],

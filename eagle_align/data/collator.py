@@ -38,6 +38,13 @@ class SampleMeta:
     example: GroundingExample
 
 
+def resize_box(box, image_size: tuple[int, int], resized_size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """An xyxy box in original pixels, in the pixels of the resized image the model sees."""
+    sx, sy = resized_size[0] / image_size[0], resized_size[1] / image_size[1]
+    x1, y1, x2, y2 = box
+    return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
+
+
 def prior_mask(bbox_resized, grid_hw: tuple[int, int], cell: int) -> torch.Tensor:
     """Bool [rows, cols]: cell (r, c) covers [c·cell, (c+1)·cell) × [r·cell, (r+1)·cell) and is marked when
     the open box interior overlaps it."""
@@ -182,9 +189,7 @@ class GroundingCollator:
             positions = hits.nonzero().flatten()
             if len(spans) == 0 or positions.numel() == 0:
                 raise DataError(f"example {example.id!r}: no coordinate tokens found in answer {answer!r}")
-        sx, sy = resized[0] / example.image_size[0], resized[1] / example.image_size[1]
-        x1, y1, x2, y2 = example.bbox
-        bbox_resized = (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
+        bbox_resized = resize_box(example.bbox, example.image_size, resized)
         sample = {key: encoded[key][0] for key in _SEQUENCE_KEYS}
         sample["labels"] = labels
         sample = self._truncate(sample, positions, example)
