@@ -21,6 +21,7 @@ from eagle_align.attribution.scoring import REDUCTIONS
 from eagle_align.attribution.search import DEFAULT_RESORT_EVERY, DEFAULT_SEARCH_SCOPE, STRATEGIES
 
 SELECTIONS = ("confident_correct", "all")
+NECESSITY_FLOORS = ("blank", "zero")
 # Every method setting of the paper (its losses, gate, schedule and EAGLE's set function and efficient search
 # with EAGLE's scope 10 / re-sort every 5), for comparisons against it; throughput knobs are not part of it.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -30,7 +31,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "deletion_weight": 1.0, "selection": "confident_correct", "min_confidence": 0.75, "prior_overlap": 0.15,
         "n_regions": 64, "region_method": "grid", "search": "efficient", "search_scope": 10, "resort_every": 5,
         "max_regions": 10, "stop_confidence": 0.8, "baseline": "black", "score_reduction": "mean",
-        "min_box_sufficiency": None,
+        "min_box_sufficiency": None, "max_blank_share": None,
     },
 }
 
@@ -78,6 +79,12 @@ class PriorAlignedConfig(TrainingArguments):
                   "target box removed (what a cue beside the target still explains once the deviation gate has "
                   "closed; 1 measured best). 0: off, as in the paper."},
     )
+    necessity_floor: str = field(
+        default="blank",
+        metadata={"help": "How far the necessity loss pushes P(x_¬B): blank (default: down to P(x_∅), the click on "
+                  "a screen with everything removed, one forward per sample; a model answering from its prior "
+                  "has no shortcut outside the box) | zero (all the way to 0, the 2026-12-02 form)."},
+    )
     loss_variant: str = field(
         default="log",
         metadata={"help": "log (default: keeps a gradient once the model is confident on a shortcut) | paper "
@@ -95,6 +102,14 @@ class PriorAlignedConfig(TrainingArguments):
                   "P(x_B) ≥ min_box_sufficiency · P(x) (one forward per sample). A box that holds no evidence "
                   "(an element only its context identifies, a wrong box) has nothing to move reliance to, and "
                   "pushing there destroys the click. None: every selected sample, as in the paper."},
+    )
+    max_blank_share: float | None = field(
+        default=0.95,
+        metadata={"help": "Beyond the paper: align a sample only if a blank screen (everything removed) keeps less "
+                  "than this share of the click, P(x_∅) < max_blank_share · P(x) (one forward per sample, shared "
+                  "with the necessity floor). A click the model gives without looking (a prior, or a model still "
+                  "on its loss plateau) rests on nothing in the screen, and the terms would only fight the task "
+                  "loss. None: every selected sample, as in the paper."},
     )
     adaptive_beta: float = field(default=2.0, metadata={"help": "β of the adaptive_log penalty."})
     insertion_weight: float = field(
@@ -153,7 +168,7 @@ class PriorAlignedConfig(TrainingArguments):
             self.use_cpu = True
         super().__post_init__()
         choices = {
-            "loss_variant": LOSS_VARIANTS, "selection": SELECTIONS, "region_method": REGION_METHODS,
+            "loss_variant": LOSS_VARIANTS, "selection": SELECTIONS, "necessity_floor": NECESSITY_FLOORS, "region_method": REGION_METHODS,
             "search": STRATEGIES, "baseline": BASELINES, "score_reduction": REDUCTIONS,
         }
         for name, allowed in choices.items():
@@ -185,6 +200,8 @@ class PriorAlignedConfig(TrainingArguments):
                 raise ValueError(f"deviation_margin needs search=single_round (singleton scores), got {self.search!r}")
         if self.min_box_sufficiency is not None and not self.min_box_sufficiency >= 0:
             raise ValueError(f"min_box_sufficiency={self.min_box_sufficiency} must be ≥ 0 (or None)")
+        if self.max_blank_share is not None and not self.max_blank_share > 0:
+            raise ValueError(f"max_blank_share={self.max_blank_share} must be > 0 (or None)")
         if not self.adaptive_beta > 0:
             raise ValueError(f"adaptive_beta={self.adaptive_beta} must be > 0")
         if self.remove_unused_columns:

@@ -117,8 +117,8 @@ class PriorAlignedTrainer(Trainer):
 
         alignment_keys = (
             "alignment", "align_every", "align_start_step", "lambda_deviation", "lambda_redundancy", "lambda_necessity",
-            "loss_variant",
-            "deviation_margin", "min_box_sufficiency",
+            "necessity_floor", "loss_variant",
+            "deviation_margin", "min_box_sufficiency", "max_blank_share",
             "insertion_weight", "deletion_weight", "selection", "min_confidence", "prior_overlap", "n_regions",
             "region_method", "search", "max_regions", "baseline", "score_reduction",
         )
@@ -218,7 +218,8 @@ class PriorAlignedTrainer(Trainer):
                 raise ValueError(_NEEDS_META)
             samples = _BatchSamples(batch, unwrapped, args)
             stats = dict.fromkeys(("point_hits", "prior_hits", "attribution_forwards", *LOSS_KINDS,
-                                   "nonfinite", "loss_forwards", "padded", "insufficient_boxes"), 0.0)
+                                   "nonfinite", "loss_forwards", "padded", "insufficient_boxes",
+                                   "blank_clicks"), 0.0)
             start = time.perf_counter()
             lockstep = distributed.Lockstep(unwrapped, lambda s=samples: s.dummy_pass(unwrapped, grad=False),
                                             self.accelerator.device)
@@ -280,19 +281,28 @@ class PriorAlignedTrainer(Trainer):
         # A term with weight 0 would cost gradient forwards and add nothing.
         weight = {kind: getattr(args, f"lambda_{kind}") for kind in LOSS_KINDS}
         box_probs, full = [None] * len(selected), [full_probs.get(i) for i in selected]
-        if args.min_box_sufficiency is not None and selected:
-            # The sufficiency gate: P(x_B) of every selected sample (and P(x) where selection did not measure
-            # it) in shared no-grad forwards.
-            masks = [torch.stack([samples.batch["meta"][i].prior_mask.bool()]
-                                 + ([] if p is not None else [torch.ones_like(samples.batch["meta"][i].prior_mask.bool())]))
-                     for i, p in zip(selected, full)]
+        blank_probs = [None] * len(selected)
+        gate = args.min_box_sufficiency is not None
+        blank = args.max_blank_share is not None or (args.lambda_necessity > 0 and args.necessity_floor == "blank")
+        if (gate or blank) and selected:
+            # In shared no-grad forwards: the sufficiency gate's P(x_B), P(x) where selection did not measure
+            # it, and P(x_∅) for the blank gate and the necessity floor.
+            masks = []
+            for i, p in zip(selected, full):
+                box = samples.batch["meta"][i].prior_mask.bool()
+                masks.append(torch.stack(([box] if gate else []) + ([torch.ones_like(box)] if p is None else [])
+                                         + ([torch.zeros_like(box)] if blank else [])))
             probs = score_jointly([(samples.scorer(model, i), m) for i, m in zip(selected, masks)],
                                   args.attribution_batch_size)
-            box_probs = [float(p[0]) for p in probs]
-            full = [p if p is not None else float(q[1]) for p, q in zip(full, probs)]
+            if gate:
+                box_probs = [float(q[0]) for q in probs]
+            full = [p if p is not None else float(q[int(gate)]) for p, q in zip(full, probs)]
+            if blank:
+                blank_probs = [float(q[-1]) for q in probs]
             stats["attribution_forwards"] += sum(len(m) for m in masks)
         built = []
-        for i, attribution, box_prob, full_prob in zip(selected, attributions, box_probs, full):
+        for i, attribution, box_prob, full_prob, blank_prob in zip(selected, attributions, box_probs, full,
+                                                                   blank_probs):
             if args.search == "single_round" and args.lambda_redundancy > 0:
                 # Redundancy needs F(S_{r-1}) of every prefix; single_round measured only S_1.
                 evaluate_prefixes(attribution, set_prob_for(samples.scorer(model, i), attribution.partition))
@@ -304,8 +314,10 @@ class PriorAlignedTrainer(Trainer):
             examples = build_alignment_examples(attribution, prior, args.prior_overlap, args.insertion_weight,
                                                 args.deletion_weight, deviation_margin=args.deviation_margin,
                                                 necessity=args.lambda_necessity > 0, box_prob=box_prob,
-                                                min_box_sufficiency=args.min_box_sufficiency, full_prob=full_prob)
+                                                min_box_sufficiency=args.min_box_sufficiency, full_prob=full_prob,
+                                                blank_prob=blank_prob, max_blank_share=args.max_blank_share)
             stats["insufficient_boxes"] += float(not examples.box_sufficient)
+            stats["blank_clicks"] += float(not examples.screen_used)
             examples.examples = [e for e in examples.examples if weight[e.kind] > 0]
             built.append((i, examples))
         return built
@@ -335,9 +347,10 @@ class PriorAlignedTrainer(Trainer):
         is_nec = torch.tensor([e.kind == "necessity" for e in chunk], device=probs.device)
         prev_insert = torch.tensor([e.prev_p_insert or 0.0 for e in chunk], device=probs.device)
         prev_delete = torch.tensor([e.prev_p_delete or 0.0 for e in chunk], device=probs.device)
+        floor = torch.tensor([e.reference_prob for e in chunk], device=probs.device)
         terms = torch.where(
             is_nec,
-            necessity_loss(p_delete, args.loss_variant),
+            necessity_loss(p_delete, args.loss_variant, reference=floor),
             torch.where(
                 is_dev,
                 deviation_loss(p_insert, p_delete, **common),
@@ -372,9 +385,10 @@ class PriorAlignedTrainer(Trainer):
             selected, attributed, n_dev, n_red, n_nec, stats["deviation"], stats["redundancy"], stats["necessity"],
             stats["nonfinite"], stats["point_hits"], stats["prior_hits"], stats["attribution_forwards"],
             stats["loss_forwards"], attr_seconds, loss_seconds, stats["padded"], stats["insufficient_boxes"],
+            stats["blank_clicks"],
         ]
         (selected, attributed, n_dev, n_red, n_nec, dev_sum, red_sum, nec_sum, nonfinite, point_hits, prior_hits,
-         forwards, loss_forwards, attr_seconds, loss_seconds, padded, insufficient) = distributed.all_reduce_sum(
+         forwards, loss_forwards, attr_seconds, loss_seconds, padded, insufficient, blank) = distributed.all_reduce_sum(
             values, self.accelerator.device)
         ranks = distributed.world_size()
         metrics = {
@@ -389,6 +403,7 @@ class PriorAlignedTrainer(Trainer):
             "align/nonfinite_terms": nonfinite,
             "align/padded_passes": padded,
             "align/insufficient_boxes": insufficient,
+            "align/blank_clicks": blank,
         }
         if n_dev:
             metrics["align/loss_deviation"] = dev_sum / n_dev
@@ -409,7 +424,7 @@ class PriorAlignedTrainer(Trainer):
             state["alignment_steps"] += 1
         for key, value in (("selected", selected), ("deviation_examples", n_dev), ("redundancy_examples", n_red),
                            ("necessity_examples", n_nec), ("insufficient_boxes", insufficient),
-                           ("attribution_forwards", forwards), ("loss_forwards", loss_forwards),
+                           ("blank_clicks", blank), ("attribution_forwards", forwards), ("loss_forwards", loss_forwards),
                            ("nonfinite_terms", nonfinite), ("padded_passes", padded)):
             state[key] += value
         self.alignment_seconds["attribution"] += attr_seconds / ranks

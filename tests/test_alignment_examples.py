@@ -94,6 +94,9 @@ def test_necessity_example_removes_the_box_cells_not_its_regions():
     assert len(built.necessity) == 1 and len(built.deviation) == 1
     insert, delete = built.keep_cells(built.necessity)
     assert torch.equal(insert[0], corner) and torch.equal(delete[0], ~corner)
+    assert built.necessity[0].reference_prob == 0.0  # no blank screen measured: pushed all the way down
+    floored = build_alignment_examples(attribution([3, 2]), corner, necessity=True, blank_prob=0.35)
+    assert floored.necessity[0].reference_prob == 0.35 and floored.blank_prob == 0.35
     assert build_alignment_examples(attribution([3, 2]), corner).necessity == []  # off by default
     # A box over every cell or over none leaves nothing to remove from or to keep.
     assert build_alignment_examples(attribution([1]), box(slice(0, 4), slice(0, 4)), necessity=True).examples == []
@@ -177,3 +180,20 @@ def test_box_sufficiency_gate_keeps_or_drops_a_whole_sample():
     assert build_alignment_examples(attribution([3, 2]), corner, box_prob=0.0).box_sufficient
     with pytest.raises(ValueError, match="box_prob"):
         build_alignment_examples(attribution([3, 2]), corner, min_box_sufficiency=0.5)
+
+
+def test_blank_gate_drops_a_sample_whose_click_a_blank_screen_gives_as_well():
+    """P(x_∅) < m·P(x) keeps the sample; at or above it nothing is left (P(x) is 0.9 here), and both gates can
+    act together."""
+    corner = box(slice(0, 1), slice(0, 3))
+    kept = build_alignment_examples(attribution([3, 2]), corner, necessity=True, blank_prob=0.5, max_blank_share=0.95)
+    assert kept.screen_used and [e.kind for e in kept.examples] == ["deviation", "redundancy", "necessity"]
+    assert kept.necessity[0].reference_prob == 0.5  # the same P(x_∅) is the necessity floor
+    dropped = build_alignment_examples(attribution([3, 2]), corner, necessity=True, blank_prob=0.88,
+                                       max_blank_share=0.95)
+    assert not dropped.screen_used and dropped.examples == [] and dropped.box_sufficient
+    both = build_alignment_examples(attribution([3, 2]), corner, box_prob=0.1, min_box_sufficiency=0.5,
+                                    blank_prob=0.1, max_blank_share=0.95)
+    assert both.examples == [] and not both.box_sufficient and both.screen_used
+    with pytest.raises(ValueError, match="blank_prob"):
+        build_alignment_examples(attribution([3, 2]), corner, max_blank_share=0.95)

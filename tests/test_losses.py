@@ -92,6 +92,23 @@ def test_necessity_loss_pushes_the_click_without_the_box_down(p):
         necessity_loss(leaf(p), "l2")
 
 
+@pytest.mark.parametrize("variant", ["log", "paper"])
+def test_necessity_loss_stops_at_the_blank_screen_floor(variant):
+    """Above the floor P(x_∅) the loss is that of the gap P(x_¬B) − P(x_∅); at or below it, zero with zero
+    gradient (a click the model gives with no evidence at all is no shortcut); the floor gets no gradient."""
+    p, floor = leaf(0.9, 0.5, 0.3), leaf(0.4, 0.5, 0.6)
+    loss = necessity_loss(p, variant, reference=floor)
+    gap = 0.9 - 0.4
+    expected = [-math.log(1 - gap) if variant == "log" else gap, 0.0, 0.0]
+    assert loss.tolist() == pytest.approx(expected)
+    loss.sum().backward()
+    assert p.grad[0].item() == pytest.approx(1 / (1 - gap) if variant == "log" else 1.0)
+    assert p.grad[1:].tolist() == [0.0, 0.0]
+    assert floor.grad is None or not floor.grad.any()
+    assert necessity_loss(leaf(0.7), variant, reference=0.0).item() == pytest.approx(
+        necessity_loss(leaf(0.7), variant).item())  # floor 0: the earlier form
+
+
 def test_log_redundancy_keeps_a_gradient_at_saturated_probabilities():
     # Adding π_r made the set fully sufficient and its removal fatal: ℓ(S_r) needs no bound, its gradient is exact.
     after_ins, after_del = leaf(0.99995), leaf(5e-5)

@@ -71,7 +71,7 @@ PAPER = dict(
     deviation_margin=None, adaptive_beta=2.0, insertion_weight=2.0, deletion_weight=1.0, selection="confident_correct",
     min_confidence=0.75, prior_overlap=0.15, n_regions=64, region_method="grid", search="efficient", search_scope=10,
     resort_every=5, max_regions=10, stop_confidence=0.8, baseline="black", score_reduction="mean",
-    min_box_sufficiency=None,
+    min_box_sufficiency=None, max_blank_share=None,
 )
 
 
@@ -178,13 +178,16 @@ def _manual_alignment_grads(model, batch, cfg) -> dict[str, torch.Tensor]:
             continue
         model.eval()
         insert, delete = built.keep_cells()
-        probs = DecisionScorer(model, sample, batch["meta"][i], row).score(torch.cat([insert, delete]), grad=True)
+        scorer = DecisionScorer(model, sample, batch["meta"][i], row)
+        probs = scorer.score(torch.cat([insert, delete]), grad=True)
+        blank = scorer.score(torch.zeros(1, *scorer.grid_hw, dtype=torch.bool))[0]
+        floor = blank if cfg.necessity_floor == "blank" else 0.0
         n = len(built.examples)
         for j, example in enumerate(built.examples):
             if example.kind == "deviation":
                 dev.append(deviation_loss(probs[j], probs[n + j], cfg.loss_variant, **weights))
             elif example.kind == "necessity":
-                nec.append(necessity_loss(probs[n + j], cfg.loss_variant))
+                nec.append(necessity_loss(probs[n + j], cfg.loss_variant, reference=floor))
             else:
                 red.append(redundancy_loss(probs[j], probs[n + j], torch.tensor(example.prev_p_insert),
                                            torch.tensor(example.prev_p_delete), cfg.loss_variant, **weights))
@@ -223,12 +226,14 @@ def test_chunked_alignment_gradient_equals_the_batch_mean_loss(lora_setup, tmp_p
     assert any(g.abs().sum() > 0 for g in expected.values())
 
 
-def test_necessity_term_and_deletion_only_forwards_give_the_batch_mean_loss(lora_setup, tmp_path):
-    """λ_nec·mean(−log(1 − P(x_¬B))) joins the other means; with a = 0 no insertion is scored (one input per term)."""
+@pytest.mark.parametrize("floor", ["zero", "blank"])
+def test_necessity_term_and_deletion_only_forwards_give_the_batch_mean_loss(lora_setup, tmp_path, floor):
+    """λ_nec·mean(−log(1 − ReLU(P(x_¬B) − floor))) joins the other means, the floor 0 or P(x_∅) of a blank
+    screen; with a = 0 no insertion is scored (one input per term)."""
     model, processor, collator = lora_setup
     _lora_b_off_zero(model)
     cfg = config(tmp_path, per_device_train_batch_size=3, loss_chunk_size=2, insertion_weight=0.0,
-                 loss_variant="log", lambda_necessity=1.0)
+                 loss_variant="log", lambda_necessity=1.0, necessity_floor=floor)
     trainer = PriorAlignedTrainer(model=model, args=cfg, train_dataset=examples(3), data_collator=collator)
     batch = collator(examples(3))
     expected = _manual_alignment_grads(model, batch, cfg)
@@ -239,7 +244,7 @@ def test_necessity_term_and_deletion_only_forwards_give_the_batch_mean_loss(lora
     assert logged["align/necessity_examples"] == [3.0]  # one per sample: every box covers some cells, not all
     assert logged["align/loss_forwards"][0] == (logged["align/deviation_examples"][0]
                                                 + logged["align/redundancy_examples"][0] + 3)
-    assert logged["align/loss_necessity"][0] > 0
+    assert logged["align/loss_necessity"][0] > 0 or floor == "blank"
     for name, grad in expected.items():
         torch.testing.assert_close(model.get_parameter(name).grad, grad, atol=1e-6, rtol=1e-4)
     assert trainer.alignment_state["necessity_examples"] == 3
@@ -276,6 +281,34 @@ def test_box_sufficiency_gate_drops_the_samples_whose_box_alone_loses_the_click(
     assert counts[None] == {"insufficient_boxes": 0.0, "necessity_examples": 4.0}
     assert counts[threshold] == {"insufficient_boxes": float(4 - kept), "necessity_examples": float(kept)}
     assert trainer.alignment_state["insufficient_boxes"] == 4 - kept
+
+
+def test_blank_gate_drops_the_samples_a_blank_screen_clicks_as_well(lora_setup, tmp_path):
+    """A sample is aligned only if P(x_∅) < m·P(x), with the threshold put between two measured ratios; the same
+    forward gives the necessity floor, so the necessity examples are exactly the samples kept."""
+    model, processor, collator = lora_setup
+    _lora_b_off_zero(model)
+    batch = collator(examples(4))
+    base = config(tmp_path, per_device_train_batch_size=4, lambda_necessity=1.0)
+    ratios = []
+    model.eval()
+    for i, meta in enumerate(batch["meta"]):
+        sample = slice_sample(batch, i)
+        row = baseline_row(model, base.baseline, sample["pixel_values"], sample["image_grid_thw"])
+        scorer = DecisionScorer(model, sample, meta, row)
+        ratios.append(float(scorer.score(torch.zeros(1, *scorer.grid_hw, dtype=torch.bool))[0]) / scorer.full_prob())
+    order = sorted(ratios)
+    gap, threshold = max((b - a, (a + b) / 2) for a, b in zip(order, order[1:]))
+    assert gap > 1e-3, f"blank ratios too close to split: {ratios}"
+    kept = sum(r < threshold for r in ratios)
+    trainer = PriorAlignedTrainer(model=model, args=config(tmp_path, per_device_train_batch_size=4, lambda_necessity=1.0,
+                                                           necessity_floor="blank", max_blank_share=threshold),
+                                  train_dataset=examples(4), data_collator=collator)
+    model.train()
+    trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
+    logged = {k: trainer._metrics[f"align/{k}"][0] for k in ("blank_clicks", "necessity_examples", "insufficient_boxes")}
+    assert logged == {"blank_clicks": float(4 - kept), "necessity_examples": float(kept), "insufficient_boxes": 0.0}
+    assert trainer.alignment_state["blank_clicks"] == 4 - kept
 
 
 def _step_alignment_grads(trainer, model, micro_batches: list[dict]) -> dict[str, torch.Tensor]:

@@ -12,7 +12,8 @@ margin of the best one gets a deviation example of its own.
 
 Also beyond the paper, ``necessity`` adds one example per sample that removes the whole target box (its cells,
 not its regions: a region may hold the cue and a corner of the box). Its loss lowers P(x_¬B), what the rest of
-the screen alone still explains of the click.
+the screen alone still explains of the click, down to ``blank_prob`` when given: P(x_∅), what a screen with
+everything removed still gives (the model's prior), below which nothing outside the box is explaining it.
 
 And ``min_box_sufficiency`` gates a whole sample on its box: only if the box alone, everything else removed,
 keeps that share of the click (P(x_B) ≥ m·P(x)) does the sample give examples. Every term pushes the click's
@@ -41,7 +42,8 @@ class AlignmentExample:
     ``regions`` is {π_1} for a deviation example and the prefix S_r = {π_1..π_r} for a redundancy example;
     a necessity example has none (rank 0): its set is the target box's cells;
     ``prev_p_insert``/``prev_p_delete`` are the attribution's P(x_{S_{r−1}}) and P(x_¬{S_{r−1}}) (redundancy
-    only), reused under stop-gradient instead of re-running those forwards.
+    only), reused under stop-gradient instead of re-running those forwards; ``reference_prob`` is the floor
+    of a necessity example's P(x_¬B) (P(x_∅), or 0).
     """
 
     kind: str
@@ -49,6 +51,7 @@ class AlignmentExample:
     regions: tuple[int, ...]
     prev_p_insert: float | None = None
     prev_p_delete: float | None = None
+    reference_prob: float = 0.0
 
 
 @dataclass
@@ -64,7 +67,9 @@ class AlignmentExamples:
     partition: RegionPartition | None = None
     prior_cells: torch.Tensor | None = None  # Bool [rows, cols]: the target box's cells (necessity examples)
     box_prob: float | None = None  # P(x_B), the box alone, when the sufficiency gate measured it
+    blank_prob: float | None = None  # P(x_∅), everything removed, when the necessity floor measured it
     box_sufficient: bool = True  # False: the gate dropped every example of this sample
+    screen_used: bool = True  # False: a blank screen gave the click as well; the blank gate dropped the sample
 
     @property
     def deviation(self) -> list[AlignmentExample]:
@@ -104,6 +109,8 @@ def build_alignment_examples(
     box_prob: float | None = None,
     min_box_sufficiency: float | None = None,
     full_prob: float | None = None,
+    blank_prob: float | None = None,
+    max_blank_share: float | None = None,
 ) -> AlignmentExamples:
     """Gate an attribution into deviation / redundancy examples.
 
@@ -112,9 +119,11 @@ def build_alignment_examples(
     measures only S_1 (see `evaluate_prefixes` to measure the rest), so ranks beyond the measured prefixes + 1
     give none. ``deviation_margin`` (None: the paper's rank-1 gate) needs the singleton scores of a
     `single_round` ranking. ``necessity`` adds the sample's necessity example (the box removed) whenever the box
-    covers some cells but not all. ``min_box_sufficiency`` (None: off, as in the paper) needs ``box_prob``,
+    covers some cells but not all, with ``blank_prob`` (P(x_∅); None: 0) as the floor of its loss.
+    ``min_box_sufficiency`` (None: off, as in the paper) needs ``box_prob``,
     P(x_B) with only the box's cells kept; below min_box_sufficiency · P(x) the sample gives no examples. P(x)
-    is ``full_prob``, or the attribution's own when it measured it.
+    is ``full_prob``, or the attribution's own when it measured it. ``max_blank_share`` (None: off) drops the
+    sample when the blank screen keeps that share of the click, ``blank_prob`` ≥ max_blank_share · P(x).
     """
     ranking = [int(r) for r in attribution.ranking]
     on_prior = on_prior_regions(attribution, prior_mask, prior_overlap)
@@ -142,17 +151,24 @@ def build_alignment_examples(
             )
     prior_cells = torch.as_tensor(prior_mask).bool()
     if necessity and bool(prior_cells.any()) and not bool(prior_cells.all()):
-        examples.append(AlignmentExample("necessity", 0, ()))
-    sufficient = True
-    if min_box_sufficiency is not None:
-        if box_prob is None:
-            raise ValueError("min_box_sufficiency needs box_prob, P(x_B) of the box alone")
-        full_prob = float(attribution.full_prob if full_prob is None else full_prob)
+        examples.append(AlignmentExample("necessity", 0, (), reference_prob=float(blank_prob or 0.0)))
+    sufficient = screen_used = True
+    full_prob = float(attribution.full_prob if full_prob is None else full_prob)
+    gates = (("min_box_sufficiency", min_box_sufficiency, box_prob, "box_prob, P(x_B) of the box alone"),
+             ("max_blank_share", max_blank_share, blank_prob, "blank_prob, P(x_∅) of a blank screen"))
+    for option, value, measured, needed in gates:
+        if value is None:
+            continue
+        if measured is None:
+            raise ValueError(f"{option} needs {needed}")
         if not math.isfinite(full_prob):
-            raise ValueError("min_box_sufficiency needs P(x): pass full_prob (the attribution did not measure it)")
+            raise ValueError(f"{option} needs P(x): pass full_prob (the attribution did not measure it)")
+    if min_box_sufficiency is not None:
         sufficient = box_prob >= min_box_sufficiency * full_prob
-        if not sufficient:
-            examples = []
+    if max_blank_share is not None:
+        screen_used = blank_prob < max_blank_share * full_prob
+    if not (sufficient and screen_used):
+        examples = []
     return AlignmentExamples(
         ranking=ranking,
         on_prior=on_prior,
@@ -163,7 +179,9 @@ def build_alignment_examples(
         partition=attribution.partition,
         prior_cells=prior_cells,
         box_prob=box_prob,
+        blank_prob=blank_prob,
         box_sufficient=sufficient,
+        screen_used=screen_used,
     )
 
 

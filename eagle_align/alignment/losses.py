@@ -14,7 +14,7 @@ r >= 2):
   gradient) when it does not.
 
 Beyond the paper, `necessity_loss` acts on P(x_¬B), the answer with the whole target box removed: evidence that
-still gives the click once the target is gone can only be a shortcut.
+still gives the click once the target is gone, beyond what a blank screen gives, can only be a shortcut.
 """
 
 from __future__ import annotations
@@ -172,14 +172,22 @@ def redundancy_loss(
     return adaptive_log_penalty(delta / (insertion_weight + deletion_weight), best_on_prior, full_prob, beta)
 
 
-def necessity_loss(p_delete_prior: torch.Tensor, variant: str = "log") -> torch.Tensor:
+def necessity_loss(
+    p_delete_prior: torch.Tensor, variant: str = "log", reference: torch.Tensor | float = 0.0
+) -> torch.Tensor:
     """Loss on P(x_¬B), the answer's probability with the whole target box B removed (beyond the paper).
 
     The deviation gate closes as soon as the target ranks first, even while a cue beside it still predicts the
     click on its own (cue and target always agree on training screens). What the cue alone explains is exactly
-    what survives the removal of B, so this term keeps pushing on it: P(x_¬B) for ``paper``, −log(1 − P(x_¬B))
-    otherwise (bounded like the log variant's terms). Both are small, with a small gradient, when removing the
-    target already loses the click.
+    what survives the removal of B, so this term keeps pushing on it, down to ``reference`` and no further:
+    the gap q = ReLU(P(x_¬B) − reference), as q for ``paper`` and −log(1 − q) otherwise (bounded like the log
+    variant's terms). ``reference`` (detached) is what the click keeps with no evidence at all, P(x_∅) on a
+    blank screen: a model that answers from its prior alone (a digit every answer shares, a click it has not
+    yet learned to tie to the screen) has no shortcut outside the box, and pushing below the prior asks it to
+    recognise the mask instead. 0 pushes all the way (the earlier form). Zero, with zero gradient, at or
+    below the reference.
     """
     _check_variant(variant)
-    return p_delete_prior if variant == "paper" else -_log1m(p_delete_prior)
+    floor = torch.as_tensor(reference, dtype=p_delete_prior.dtype, device=p_delete_prior.device).detach()
+    gap = torch.relu(p_delete_prior - floor)
+    return gap if variant == "paper" else -_log1m(gap)
