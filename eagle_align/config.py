@@ -51,7 +51,8 @@ class PriorAlignedConfig(TrainingArguments):
     (data_cards/synthetic.md): log-space deviation loss with weight 2, no redundancy term, SLIC regions, mid-grey
     baseline, a deletion-only set function (a = 0, b = 1: for "click the X", X alone on an empty screen is clicked
     whatever the model learned, so the insertion half of F lets a shortcut-following model rank the target
-    first), the paper's rank-1 gate, the necessity term and the box-sufficiency gate (both beyond the paper),
+    first), the paper's rank-1 gate, the necessity term with the blank screen's click as its floor, the
+    box-sufficiency gate and the blank-screen gate (all beyond the paper),
     and the `bounded` search, which finds exact's rank-1 region for a
     fraction of the forwards (benchmarks/fidelity_bench.py). ``preset="paper"`` starts from the paper's settings instead
     (`PRESETS`); settings passed explicitly, in Python or in a recipe, win over the preset's.

@@ -57,6 +57,7 @@ def test_config_defaults_are_the_settings_measured_best():
     assert cfg.lambda_necessity == 1.0  # beyond the paper (preset paper: 0)
     assert cfg.deviation_margin is None  # the paper's rank-1 gate
     assert cfg.min_box_sufficiency == 0.5  # beyond the paper (preset paper: None)
+    assert cfg.max_blank_share == 0.95 and cfg.necessity_floor == "blank"  # beyond the paper (paper: None / no term)
     assert cfg.search == "bounded" and cfg.ranked_regions == 1  # deviation only: the gate reads rank 1
     assert (cfg.align_every, cfg.min_confidence, cfg.prior_overlap, cfg.max_regions) == (5, 0.75, 0.15, 10)
     assert (cfg.stop_confidence, cfg.score_reduction, cfg.adaptive_beta, cfg.alignment) == (0.8, "mean", 2.0, True)
@@ -94,7 +95,8 @@ def test_preset_paper_sets_every_paper_value_and_explicit_settings_win():
      ("selection", "some"), ("region_method", "voronoi"), ("align_every", 0), ("loss_chunk_size", 1),
      ("min_confidence", 1.5), ("prior_overlap", -0.1), ("adaptive_beta", 0.0), ("lambda_deviation", -1.0),
      ("max_aligned_per_step", 0), ("remove_unused_columns", True),
-     ("deviation_margin", -0.1), ("deviation_margin", 0.1), ("min_box_sufficiency", -0.1)],  # the second: the default search is not single_round
+     ("deviation_margin", -0.1), ("deviation_margin", 0.1),  # the second: the default search is not single_round
+     ("min_box_sufficiency", -0.1), ("max_blank_share", 0.0), ("necessity_floor", "one")],
 )
 def test_config_rejects_bad_values_naming_the_option(option, value):
     with pytest.raises(ValueError, match=option):
