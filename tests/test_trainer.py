@@ -252,12 +252,8 @@ def test_necessity_term_and_deletion_only_forwards_give_the_batch_mean_loss(lora
     assert trainer.alignment_state["necessity_examples"] == 3
 
 
-def test_box_sufficiency_gate_drops_the_samples_whose_box_alone_loses_the_click(lora_setup, tmp_path):
-    """A sample is aligned only if P(x_B) ≥ m·P(x); the ratios are measured here with a scorer of their own and
-    the threshold put between two of them, so the gate must split the batch exactly there."""
-    model, processor, collator = lora_setup
-    _lora_b_off_zero(model)
-    batch = collator(examples(4))
+def _ratios_and_split(model, batch, tmp_path, keep_cells) -> tuple[list[float], float]:
+    """P(x_keep)/P(x) of every sample, measured with scorers of their own, and a threshold in their widest gap."""
     base = config(tmp_path, per_device_train_batch_size=4, lambda_necessity=1.0)
     ratios = []
     model.eval()
@@ -265,11 +261,20 @@ def test_box_sufficiency_gate_drops_the_samples_whose_box_alone_loses_the_click(
         sample = slice_sample(batch, i)
         row = baseline_row(model, base.baseline, sample["pixel_values"], sample["image_grid_thw"])
         scorer = DecisionScorer(model, sample, meta, row)
-        ratios.append(float(scorer.score(meta.prior_mask[None])[0]) / scorer.full_prob())
+        ratios.append(float(scorer.score(keep_cells(meta, scorer)[None])[0]) / scorer.full_prob())
     order = sorted(ratios)
-    gaps = [(b - a, (a + b) / 2) for a, b in zip(order, order[1:])]
-    gap, threshold = max(gaps)
-    assert gap > 1e-3, f"box ratios too close to split: {ratios}"
+    gap, threshold = max((b - a, (a + b) / 2) for a, b in zip(order, order[1:]))
+    assert gap > 1e-3, f"ratios too close to split: {ratios}"
+    return ratios, threshold
+
+
+def test_box_sufficiency_gate_drops_the_samples_whose_box_alone_loses_the_click(lora_setup, tmp_path):
+    """A sample is aligned only if P(x_B) ≥ m·P(x); the ratios are measured here with a scorer of their own and
+    the threshold put between two of them, so the gate must split the batch exactly there."""
+    model, processor, collator = lora_setup
+    _lora_b_off_zero(model)
+    batch = collator(examples(4))
+    ratios, threshold = _ratios_and_split(model, batch, tmp_path, lambda meta, scorer: meta.prior_mask)
     kept = sum(r >= threshold for r in ratios)
     counts = {}
     for minimum in (None, threshold):
@@ -291,17 +296,8 @@ def test_blank_gate_drops_the_samples_a_blank_screen_clicks_as_well(lora_setup, 
     model, processor, collator = lora_setup
     _lora_b_off_zero(model)
     batch = collator(examples(4))
-    base = config(tmp_path, per_device_train_batch_size=4, lambda_necessity=1.0)
-    ratios = []
-    model.eval()
-    for i, meta in enumerate(batch["meta"]):
-        sample = slice_sample(batch, i)
-        row = baseline_row(model, base.baseline, sample["pixel_values"], sample["image_grid_thw"])
-        scorer = DecisionScorer(model, sample, meta, row)
-        ratios.append(float(scorer.score(torch.zeros(1, *scorer.grid_hw, dtype=torch.bool))[0]) / scorer.full_prob())
-    order = sorted(ratios)
-    gap, threshold = max((b - a, (a + b) / 2) for a, b in zip(order, order[1:]))
-    assert gap > 1e-3, f"blank ratios too close to split: {ratios}"
+    ratios, threshold = _ratios_and_split(model, batch, tmp_path,
+                                          lambda meta, scorer: torch.zeros(scorer.grid_hw, dtype=torch.bool))
     kept = sum(r < threshold for r in ratios)
     trainer = PriorAlignedTrainer(model=model, args=config(tmp_path, per_device_train_batch_size=4, lambda_necessity=1.0,
                                                            necessity_floor="blank", max_blank_share=threshold),
