@@ -68,6 +68,8 @@ def main(checkpoint: str, out_dir: str) -> None:
         # a = 1: with the deletion-only default this random model ranks the prior first and its one redundancy
         # hinge is inactive (P(x_notS) stays near 1), so rank 0's pass would carry no gradient to check.
         insertion_weight=1.0, seed=0, ddp_timeout=120, use_cpu=True,
+        # A random model clicks as well on a blank screen: the blank-screen gate would leave out both samples.
+        max_blank_share=None,
     )
     collator = GroundingCollator(processor, get_family(FAMILY).default_action_format)
     trainer = PriorAlignedTrainer(model=model, args=config, train_dataset=examples(4), data_collator=collator)
