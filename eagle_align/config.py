@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
+from eagle_align.alignment.examples import GATE_SCOPES
 from eagle_align.alignment.losses import LOSS_VARIANTS
 from eagle_align.attribution.masking import BASELINES
 from eagle_align.attribution.regions import REGION_METHODS
@@ -102,7 +103,8 @@ class PriorAlignedConfig(TrainingArguments):
         metadata={"help": "Beyond the paper: align a sample only if its box alone keeps this share of the click, "
                   "P(x_B) ≥ min_box_sufficiency · P(x) (one forward per sample). A box that holds no evidence "
                   "(an element only its context identifies, a wrong box) has nothing to move reliance to, and "
-                  "pushing there destroys the click. None: every selected sample, as in the paper."},
+                  "pushing there destroys the click. Under gate_scope step a step whose boxes fail as a whole "
+                  "keeps every sample. None: every selected sample, as in the paper."},
     )
     max_blank_share: float | None = field(
         default=0.95,
@@ -110,7 +112,17 @@ class PriorAlignedConfig(TrainingArguments):
                   "than this share of the click, P(x_∅) < max_blank_share · P(x) (one forward per sample, shared "
                   "with the necessity floor). A click the model gives without looking (a prior, or a model still "
                   "on its loss plateau) rests on nothing in the screen, and the terms would only fight the task "
-                  "loss. None: every selected sample, as in the paper."},
+                  "loss. Under gate_scope step the test is on the step's sums and leaves out the whole step or "
+                  "nothing. None: every selected sample, as in the paper."},
+    )
+    gate_scope: str = field(
+        default="step",
+        metadata={"help": "Beyond the paper: what a gate failure means. step (default): the two gates are also "
+                  "tested on the step's summed probabilities; a step that fails the box gate as a whole has a "
+                  "model that stopped looking at the boxes (a shortcut) and keeps every sample, a step that fails "
+                  "the blank gate as a whole has a model that does not look at the screen and is left out whole, "
+                  "and single samples' blank-screen clicks (a default answer) are kept. sample: each sample on "
+                  "its own test (measured 2026-12-04)."},
     )
     adaptive_beta: float = field(default=2.0, metadata={"help": "β of the adaptive_log penalty."})
     insertion_weight: float = field(
@@ -169,8 +181,9 @@ class PriorAlignedConfig(TrainingArguments):
             self.use_cpu = True
         super().__post_init__()
         choices = {
-            "loss_variant": LOSS_VARIANTS, "selection": SELECTIONS, "necessity_floor": NECESSITY_FLOORS, "region_method": REGION_METHODS,
-            "search": STRATEGIES, "baseline": BASELINES, "score_reduction": REDUCTIONS,
+            "loss_variant": LOSS_VARIANTS, "selection": SELECTIONS, "necessity_floor": NECESSITY_FLOORS,
+            "gate_scope": GATE_SCOPES, "region_method": REGION_METHODS, "search": STRATEGIES, "baseline": BASELINES,
+            "score_reduction": REDUCTIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

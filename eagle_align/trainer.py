@@ -30,13 +30,16 @@ from eagle_align.alignment import (
     AlignmentExamples,
     build_alignment_examples,
     deviation_loss,
+    gate_samples,
     necessity_loss,
     redundancy_loss,
+    step_gate_totals,
 )
 from eagle_align.attribution.masking import baseline_row
 from eagle_align.attribution.metrics import point_game, prior_hit_at_k
 from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, score_jointly, slice_sample
 from eagle_align.attribution.search import (
+    Attribution,
     attribute_samples,
     evaluate_prefixes,
     set_prob_for,
@@ -118,7 +121,7 @@ class PriorAlignedTrainer(Trainer):
         alignment_keys = (
             "alignment", "align_every", "align_start_step", "lambda_deviation", "lambda_redundancy", "lambda_necessity",
             "necessity_floor", "loss_variant",
-            "deviation_margin", "min_box_sufficiency", "max_blank_share",
+            "deviation_margin", "min_box_sufficiency", "max_blank_share", "gate_scope",
             "insertion_weight", "deletion_weight", "selection", "min_confidence", "prior_overlap", "n_regions",
             "region_method", "search", "max_regions", "baseline", "score_reduction",
         )
@@ -207,12 +210,13 @@ class PriorAlignedTrainer(Trainer):
 
         The loss is λ·mean over every example of the step's global batch, so each term weighs
         λ·world_size / (count of its kind over all micro-batches and ranks); world_size undoes the gradient
-        averaging over ranks. Every rank plans the same micro-batches, so its Lockstep forwards pair up.
+        averaging over ranks. Every rank plans the same micro-batches, so its Lockstep forwards pair up. The
+        gates' step test (`gate_scope: step`) sums the gate probabilities over the same global batch.
         """
         args = self.args
         unwrapped = self.accelerator.unwrap_model(model)
         per_chunk = args.loss_chunk_size // 2
-        plans, local_counts = [], []
+        measured_batches = []
         for batch in batches:
             if batch.get("meta") is None:
                 raise ValueError(_NEEDS_META)
@@ -225,13 +229,22 @@ class PriorAlignedTrainer(Trainer):
                                             self.accelerator.device)
             with attribution_mode(unwrapped), lockstep:
                 selected, full_probs = self._select(unwrapped, batch, batch["meta"])
-                built = self._attribute(unwrapped, samples, selected, full_probs, stats)
+                measured = self._attribute(unwrapped, samples, selected, full_probs, stats)
             stats["padded"] += lockstep.padded
+            measured_batches.append((samples, len(selected), measured, stats, time.perf_counter() - start))
+        step_totals = None
+        if args.gate_scope == "step" and (args.min_box_sufficiency is not None or args.max_blank_share is not None):
+            local = [step_gate_totals([m.full_prob for m in ms], [m.box_prob for m in ms], [m.blank_prob for m in ms])
+                     for _, _, ms, _, _ in measured_batches]
+            step_totals = tuple(distributed.all_reduce_sum([sum(t[k] for t in local) for k in range(3)],
+                                                           self.accelerator.device))
+        plans, local_counts = [], []
+        for samples, n_selected, measured, stats, seconds in measured_batches:
+            built = self._build_examples(samples, measured, step_totals, stats)
             chunks = [(i, ex, ex.examples[k : k + per_chunk])
                       for i, ex in built for k in range(0, len(ex.examples), per_chunk)]
             kinds = [sum(len(getattr(ex, kind)) for _, ex in built) for kind in LOSS_KINDS]
-            plans.append(_AlignmentPlan(samples, chunks, (len(selected), len(built), *kinds), stats,
-                                        time.perf_counter() - start))
+            plans.append(_AlignmentPlan(samples, chunks, (n_selected, len(built), *kinds), stats, seconds))
             local_counts += [len(chunks), *kinds]
         # [ranks, micro-batches, (chunks, one count per loss kind)], one collective for the whole step.
         counts = distributed.gather_counts(local_counts, self.accelerator.device).view(
@@ -265,9 +278,9 @@ class PriorAlignedTrainer(Trainer):
     def _attribute(
         self, model: torch.nn.Module, samples: _BatchSamples, selected: list[int], full_probs: dict[int, float],
         stats: dict,
-    ) -> list[tuple[int, AlignmentExamples]]:
+    ) -> list[_MeasuredSample]:
         """Attribution of the selected samples with the current weights (their searches share forwards), their
-        prior metrics, and their alignment examples."""
+        prior metrics, and what the gates and the necessity floor read."""
         args = self.args
         attributions = attribute_samples(
             model, samples.batch, selected, n_regions=args.n_regions, region_method=args.region_method,
@@ -278,8 +291,6 @@ class PriorAlignedTrainer(Trainer):
             resort_every=args.resort_every, insertion_weight=args.insertion_weight,
             deletion_weight=args.deletion_weight, measure_ends=args.loss_variant == "adaptive_log",  # reads P(x)
         )
-        # A term with weight 0 would cost gradient forwards and add nothing.
-        weight = {kind: getattr(args, f"lambda_{kind}") for kind in LOSS_KINDS}
         box_probs, full = [None] * len(selected), [full_probs.get(i) for i in selected]
         blank_probs = [None] * len(selected)
         gate = args.min_box_sufficiency is not None
@@ -300,7 +311,7 @@ class PriorAlignedTrainer(Trainer):
             if blank:
                 blank_probs = [float(q[-1]) for q in probs]
             stats["attribution_forwards"] += sum(len(m) for m in masks)
-        built = []
+        measured = []
         for i, attribution, box_prob, full_prob, blank_prob in zip(selected, attributions, box_probs, full,
                                                                    blank_probs):
             if args.search == "single_round" and args.lambda_redundancy > 0:
@@ -311,15 +322,31 @@ class PriorAlignedTrainer(Trainer):
             stats["point_hits"] += float(point_game(attribution, prior, args.prior_overlap))
             stats["prior_hits"] += prior_hit_at_k(attribution, prior, k=args.prior_hit_k,
                                                   prior_overlap=args.prior_overlap)
-            examples = build_alignment_examples(attribution, prior, args.prior_overlap, args.insertion_weight,
-                                                args.deletion_weight, deviation_margin=args.deviation_margin,
-                                                necessity=args.lambda_necessity > 0, box_prob=box_prob,
-                                                min_box_sufficiency=args.min_box_sufficiency, full_prob=full_prob,
-                                                blank_prob=blank_prob, max_blank_share=args.max_blank_share)
+            full_prob = float(attribution.full_prob if full_prob is None else full_prob)
+            measured.append(_MeasuredSample(i, attribution, full_prob, box_prob, blank_prob))
+        return measured
+
+    def _build_examples(
+        self, samples: _BatchSamples, measured: list[_MeasuredSample], step_totals: tuple | None, stats: dict
+    ) -> list[tuple[int, AlignmentExamples]]:
+        """The gates' verdicts and each sample's alignment examples (a term with weight 0 gives none)."""
+        args = self.args
+        weight = {kind: getattr(args, f"lambda_{kind}") for kind in LOSS_KINDS}
+        verdicts = gate_samples([m.full_prob for m in measured], [m.box_prob for m in measured],
+                                [m.blank_prob for m in measured], args.min_box_sufficiency, args.max_blank_share,
+                                scope=args.gate_scope, step_totals=step_totals)
+        built = []
+        for m, (box_sufficient, screen_used) in zip(measured, verdicts):
+            examples = build_alignment_examples(m.attribution, samples.batch["meta"][m.index].prior_mask,
+                                                args.prior_overlap, args.insertion_weight, args.deletion_weight,
+                                                deviation_margin=args.deviation_margin,
+                                                necessity=args.lambda_necessity > 0, box_prob=m.box_prob,
+                                                blank_prob=m.blank_prob, box_sufficient=box_sufficient,
+                                                screen_used=screen_used)
             stats["insufficient_boxes"] += float(not examples.box_sufficient)
             stats["blank_clicks"] += float(not examples.screen_used)
             examples.examples = [e for e in examples.examples if weight[e.kind] > 0]
-            built.append((i, examples))
+            built.append((m.index, examples))
         return built
 
     def _loss_chunk(
@@ -472,6 +499,17 @@ class PriorAlignedTrainer(Trainer):
             self._last_aligned_step = int(saved.pop("last_aligned_step", -1))
             self.alignment_state = defaultdict(float, {k: float(v) for k, v in saved.items() if math.isfinite(v)})
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+
+@dataclass
+class _MeasuredSample:
+    """One selected sample's attribution and the probabilities its gates and necessity floor read."""
+
+    index: int  # in the micro-batch
+    attribution: Attribution
+    full_prob: float  # P(x)
+    box_prob: float | None  # P(x_B), when the box gate is on
+    blank_prob: float | None  # P(x_∅), when the blank gate or the blank necessity floor is on
 
 
 @dataclass

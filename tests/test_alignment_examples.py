@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eagle_align.alignment import build_alignment_examples, on_prior_regions
+from eagle_align.alignment import build_alignment_examples, gate_samples, on_prior_regions
 from eagle_align.attribution import Attribution, make_partition
 
 # A 4x4 merged-cell grid cut into four 2x2 regions: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right.
@@ -165,35 +165,49 @@ def test_deviation_margin_keeps_an_off_prior_top_region_and_needs_singleton_scor
         build_alignment_examples(att, box(slice(0, 2), slice(0, 2)), deviation_margin=-0.1)
 
 
-def test_box_sufficiency_gate_keeps_or_drops_a_whole_sample():
-    """P(x_B) ≥ m·P(x) keeps every example; below it none is left, and the gate says so. P(x) is 0.9 here."""
+def test_a_gate_verdict_keeps_or_drops_a_whole_sample():
+    """A failed gate leaves the sample no examples; the attribution itself is still reported."""
     corner = box(slice(0, 1), slice(0, 3))
-    open_gate = build_alignment_examples(attribution([3, 2]), corner, necessity=True, box_prob=0.5,
-                                         min_box_sufficiency=0.5)
-    assert open_gate.box_sufficient and open_gate.box_prob == 0.5
-    assert [e.kind for e in open_gate.examples] == ["deviation", "redundancy", "necessity"]
-    closed = build_alignment_examples(attribution([3, 2]), corner, necessity=True, box_prob=0.4,
-                                      min_box_sufficiency=0.5)
-    assert not closed.box_sufficient and closed.examples == []
-    assert closed.ranking == [3, 2]  # the attribution itself is still reported
-    # Off (the paper): no measurement needed, nothing dropped.
-    assert build_alignment_examples(attribution([3, 2]), corner, box_prob=0.0).box_sufficient
-    with pytest.raises(ValueError, match="box_prob"):
-        build_alignment_examples(attribution([3, 2]), corner, min_box_sufficiency=0.5)
+    kept = build_alignment_examples(attribution([3, 2]), corner, necessity=True, box_prob=0.5, blank_prob=0.35)
+    assert kept.box_sufficient and kept.screen_used and kept.box_prob == 0.5
+    assert [e.kind for e in kept.examples] == ["deviation", "redundancy", "necessity"]
+    for verdict in ({"box_sufficient": False}, {"screen_used": False}):
+        dropped = build_alignment_examples(attribution([3, 2]), corner, necessity=True, **verdict)
+        assert dropped.examples == [] and dropped.ranking == [3, 2]
 
 
-def test_blank_gate_drops_a_sample_whose_click_a_blank_screen_gives_as_well():
-    """P(x_∅) < m·P(x) keeps the sample; at or above it nothing is left (P(x) is 0.9 here), and both gates can
-    act together."""
-    corner = box(slice(0, 1), slice(0, 3))
-    kept = build_alignment_examples(attribution([3, 2]), corner, necessity=True, blank_prob=0.5, max_blank_share=0.95)
-    assert kept.screen_used and [e.kind for e in kept.examples] == ["deviation", "redundancy", "necessity"]
-    assert kept.necessity[0].reference_prob == 0.5  # the same P(x_∅) is the necessity floor
-    dropped = build_alignment_examples(attribution([3, 2]), corner, necessity=True, blank_prob=0.88,
-                                       max_blank_share=0.95)
-    assert not dropped.screen_used and dropped.examples == [] and dropped.box_sufficient
-    both = build_alignment_examples(attribution([3, 2]), corner, box_prob=0.1, min_box_sufficiency=0.5,
-                                    blank_prob=0.1, max_blank_share=0.95)
-    assert both.examples == [] and not both.box_sufficient and both.screen_used
-    with pytest.raises(ValueError, match="blank_prob"):
-        build_alignment_examples(attribution([3, 2]), corner, max_blank_share=0.95)
+def test_sample_scope_tests_each_sample_on_its_own():
+    """Box gate: P(x_B) ≥ m·P(x) passes; blank gate: P(x_∅) < m·P(x) passes; a gate set to None passes all."""
+    full, box_probs, blank_probs = [0.9, 0.9, 0.8], [0.45, 0.44, 0.1], [0.5, 0.86, 0.7]
+    verdicts = gate_samples(full, box_probs, blank_probs, 0.5, 0.95, scope="sample")
+    assert verdicts == [(True, True), (False, False), (False, True)]
+    assert gate_samples(full, box_probs, blank_probs, None, 0.95, scope="sample") == [(True, True), (True, False),
+                                                                                     (True, True)]
+    assert gate_samples(full, None, None) == [(True, True)] * 3  # both off (the paper): nothing measured
+
+
+def test_step_scope_reads_a_whole_step_failing_as_the_models():
+    """Step sums decide what a failure means: the box gate keeps every sample when the step fails it, the blank
+    gate drops every sample when the step fails it and none otherwise."""
+    full = [1.0, 1.0, 1.0, 1.0]
+    # Two boxes of four lose the click, the step keeps 0.55 ≥ 0.5 of it: those two are left out.
+    assert [b for b, _ in gate_samples(full, [1.0, 1.0, 0.1, 0.1], None, 0.5)] == [True, True, False, False]
+    # Every box loses it (a shortcut model): the model fails, not the boxes, and every sample is aligned.
+    assert [b for b, _ in gate_samples(full, [0.4, 0.3, 0.1, 0.1], None, 0.5)] == [True] * 4
+    # One sample a blank screen clicks (a default answer), the step's blank share 0.8: every sample is kept.
+    assert [e for _, e in gate_samples(full, None, [0.99, 0.7, 0.75, 0.76], None, 0.95)] == [True] * 4
+    # A model that clicks the same on a blank screen everywhere: every sample is left out.
+    assert [e for _, e in gate_samples(full, None, [0.97, 0.99, 0.96, 0.94], None, 0.95)] == [False] * 4
+    # The step's sums may come from other micro-batches and ranks: here they fail the blank gate for this one too.
+    assert gate_samples([1.0], None, [0.5], None, 0.95, step_totals=(10.0, 0.0, 9.9)) == [(True, False)]
+
+
+def test_gates_name_what_they_are_missing():
+    with pytest.raises(ValueError, match="min_box_sufficiency needs P\\(x_B\\)"):
+        gate_samples([0.9], None, [0.1], 0.5, None)
+    with pytest.raises(ValueError, match="max_blank_share needs"):
+        gate_samples([0.9, 0.8], None, [0.1, None], None, 0.95)
+    with pytest.raises(ValueError, match="P\\(x\\)"):
+        gate_samples([float("nan")], [0.5], None, 0.5, None)
+    with pytest.raises(ValueError, match="gate scope 'batch'"):
+        gate_samples([0.9], [0.5], None, 0.5, None, scope="batch")

@@ -58,6 +58,7 @@ def test_config_defaults_are_the_settings_measured_best():
     assert cfg.deviation_margin is None  # the paper's rank-1 gate
     assert cfg.min_box_sufficiency == 0.5  # beyond the paper (preset paper: None)
     assert cfg.max_blank_share == 0.95 and cfg.necessity_floor == "blank"  # beyond the paper (paper: None / no term)
+    assert cfg.gate_scope == "step"  # a gate failing for the whole step is read as the model's
     assert cfg.search == "bounded" and cfg.ranked_regions == 1  # deviation only: the gate reads rank 1
     assert (cfg.align_every, cfg.min_confidence, cfg.prior_overlap, cfg.max_regions) == (5, 0.75, 0.15, 10)
     assert (cfg.stop_confidence, cfg.score_reduction, cfg.adaptive_beta, cfg.alignment) == (0.8, "mean", 2.0, True)
@@ -96,7 +97,8 @@ def test_preset_paper_sets_every_paper_value_and_explicit_settings_win():
      ("min_confidence", 1.5), ("prior_overlap", -0.1), ("adaptive_beta", 0.0), ("lambda_deviation", -1.0),
      ("max_aligned_per_step", 0), ("remove_unused_columns", True),
      ("deviation_margin", -0.1), ("deviation_margin", 0.1),  # the second: the default search is not single_round
-     ("min_box_sufficiency", -0.1), ("max_blank_share", 0.0), ("necessity_floor", "one")],
+     ("min_box_sufficiency", -0.1), ("max_blank_share", 0.0), ("necessity_floor", "one"),
+     ("gate_scope", "batch")],
 )
 def test_config_rejects_bad_values_naming_the_option(option, value):
     with pytest.raises(ValueError, match=option):
@@ -252,61 +254,103 @@ def test_necessity_term_and_deletion_only_forwards_give_the_batch_mean_loss(lora
     assert trainer.alignment_state["necessity_examples"] == 3
 
 
-def _ratios_and_split(model, batch, tmp_path, keep_cells) -> tuple[list[float], float]:
-    """P(x_keep)/P(x) of every sample, measured with scorers of their own, and a threshold in their widest gap."""
+def _ratios_and_split(model, batch, tmp_path, keep_cells) -> tuple[list[float], float, float]:
+    """P(x_keep)/P(x) of every sample, measured with scorers of their own, a threshold in their widest gap, and
+    the batch's share ΣP(x_keep)/ΣP(x) (what the step scope tests)."""
     base = config(tmp_path, per_device_train_batch_size=4, lambda_necessity=1.0)
-    ratios = []
+    kept, full = [], []
     model.eval()
     for i, meta in enumerate(batch["meta"]):
         sample = slice_sample(batch, i)
         row = baseline_row(model, base.baseline, sample["pixel_values"], sample["image_grid_thw"])
         scorer = DecisionScorer(model, sample, meta, row)
-        ratios.append(float(scorer.score(keep_cells(meta, scorer)[None])[0]) / scorer.full_prob())
+        kept.append(float(scorer.score(keep_cells(meta, scorer)[None])[0]))
+        full.append(scorer.full_prob())
+    ratios = [k / f for k, f in zip(kept, full)]
     order = sorted(ratios)
     gap, threshold = max((b - a, (a + b) / 2) for a, b in zip(order, order[1:]))
     assert gap > 1e-3, f"ratios too close to split: {ratios}"
-    return ratios, threshold
+    return ratios, threshold, sum(kept) / sum(full)
 
 
-def test_box_sufficiency_gate_drops_the_samples_whose_box_alone_loses_the_click(lora_setup, tmp_path):
-    """A sample is aligned only if P(x_B) ≥ m·P(x); the ratios are measured here with a scorer of their own and
-    the threshold put between two of them, so the gate must split the batch exactly there."""
-    model, processor, collator = lora_setup
-    _lora_b_off_zero(model)
-    batch = collator(examples(4))
-    ratios, threshold = _ratios_and_split(model, batch, tmp_path, lambda meta, scorer: meta.prior_mask)
-    kept = sum(r >= threshold for r in ratios)
-    counts = {}
-    for minimum in (None, threshold):
-        trainer = PriorAlignedTrainer(model=model, args=config(tmp_path, per_device_train_batch_size=4,
-                                                               lambda_necessity=1.0, min_box_sufficiency=minimum),
-                                      train_dataset=examples(4), data_collator=collator)
-        model.train()
-        trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
-        counts[minimum] = {k: trainer._metrics[f"align/{k}"][0] for k in ("insufficient_boxes", "necessity_examples")}
-        model.zero_grad()
-    assert counts[None] == {"insufficient_boxes": 0.0, "necessity_examples": 4.0}
-    assert counts[threshold] == {"insufficient_boxes": float(4 - kept), "necessity_examples": float(kept)}
-    assert trainer.alignment_state["insufficient_boxes"] == 4 - kept
-
-
-def test_blank_gate_drops_the_samples_a_blank_screen_clicks_as_well(lora_setup, tmp_path):
-    """A sample is aligned only if P(x_∅) < m·P(x), with the threshold put between two measured ratios; the same
-    forward gives the necessity floor, so the necessity examples are exactly the samples kept."""
-    model, processor, collator = lora_setup
-    _lora_b_off_zero(model)
-    batch = collator(examples(4))
-    ratios, threshold = _ratios_and_split(model, batch, tmp_path,
-                                          lambda meta, scorer: torch.zeros(scorer.grid_hw, dtype=torch.bool))
-    kept = sum(r < threshold for r in ratios)
-    trainer = PriorAlignedTrainer(model=model, args=config(tmp_path, per_device_train_batch_size=4, lambda_necessity=1.0,
-                                                           necessity_floor="blank", max_blank_share=threshold),
+def _gate_counts(model, collator, batch, tmp_path, **gates) -> dict[str, float]:
+    """One alignment step of the batch under ``gates``: the samples each gate left out, and the necessity examples."""
+    trainer = PriorAlignedTrainer(model=model, args=config(tmp_path, per_device_train_batch_size=4,
+                                                           lambda_necessity=1.0, **gates),
                                   train_dataset=examples(4), data_collator=collator)
     model.train()
     trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
-    logged = {k: trainer._metrics[f"align/{k}"][0] for k in ("blank_clicks", "necessity_examples", "insufficient_boxes")}
+    model.zero_grad()
+    counts = {k: trainer._metrics[f"align/{k}"][0] for k in ("insufficient_boxes", "blank_clicks", "necessity_examples")}
+    assert trainer.alignment_state["insufficient_boxes"] == counts["insufficient_boxes"]
+    assert trainer.alignment_state["blank_clicks"] == counts["blank_clicks"]
+    return counts
+
+
+def _box_cells(meta, scorer):
+    return meta.prior_mask
+
+
+def _blank_cells(meta, scorer):
+    return torch.zeros(scorer.grid_hw, dtype=torch.bool)
+
+
+def test_box_sufficiency_gate_drops_the_samples_whose_box_alone_loses_the_click(lora_setup, tmp_path):
+    """gate_scope sample: a sample is aligned only if P(x_B) ≥ m·P(x); the ratios are measured here with a scorer
+    of their own and the threshold put between two of them, so the gate must split the batch exactly there."""
+    model, processor, collator = lora_setup
+    _lora_b_off_zero(model)
+    batch = collator(examples(4))
+    ratios, threshold, _ = _ratios_and_split(model, batch, tmp_path, _box_cells)
+    kept = sum(r >= threshold for r in ratios)
+    off = _gate_counts(model, collator, batch, tmp_path, min_box_sufficiency=None, max_blank_share=None)
+    assert off == {"insufficient_boxes": 0.0, "blank_clicks": 0.0, "necessity_examples": 4.0}
+    on = _gate_counts(model, collator, batch, tmp_path, min_box_sufficiency=threshold, max_blank_share=None,
+                      gate_scope="sample")
+    assert on == {"insufficient_boxes": float(4 - kept), "blank_clicks": 0.0, "necessity_examples": float(kept)}
+
+
+def test_blank_gate_drops_the_samples_a_blank_screen_clicks_as_well(lora_setup, tmp_path):
+    """gate_scope sample: a sample is aligned only if P(x_∅) < m·P(x), with the threshold put between two
+    measured ratios; the same forward gives the necessity floor, so the necessity examples are exactly the
+    samples kept."""
+    model, processor, collator = lora_setup
+    _lora_b_off_zero(model)
+    batch = collator(examples(4))
+    ratios, threshold, _ = _ratios_and_split(model, batch, tmp_path, _blank_cells)
+    kept = sum(r < threshold for r in ratios)
+    logged = _gate_counts(model, collator, batch, tmp_path, necessity_floor="blank", min_box_sufficiency=None,
+                          max_blank_share=threshold, gate_scope="sample")
     assert logged == {"blank_clicks": float(4 - kept), "necessity_examples": float(kept), "insufficient_boxes": 0.0}
-    assert trainer.alignment_state["blank_clicks"] == 4 - kept
+
+
+def test_step_scope_reads_a_gate_failing_for_the_whole_step_as_the_models(lora_setup, tmp_path):
+    """gate_scope step (default): thresholds on either side of the batch's summed share ΣP(x_keep)/ΣP(x), each
+    between it and a sample's own ratio, so that the sample scope would leave samples out in both cases.
+    Box gate: a step that passes leaves out its failing samples; a step that fails leaves out none.
+    Blank gate: a step that passes keeps every sample; a step that fails leaves out every one."""
+    model, processor, collator = lora_setup
+    _lora_b_off_zero(model)
+    batch = collator(examples(4))
+    off = {"min_box_sufficiency": None, "max_blank_share": None}
+
+    def thresholds(cells):
+        ratios, _, share = _ratios_and_split(model, batch, tmp_path, cells)
+        assert min(ratios) < share - 1e-4 and share + 1e-4 < max(ratios), (ratios, share)
+        return ratios, (min(ratios) + share) / 2, (share + max(ratios)) / 2
+
+    ratios, low, high = thresholds(_box_cells)  # the step passes below its share, fails above
+    passes = _gate_counts(model, collator, batch, tmp_path, **{**off, "min_box_sufficiency": low})
+    fails = _gate_counts(model, collator, batch, tmp_path, **{**off, "min_box_sufficiency": high})
+    assert passes["insufficient_boxes"] == sum(r < low for r in ratios) > 0
+    assert fails["insufficient_boxes"] == 0 and fails["necessity_examples"] == 4
+
+    ratios, low, high = thresholds(_blank_cells)  # the step passes above its share, fails at or below
+    passes = _gate_counts(model, collator, batch, tmp_path, **{**off, "max_blank_share": high})
+    fails = _gate_counts(model, collator, batch, tmp_path, **{**off, "max_blank_share": low})
+    assert sum(r >= high for r in ratios) > 0  # the sample scope would leave these out
+    assert passes["blank_clicks"] == 0 and passes["necessity_examples"] == 4
+    assert fails["blank_clicks"] == 4 and fails["necessity_examples"] == 0
 
 
 def _step_alignment_grads(trainer, model, micro_batches: list[dict]) -> dict[str, torch.Tensor]:

@@ -1,10 +1,13 @@
 """Prior alignment: from an attribution and the target box to deviation / redundancy (/ necessity) losses."""
 
 from eagle_align.alignment.examples import (
+    GATE_SCOPES,
     AlignmentExample,
     AlignmentExamples,
     build_alignment_examples,
+    gate_samples,
     on_prior_regions,
+    step_gate_totals,
 )
 from eagle_align.alignment.losses import (
     LOSS_VARIANTS,
@@ -19,6 +22,7 @@ from eagle_align.alignment.losses import (
 )
 
 __all__ = [
+    "GATE_SCOPES",
     "LOSS_VARIANTS",
     "AlignmentExample",
     "AlignmentExamples",
@@ -26,10 +30,12 @@ __all__ = [
     "best_on_prior_gain",
     "build_alignment_examples",
     "deviation_loss",
+    "gate_samples",
     "log_set_score",
     "necessity_loss",
     "normalised_gains",
     "on_prior_regions",
     "redundancy_loss",
     "set_score",
+    "step_gate_totals",
 ]

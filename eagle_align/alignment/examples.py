@@ -15,16 +15,23 @@ not its regions: a region may hold the cue and a corner of the box). Its loss lo
 the screen alone still explains of the click, down to ``blank_prob`` when given: P(x_∅), what a screen with
 everything removed still gives (the model's prior), below which nothing outside the box is explaining it.
 
-And ``min_box_sufficiency`` gates a whole sample on its box: only if the box alone, everything else removed,
-keeps that share of the click (P(x_B) ≥ m·P(x)) does the sample give examples. Every term pushes the click's
-reliance into the box; a box that holds no evidence of its own (an element only its context tells apart from
-its neighbours, or a wrong box) has nowhere to take it, and on such samples the terms ask the model to lose a
-click it can only get from outside the box.
+Two gates (`gate_samples`) decide which samples give examples at all. The box gate (``min_box_sufficiency``)
+keeps a sample only if the box alone, everything else removed, keeps that share of the click (P(x_B) ≥ m·P(x)):
+every term pushes the click's reliance into the box, and a box that holds no evidence of its own (an element
+only its context tells apart from its neighbours, or a wrong box) has nowhere to take it. The blank gate
+(``max_blank_share``) leaves out clicks a blank screen gives as well (P(x_∅) ≥ m·P(x)): they rest on nothing
+in the screen. Both probabilities measure the model as much as the data, and the step's batch tells which one
+failed: a gate that fails for the step's samples taken together (their summed probabilities) is about the
+model. A model that has stopped looking at the boxes (it follows a shortcut) fails the box gate on every
+sample, and is exactly what alignment is for, so the box gate then leaves out none; a model that does not look
+at the screen at all (a loss plateau) fails the blank gate as a whole, and the whole step is left out, while a
+blank screen that gives one sample's click (the model's default answer) says nothing about the model.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -68,8 +75,8 @@ class AlignmentExamples:
     prior_cells: torch.Tensor | None = None  # Bool [rows, cols]: the target box's cells (necessity examples)
     box_prob: float | None = None  # P(x_B), the box alone, when the sufficiency gate measured it
     blank_prob: float | None = None  # P(x_∅), everything removed, when the necessity floor measured it
-    box_sufficient: bool = True  # False: the gate dropped every example of this sample
-    screen_used: bool = True  # False: a blank screen gave the click as well; the blank gate dropped the sample
+    box_sufficient: bool = True  # False: the box gate dropped every example of this sample
+    screen_used: bool = True  # False: the blank gate dropped the sample (the model clicks without the screen)
 
     @property
     def deviation(self) -> list[AlignmentExample]:
@@ -107,10 +114,9 @@ def build_alignment_examples(
     deviation_margin: float | None = None,
     necessity: bool = False,
     box_prob: float | None = None,
-    min_box_sufficiency: float | None = None,
-    full_prob: float | None = None,
     blank_prob: float | None = None,
-    max_blank_share: float | None = None,
+    box_sufficient: bool = True,
+    screen_used: bool = True,
 ) -> AlignmentExamples:
     """Gate an attribution into deviation / redundancy examples.
 
@@ -120,10 +126,8 @@ def build_alignment_examples(
     give none. ``deviation_margin`` (None: the paper's rank-1 gate) needs the singleton scores of a
     `single_round` ranking. ``necessity`` adds the sample's necessity example (the box removed) whenever the box
     covers some cells but not all, with ``blank_prob`` (P(x_∅); None: 0) as the floor of its loss.
-    ``min_box_sufficiency`` (None: off, as in the paper) needs ``box_prob``,
-    P(x_B) with only the box's cells kept; below min_box_sufficiency · P(x) the sample gives no examples. P(x)
-    is ``full_prob``, or the attribution's own when it measured it. ``max_blank_share`` (None: off) drops the
-    sample when the blank screen keeps that share of the click, ``blank_prob`` ≥ max_blank_share · P(x).
+    ``box_sufficient`` / ``screen_used`` are the gates' verdicts (`gate_samples`); either False leaves the
+    sample without examples. ``box_prob`` (P(x_B)) is kept for the record.
     """
     ranking = [int(r) for r in attribution.ranking]
     on_prior = on_prior_regions(attribution, prior_mask, prior_overlap)
@@ -152,22 +156,7 @@ def build_alignment_examples(
     prior_cells = torch.as_tensor(prior_mask).bool()
     if necessity and bool(prior_cells.any()) and not bool(prior_cells.all()):
         examples.append(AlignmentExample("necessity", 0, (), reference_prob=float(blank_prob or 0.0)))
-    sufficient = screen_used = True
-    full_prob = float(attribution.full_prob if full_prob is None else full_prob)
-    gates = (("min_box_sufficiency", min_box_sufficiency, box_prob, "box_prob, P(x_B) of the box alone"),
-             ("max_blank_share", max_blank_share, blank_prob, "blank_prob, P(x_∅) of a blank screen"))
-    for option, value, measured, needed in gates:
-        if value is None:
-            continue
-        if measured is None:
-            raise ValueError(f"{option} needs {needed}")
-        if not math.isfinite(full_prob):
-            raise ValueError(f"{option} needs P(x): pass full_prob (the attribution did not measure it)")
-    if min_box_sufficiency is not None:
-        sufficient = box_prob >= min_box_sufficiency * full_prob
-    if max_blank_share is not None:
-        screen_used = blank_prob < max_blank_share * full_prob
-    if not (sufficient and screen_used):
+    if not (box_sufficient and screen_used):
         examples = []
     return AlignmentExamples(
         ranking=ranking,
@@ -180,9 +169,64 @@ def build_alignment_examples(
         prior_cells=prior_cells,
         box_prob=box_prob,
         blank_prob=blank_prob,
-        box_sufficient=sufficient,
+        box_sufficient=box_sufficient,
         screen_used=screen_used,
     )
+
+
+GATE_SCOPES = ("step", "sample")
+
+
+def gate_samples(
+    full_probs: Sequence[float],
+    box_probs: Sequence[float | None] | None = None,
+    blank_probs: Sequence[float | None] | None = None,
+    min_box_sufficiency: float | None = None,
+    max_blank_share: float | None = None,
+    scope: str = "step",
+    step_totals: tuple[float, float, float] | None = None,
+) -> list[tuple[bool, bool]]:
+    """The box and blank gates' verdicts (box_sufficient, screen_used) for each sample.
+
+    Sample i fails the box gate when P_i(x_B) < min_box_sufficiency · P_i(x), the blank gate when
+    P_i(x_∅) ≥ max_blank_share · P_i(x); a gate set to None passes everything. With ``scope="sample"`` those
+    are the verdicts. With ``scope="step"`` the same tests on the step's sums ΣP(x_B), ΣP(x_∅) against ΣP(x)
+    decide what a failure means (module docstring): the box gate keeps every sample when the step fails it as
+    a whole, and otherwise leaves out the samples that fail it; the blank gate leaves out every sample when the
+    step fails it, and none otherwise. ``step_totals`` = (ΣP(x), ΣP(x_B), ΣP(x_∅)) over the whole step (every
+    micro-batch and rank, a gate's entry 0 when it is off); None: the sums of the samples given.
+    """
+    if scope not in GATE_SCOPES:
+        raise ValueError(f"gate scope {scope!r} is not one of {GATE_SCOPES}")
+    count = len(full_probs)
+    if min_box_sufficiency is None and max_blank_share is None:
+        return [(True, True)] * count
+    gates = (("min_box_sufficiency", min_box_sufficiency, box_probs, "P(x_B) of the box alone"),
+             ("max_blank_share", max_blank_share, blank_probs, "P(x_∅) of a blank screen"))
+    for option, value, measured, needed in gates:
+        if value is not None and (measured is None or len(measured) != count or None in measured):
+            raise ValueError(f"{option} needs {needed} for each of the {count} samples")
+    if any(not math.isfinite(p) for p in full_probs):
+        raise ValueError("the gates need P(x) of every sample (the attribution did not measure it)")
+    box_ok = [True] * count if min_box_sufficiency is None else [
+        b >= min_box_sufficiency * p for b, p in zip(box_probs, full_probs)]
+    screen_ok = [True] * count if max_blank_share is None else [
+        e < max_blank_share * p for e, p in zip(blank_probs, full_probs)]
+    if scope == "step" and count:
+        full, box, blank = step_totals or step_gate_totals(full_probs, box_probs, blank_probs)
+        if min_box_sufficiency is not None and box < min_box_sufficiency * full:
+            box_ok = [True] * count  # the model, not the boxes, fails: it is what alignment is for
+        if max_blank_share is not None:
+            screen_ok = [blank < max_blank_share * full] * count
+    return list(zip(box_ok, screen_ok))
+
+
+def step_gate_totals(
+    full_probs: Sequence[float], box_probs: Sequence[float | None] | None, blank_probs: Sequence[float | None] | None
+) -> tuple[float, float, float]:
+    """(ΣP(x), ΣP(x_B), ΣP(x_∅)) of the samples given (unmeasured entries count 0): `gate_samples`' step sums."""
+    return (float(sum(full_probs)), float(sum(b or 0.0 for b in box_probs or ())),
+            float(sum(e or 0.0 for e in blank_probs or ())))
 
 
 def _best_on_prior_gain(attribution: Attribution, gains: torch.Tensor, on_prior: list[bool], z: float) -> float:
