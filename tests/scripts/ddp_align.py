@@ -57,6 +57,9 @@ def main(checkpoint: str, out_dir: str) -> None:
         align_every=1, n_regions=16, max_regions=3, selection="all", loss_chunk_size=2, report_to="none",
         search="bounded", region_method="grid", lambda_redundancy=0.5, stop_confidence=None,
         save_strategy="no", logging_steps=1, learning_rate=1e-2, seed=0, ddp_timeout=300,
+        # A random model clicks as well on a blank screen: the blank-screen gate would leave out every step.
+        # The box gate stays on, so its step sums are all-reduced on every rank, selecting or not.
+        max_blank_share=None,
         # CPU-only: two gloo processes (MULTI_CPU); accelerate only turns DeepSpeed on without use_cpu.
         use_cpu=not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true",
     )
