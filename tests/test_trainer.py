@@ -254,9 +254,8 @@ def test_necessity_term_and_deletion_only_forwards_give_the_batch_mean_loss(lora
     assert trainer.alignment_state["necessity_examples"] == 3
 
 
-def _ratios_and_split(model, batch, tmp_path, keep_cells) -> tuple[list[float], float, float]:
-    """P(x_keep)/P(x) of every sample, measured with scorers of their own, a threshold in their widest gap, and
-    the batch's share ΣP(x_keep)/ΣP(x) (what the step scope tests)."""
+def _kept_and_full(model, batch, tmp_path, keep_cells) -> tuple[list[float], list[float]]:
+    """P(x_keep) and P(x) of every sample, measured with scorers of their own."""
     base = config(tmp_path, per_device_train_batch_size=4, lambda_necessity=1.0)
     kept, full = [], []
     model.eval()
@@ -266,6 +265,13 @@ def _ratios_and_split(model, batch, tmp_path, keep_cells) -> tuple[list[float], 
         scorer = DecisionScorer(model, sample, meta, row)
         kept.append(float(scorer.score(keep_cells(meta, scorer)[None])[0]))
         full.append(scorer.full_prob())
+    return kept, full
+
+
+def _ratios_and_split(model, batch, tmp_path, keep_cells) -> tuple[list[float], float, float]:
+    """P(x_keep)/P(x) of every sample, a threshold in their widest gap, and the batch's share ΣP(x_keep)/ΣP(x)
+    (what the step scope tests)."""
+    kept, full = _kept_and_full(model, batch, tmp_path, keep_cells)
     ratios = [k / f for k, f in zip(kept, full)]
     order = sorted(ratios)
     gap, threshold = max((b - a, (a + b) / 2) for a, b in zip(order, order[1:]))
@@ -351,6 +357,24 @@ def test_step_scope_reads_a_gate_failing_for_the_whole_step_as_the_models(lora_s
     assert sum(r >= high for r in ratios) > 0  # the sample scope would leave these out
     assert passes["blank_clicks"] == 0 and passes["necessity_examples"] == 4
     assert fails["blank_clicks"] == 4 and fails["necessity_examples"] == 0
+
+
+def test_step_scope_sums_over_every_micro_batch_of_the_step(lora_setup, tmp_path):
+    """Two micro-batches of one step: a blank-gate threshold between the step's share and the larger share of
+    one micro-batch alone keeps both micro-batches (each tested alone, that one would be left out)."""
+    model, processor, collator = lora_setup
+    _lora_b_off_zero(model)
+    screens = examples(4)
+    kept, full = _kept_and_full(model, collator(screens), tmp_path, _blank_cells)
+    share = sum(kept) / sum(full)
+    halves = [sum(kept[k : k + 2]) / sum(full[k : k + 2]) for k in (0, 2)]
+    assert max(halves) > share + 1e-4, (halves, share)
+    threshold = (share + max(halves)) / 2
+    cfg = config(tmp_path, align_every=1, lambda_necessity=1.0, min_box_sufficiency=None, max_blank_share=threshold)
+    trainer = PriorAlignedTrainer(model=model, args=cfg, data_collator=collator)
+    _step_alignment_grads(trainer, model, [collator(screens[:2]), collator(screens[2:])])
+    assert trainer._metrics["align/blank_clicks"] == [0.0, 0.0]
+    assert trainer._metrics["align/necessity_examples"] == [2.0, 2.0]
 
 
 def _step_alignment_grads(trainer, model, micro_batches: list[dict]) -> dict[str, torch.Tensor]:
