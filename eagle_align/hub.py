@@ -25,8 +25,9 @@ logger = logging.getLogger(__name__)
 CARD_TAGS = ["gui-agent", "grounding", "eagle-align"]
 CARD_FILE = "README.md"
 # alignment_state.json counters shown on the card, in this order.
-ALIGNMENT_TOTALS = ("alignment_steps", "selected", "insufficient_boxes", "blank_clicks", "deviation_examples", "redundancy_examples",
-                    "necessity_examples", "attribution_forwards", "loss_forwards", "nonfinite_terms")
+ALIGNMENT_TOTALS = ("alignment_steps", "selected", "insufficient_boxes", "blank_clicks", "shortcut_boxes",
+                    "deviation_examples", "redundancy_examples", "necessity_examples", "attribution_forwards",
+                    "loss_forwards", "nonfinite_terms")
 
 
 def is_local_path(name_or_path: str) -> bool:

@@ -223,7 +223,7 @@ class PriorAlignedTrainer(Trainer):
             samples = _BatchSamples(batch, unwrapped, args)
             stats = dict.fromkeys(("point_hits", "prior_hits", "attribution_forwards", *LOSS_KINDS,
                                    "nonfinite", "loss_forwards", "padded", "insufficient_boxes",
-                                   "blank_clicks"), 0.0)
+                                   "blank_clicks", "shortcut_boxes"), 0.0)
             start = time.perf_counter()
             lockstep = distributed.Lockstep(unwrapped, lambda s=samples: s.dummy_pass(unwrapped, grad=False),
                                             self.accelerator.device)
@@ -336,15 +336,16 @@ class PriorAlignedTrainer(Trainer):
                                 [m.blank_prob for m in measured], args.min_box_sufficiency, args.max_blank_share,
                                 scope=args.gate_scope, step_totals=step_totals)
         built = []
-        for m, (box_sufficient, screen_used) in zip(measured, verdicts):
+        for m, verdict in zip(measured, verdicts):
             examples = build_alignment_examples(m.attribution, samples.batch["meta"][m.index].prior_mask,
                                                 args.prior_overlap, args.insertion_weight, args.deletion_weight,
                                                 deviation_margin=args.deviation_margin,
                                                 necessity=args.lambda_necessity > 0, box_prob=m.box_prob,
-                                                blank_prob=m.blank_prob, box_sufficient=box_sufficient,
-                                                screen_used=screen_used)
-            stats["insufficient_boxes"] += float(not examples.box_sufficient)
-            stats["blank_clicks"] += float(not examples.screen_used)
+                                                blank_prob=m.blank_prob, box_sufficient=verdict.box_sufficient,
+                                                screen_used=verdict.screen_used)
+            stats["insufficient_boxes"] += float(not verdict.box_sufficient)
+            stats["blank_clicks"] += float(not verdict.screen_used)
+            stats["shortcut_boxes"] += float(verdict.shortcut_box)
             examples.examples = [e for e in examples.examples if weight[e.kind] > 0]
             built.append((m.index, examples))
         return built
@@ -412,11 +413,11 @@ class PriorAlignedTrainer(Trainer):
             selected, attributed, n_dev, n_red, n_nec, stats["deviation"], stats["redundancy"], stats["necessity"],
             stats["nonfinite"], stats["point_hits"], stats["prior_hits"], stats["attribution_forwards"],
             stats["loss_forwards"], attr_seconds, loss_seconds, stats["padded"], stats["insufficient_boxes"],
-            stats["blank_clicks"],
+            stats["blank_clicks"], stats["shortcut_boxes"],
         ]
         (selected, attributed, n_dev, n_red, n_nec, dev_sum, red_sum, nec_sum, nonfinite, point_hits, prior_hits,
-         forwards, loss_forwards, attr_seconds, loss_seconds, padded, insufficient, blank) = distributed.all_reduce_sum(
-            values, self.accelerator.device)
+         forwards, loss_forwards, attr_seconds, loss_seconds, padded, insufficient, blank,
+         shortcut) = distributed.all_reduce_sum(values, self.accelerator.device)
         ranks = distributed.world_size()
         metrics = {
             "align/selected": selected,
@@ -431,6 +432,7 @@ class PriorAlignedTrainer(Trainer):
             "align/padded_passes": padded,
             "align/insufficient_boxes": insufficient,
             "align/blank_clicks": blank,
+            "align/shortcut_boxes": shortcut,
         }
         if n_dev:
             metrics["align/loss_deviation"] = dev_sum / n_dev
@@ -451,7 +453,8 @@ class PriorAlignedTrainer(Trainer):
             state["alignment_steps"] += 1
         for key, value in (("selected", selected), ("deviation_examples", n_dev), ("redundancy_examples", n_red),
                            ("necessity_examples", n_nec), ("insufficient_boxes", insufficient),
-                           ("blank_clicks", blank), ("attribution_forwards", forwards), ("loss_forwards", loss_forwards),
+                           ("blank_clicks", blank), ("shortcut_boxes", shortcut), ("attribution_forwards", forwards),
+                           ("loss_forwards", loss_forwards),
                            ("nonfinite_terms", nonfinite), ("padded_passes", padded)):
             state[key] += value
         self.alignment_seconds["attribution"] += attr_seconds / ranks

@@ -180,10 +180,11 @@ def test_sample_scope_tests_each_sample_on_its_own():
     """Box gate: P(x_B) ≥ m·P(x) passes; blank gate: P(x_∅) < m·P(x) passes; a gate set to None passes all."""
     full, box_probs, blank_probs = [0.9, 0.9, 0.8], [0.45, 0.44, 0.1], [0.5, 0.86, 0.7]
     verdicts = gate_samples(full, box_probs, blank_probs, 0.5, 0.95, scope="sample")
-    assert verdicts == [(True, True), (False, False), (False, True)]
-    assert gate_samples(full, box_probs, blank_probs, None, 0.95, scope="sample") == [(True, True), (True, False),
-                                                                                     (True, True)]
-    assert gate_samples(full, None, None) == [(True, True)] * 3  # both off (the paper): nothing measured
+    assert [v[:2] for v in verdicts] == [(True, True), (False, False), (False, True)]
+    assert not any(v.shortcut_box for v in verdicts)  # only the step scope keeps a failing box
+    assert [v[:2] for v in gate_samples(full, box_probs, blank_probs, None, 0.95, scope="sample")] == [
+        (True, True), (True, False), (True, True)]
+    assert gate_samples(full, None, None) == [(True, True, False)] * 3  # both off (the paper): nothing measured
 
 
 def test_step_scope_reads_a_whole_step_failing_as_the_models():
@@ -191,15 +192,18 @@ def test_step_scope_reads_a_whole_step_failing_as_the_models():
     gate drops every sample when the step fails it and none otherwise."""
     full = [1.0, 1.0, 1.0, 1.0]
     # Two boxes of four lose the click, the step keeps 0.55 ≥ 0.5 of it: those two are left out.
-    assert [b for b, _ in gate_samples(full, [1.0, 1.0, 0.1, 0.1], None, 0.5)] == [True, True, False, False]
-    # Every box loses it (a shortcut model): the model fails, not the boxes, and every sample is aligned.
-    assert [b for b, _ in gate_samples(full, [0.4, 0.3, 0.1, 0.1], None, 0.5)] == [True] * 4
+    assert [b for b, _, _ in gate_samples(full, [1.0, 1.0, 0.1, 0.1], None, 0.5)] == [True, True, False, False]
+    # Every box loses it (a shortcut model): the model fails, not the boxes, and every sample is aligned; the
+    # samples whose own box fails are reported as shortcut boxes.
+    kept = gate_samples(full, [0.6, 0.3, 0.1, 0.1], None, 0.5)
+    assert [v.box_sufficient for v in kept] == [True] * 4
+    assert [v.shortcut_box for v in kept] == [False, True, True, True]
     # One sample a blank screen clicks (a default answer), the step's blank share 0.8: every sample is kept.
-    assert [e for _, e in gate_samples(full, None, [0.99, 0.7, 0.75, 0.76], None, 0.95)] == [True] * 4
+    assert [e for _, e, _ in gate_samples(full, None, [0.99, 0.7, 0.75, 0.76], None, 0.95)] == [True] * 4
     # A model that clicks the same on a blank screen everywhere: every sample is left out.
-    assert [e for _, e in gate_samples(full, None, [0.97, 0.99, 0.96, 0.94], None, 0.95)] == [False] * 4
+    assert [e for _, e, _ in gate_samples(full, None, [0.97, 0.99, 0.96, 0.94], None, 0.95)] == [False] * 4
     # The step's sums may come from other micro-batches and ranks: here they fail the blank gate for this one too.
-    assert gate_samples([1.0], None, [0.5], None, 0.95, step_totals=(10.0, 0.0, 9.9)) == [(True, False)]
+    assert gate_samples([1.0], None, [0.5], None, 0.95, step_totals=(10.0, 0.0, 9.9)) == [(True, False, False)]
 
 
 def test_gates_name_what_they_are_missing():

@@ -287,9 +287,9 @@ def _gate_counts(model, collator, batch, tmp_path, **gates) -> dict[str, float]:
     model.train()
     trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
     model.zero_grad()
-    counts = {k: trainer._metrics[f"align/{k}"][0] for k in ("insufficient_boxes", "blank_clicks", "necessity_examples")}
-    assert trainer.alignment_state["insufficient_boxes"] == counts["insufficient_boxes"]
-    assert trainer.alignment_state["blank_clicks"] == counts["blank_clicks"]
+    gates_said = ("insufficient_boxes", "blank_clicks", "shortcut_boxes")
+    counts = {k: trainer._metrics[f"align/{k}"][0] for k in (*gates_said, "necessity_examples")}
+    assert {k: trainer.alignment_state[k] for k in gates_said} == {k: counts[k] for k in gates_said}
     return counts
 
 
@@ -310,10 +310,11 @@ def test_box_sufficiency_gate_drops_the_samples_whose_box_alone_loses_the_click(
     ratios, threshold, _ = _ratios_and_split(model, batch, tmp_path, _box_cells)
     kept = sum(r >= threshold for r in ratios)
     off = _gate_counts(model, collator, batch, tmp_path, min_box_sufficiency=None, max_blank_share=None)
-    assert off == {"insufficient_boxes": 0.0, "blank_clicks": 0.0, "necessity_examples": 4.0}
+    assert off == {"insufficient_boxes": 0.0, "blank_clicks": 0.0, "shortcut_boxes": 0.0, "necessity_examples": 4.0}
     on = _gate_counts(model, collator, batch, tmp_path, min_box_sufficiency=threshold, max_blank_share=None,
                       gate_scope="sample")
-    assert on == {"insufficient_boxes": float(4 - kept), "blank_clicks": 0.0, "necessity_examples": float(kept)}
+    assert on == {"insufficient_boxes": float(4 - kept), "blank_clicks": 0.0, "shortcut_boxes": 0.0,
+                  "necessity_examples": float(kept)}
 
 
 def test_blank_gate_drops_the_samples_a_blank_screen_clicks_as_well(lora_setup, tmp_path):
@@ -327,7 +328,8 @@ def test_blank_gate_drops_the_samples_a_blank_screen_clicks_as_well(lora_setup, 
     kept = sum(r < threshold for r in ratios)
     logged = _gate_counts(model, collator, batch, tmp_path, necessity_floor="blank", min_box_sufficiency=None,
                           max_blank_share=threshold, gate_scope="sample")
-    assert logged == {"blank_clicks": float(4 - kept), "necessity_examples": float(kept), "insufficient_boxes": 0.0}
+    assert logged == {"blank_clicks": float(4 - kept), "necessity_examples": float(kept), "insufficient_boxes": 0.0,
+                      "shortcut_boxes": 0.0}
 
 
 def test_step_scope_reads_a_gate_failing_for_the_whole_step_as_the_models(lora_setup, tmp_path):
@@ -348,8 +350,9 @@ def test_step_scope_reads_a_gate_failing_for_the_whole_step_as_the_models(lora_s
     ratios, low, high = thresholds(_box_cells)  # the step passes below its share, fails above
     passes = _gate_counts(model, collator, batch, tmp_path, **{**off, "min_box_sufficiency": low})
     fails = _gate_counts(model, collator, batch, tmp_path, **{**off, "min_box_sufficiency": high})
-    assert passes["insufficient_boxes"] == sum(r < low for r in ratios) > 0
+    assert passes["insufficient_boxes"] == sum(r < low for r in ratios) > 0 and passes["shortcut_boxes"] == 0
     assert fails["insufficient_boxes"] == 0 and fails["necessity_examples"] == 4
+    assert fails["shortcut_boxes"] == sum(r < high for r in ratios) > 0
 
     ratios, low, high = thresholds(_blank_cells)  # the step passes above its share, fails at or below
     passes = _gate_counts(model, collator, batch, tmp_path, **{**off, "max_blank_share": high})

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -177,6 +178,14 @@ def build_alignment_examples(
 GATE_SCOPES = ("step", "sample")
 
 
+class GateVerdict(NamedTuple):
+    """What the two gates say of one sample; it gives alignment examples only if both first fields are True."""
+
+    box_sufficient: bool
+    screen_used: bool
+    shortcut_box: bool = False  # its box alone loses the click, kept because the whole step's boxes do
+
+
 def gate_samples(
     full_probs: Sequence[float],
     box_probs: Sequence[float | None] | None = None,
@@ -185,8 +194,8 @@ def gate_samples(
     max_blank_share: float | None = None,
     scope: str = "step",
     step_totals: tuple[float, float, float] | None = None,
-) -> list[tuple[bool, bool]]:
-    """The box and blank gates' verdicts (box_sufficient, screen_used) for each sample.
+) -> list[GateVerdict]:
+    """The box and blank gates' verdicts for each sample.
 
     Sample i fails the box gate when P_i(x_B) < min_box_sufficiency · P_i(x), the blank gate when
     P_i(x_∅) ≥ max_blank_share · P_i(x); a gate set to None passes everything. With ``scope="sample"`` those
@@ -200,7 +209,7 @@ def gate_samples(
         raise ValueError(f"gate scope {scope!r} is not one of {GATE_SCOPES}")
     count = len(full_probs)
     if min_box_sufficiency is None and max_blank_share is None:
-        return [(True, True)] * count
+        return [GateVerdict(True, True)] * count
     gates = (("min_box_sufficiency", min_box_sufficiency, box_probs, "P(x_B) of the box alone"),
              ("max_blank_share", max_blank_share, blank_probs, "P(x_∅) of a blank screen"))
     for option, value, measured, needed in gates:
@@ -212,13 +221,15 @@ def gate_samples(
         b >= min_box_sufficiency * p for b, p in zip(box_probs, full_probs)]
     screen_ok = [True] * count if max_blank_share is None else [
         e < max_blank_share * p for e, p in zip(blank_probs, full_probs)]
+    shortcut = [False] * count
     if scope == "step" and count:
         full, box, blank = step_totals or step_gate_totals(full_probs, box_probs, blank_probs)
         if min_box_sufficiency is not None and box < min_box_sufficiency * full:
-            box_ok = [True] * count  # the model, not the boxes, fails: it is what alignment is for
+            # The model, not the boxes, fails: it is what alignment is for.
+            box_ok, shortcut = [True] * count, [not ok for ok in box_ok]
         if max_blank_share is not None:
             screen_ok = [blank < max_blank_share * full] * count
-    return list(zip(box_ok, screen_ok))
+    return [GateVerdict(*v) for v in zip(box_ok, screen_ok, shortcut)]
 
 
 def step_gate_totals(
