@@ -103,8 +103,7 @@ class PriorAlignedConfig(TrainingArguments):
         metadata={"help": "Beyond the paper: align a sample only if its box alone keeps this share of the click, "
                   "P(x_B) ≥ min_box_sufficiency · P(x) (one forward per sample). A box that holds no evidence "
                   "(an element only its context identifies, a wrong box) has nothing to move reliance to, and "
-                  "pushing there destroys the click. Under gate_scope step a step whose boxes fail as a whole "
-                  "keeps every sample. None: every selected sample, as in the paper."},
+                  "pushing there destroys the click. See box_gate_scope. None: every selected sample, as in the paper."},
     )
     max_blank_share: float | None = field(
         default=0.95,
@@ -112,17 +111,19 @@ class PriorAlignedConfig(TrainingArguments):
                   "than this share of the click, P(x_∅) < max_blank_share · P(x) (one forward per sample, shared "
                   "with the necessity floor). A click the model gives without looking (a prior, or a model still "
                   "on its loss plateau) rests on nothing in the screen, and the terms would only fight the task "
-                  "loss. Under gate_scope step the test is on the step's sums and leaves out the whole step or "
-                  "nothing. None: every selected sample, as in the paper."},
+                  "loss. See blank_gate_scope. None: every selected sample, as in the paper."},
     )
-    gate_scope: str = field(
+    box_gate_scope: str = field(
         default="step",
-        metadata={"help": "Beyond the paper: what a gate failure means. step (default): the two gates are also "
-                  "tested on the step's summed probabilities; a step that fails the box gate as a whole has a "
-                  "model that stopped looking at the boxes (a shortcut) and keeps every sample, a step that fails "
-                  "the blank gate as a whole has a model that does not look at the screen and is left out whole, "
-                  "and single samples' blank-screen clicks (a default answer) are kept. sample: each sample on "
-                  "its own test (measured 2026-12-04)."},
+        metadata={"help": "Beyond the paper: step (default): a step whose boxes fail the box gate as a whole (summed "
+                  "over its samples) has a model that stopped looking at the boxes (a shortcut) and keeps every "
+                  "sample; otherwise the failing samples are left out. sample: each sample on its own test."},
+    )
+    blank_gate_scope: str = field(
+        default="step",
+        metadata={"help": "Beyond the paper: step (default): the blank gate tests the step's summed probabilities "
+                  "and leaves out the whole step (a model that does not look at the screen) or nothing (a single "
+                  "sample's blank-screen click is a default answer). sample: each sample on its own test."},
     )
     adaptive_beta: float = field(default=2.0, metadata={"help": "β of the adaptive_log penalty."})
     insertion_weight: float = field(
@@ -182,7 +183,7 @@ class PriorAlignedConfig(TrainingArguments):
         super().__post_init__()
         choices = {
             "loss_variant": LOSS_VARIANTS, "selection": SELECTIONS, "necessity_floor": NECESSITY_FLOORS,
-            "gate_scope": GATE_SCOPES, "region_method": REGION_METHODS, "search": STRATEGIES, "baseline": BASELINES,
+            "box_gate_scope": GATE_SCOPES, "blank_gate_scope": GATE_SCOPES, "region_method": REGION_METHODS, "search": STRATEGIES, "baseline": BASELINES,
             "score_reduction": REDUCTIONS,
         }
         for name, allowed in choices.items():

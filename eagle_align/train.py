@@ -346,8 +346,8 @@ def _startup_summary(model, model_args, data_args, training_args, train_set, eva
             f"{training_args.n_regions} regions, loss {training_args.loss_variant}, "
             f"lambda dev/red/nec {training_args.lambda_deviation}/{training_args.lambda_redundancy}/"
             f"{training_args.lambda_necessity} (floor {training_args.necessity_floor}), box gate "
-            f"{training_args.min_box_sufficiency}, blank gate {training_args.max_blank_share} "
-            f"(per {training_args.gate_scope}); "
+            f"{training_args.min_box_sufficiency} (per {training_args.box_gate_scope}), blank gate "
+            f"{training_args.max_blank_share} (per {training_args.blank_gate_scope}); "
             f"preset {training_args.preset_description()}"
             if align
             else ""

@@ -121,7 +121,8 @@ class PriorAlignedTrainer(Trainer):
         alignment_keys = (
             "alignment", "align_every", "align_start_step", "lambda_deviation", "lambda_redundancy", "lambda_necessity",
             "necessity_floor", "loss_variant",
-            "deviation_margin", "min_box_sufficiency", "max_blank_share", "gate_scope",
+            "deviation_margin", "min_box_sufficiency", "max_blank_share", "box_gate_scope",
+            "blank_gate_scope",
             "insertion_weight", "deletion_weight", "selection", "min_confidence", "prior_overlap", "n_regions",
             "region_method", "search", "max_regions", "baseline", "score_reduction",
         )
@@ -211,7 +212,7 @@ class PriorAlignedTrainer(Trainer):
         The loss is λ·mean over every example of the step's global batch, so each term weighs
         λ·world_size / (count of its kind over all micro-batches and ranks); world_size undoes the gradient
         averaging over ranks. Every rank plans the same micro-batches, so its Lockstep forwards pair up. The
-        gates' step test (`gate_scope: step`) sums the gate probabilities over the same global batch.
+        gates' step tests (`box_gate_scope` / `blank_gate_scope` step) sum the gate probabilities over the same global batch.
         """
         args = self.args
         unwrapped = self.accelerator.unwrap_model(model)
@@ -233,7 +234,8 @@ class PriorAlignedTrainer(Trainer):
             stats["padded"] += lockstep.padded
             measured_batches.append((samples, len(selected), measured, stats, time.perf_counter() - start))
         step_totals = None
-        if args.gate_scope == "step" and (args.min_box_sufficiency is not None or args.max_blank_share is not None):
+        if (args.box_gate_scope == "step" and args.min_box_sufficiency is not None) or (
+                args.blank_gate_scope == "step" and args.max_blank_share is not None):
             local = [step_gate_totals([m.full_prob for m in ms], [m.box_prob for m in ms], [m.blank_prob for m in ms])
                      for _, _, ms, _, _ in measured_batches]
             step_totals = tuple(distributed.all_reduce_sum([sum(t[k] for t in local) for k in range(3)],
@@ -334,7 +336,7 @@ class PriorAlignedTrainer(Trainer):
         weight = {kind: getattr(args, f"lambda_{kind}") for kind in LOSS_KINDS}
         verdicts = gate_samples([m.full_prob for m in measured], [m.box_prob for m in measured],
                                 [m.blank_prob for m in measured], args.min_box_sufficiency, args.max_blank_share,
-                                scope=args.gate_scope, step_totals=step_totals)
+                                box_scope=args.box_gate_scope, blank_scope=args.blank_gate_scope, step_totals=step_totals)
         built = []
         for m, verdict in zip(measured, verdicts):
             examples = build_alignment_examples(m.attribution, samples.batch["meta"][m.index].prior_mask,

@@ -179,10 +179,10 @@ def test_a_gate_verdict_keeps_or_drops_a_whole_sample():
 def test_sample_scope_tests_each_sample_on_its_own():
     """Box gate: P(x_B) ≥ m·P(x) passes; blank gate: P(x_∅) < m·P(x) passes; a gate set to None passes all."""
     full, box_probs, blank_probs = [0.9, 0.9, 0.8], [0.45, 0.44, 0.1], [0.5, 0.86, 0.7]
-    verdicts = gate_samples(full, box_probs, blank_probs, 0.5, 0.95, scope="sample")
+    verdicts = gate_samples(full, box_probs, blank_probs, 0.5, 0.95, box_scope="sample", blank_scope="sample")
     assert [v[:2] for v in verdicts] == [(True, True), (False, False), (False, True)]
     assert not any(v.shortcut_box for v in verdicts)  # only the step scope keeps a failing box
-    assert [v[:2] for v in gate_samples(full, box_probs, blank_probs, None, 0.95, scope="sample")] == [
+    assert [v[:2] for v in gate_samples(full, box_probs, blank_probs, None, 0.95, blank_scope="sample")] == [
         (True, True), (True, False), (True, True)]
     assert gate_samples(full, None, None) == [(True, True, False)] * 3  # both off (the paper): nothing measured
 
@@ -202,6 +202,9 @@ def test_step_scope_reads_a_whole_step_failing_as_the_models():
     assert [e for _, e, _ in gate_samples(full, None, [0.99, 0.7, 0.75, 0.76], None, 0.95)] == [True] * 4
     # A model that clicks the same on a blank screen everywhere: every sample is left out.
     assert [e for _, e, _ in gate_samples(full, None, [0.97, 0.99, 0.96, 0.94], None, 0.95)] == [False] * 4
+    # Each gate has its own scope: the box gate per sample, the blank gate on the step.
+    mixed = gate_samples(full, [0.4, 0.3, 0.1, 0.6], [0.99, 0.7, 0.75, 0.76], 0.5, 0.95, box_scope="sample")
+    assert mixed == [(False, True, False), (False, True, False), (False, True, False), (True, True, False)]
     # The step's sums may come from other micro-batches and ranks: here they fail the blank gate for this one too.
     assert gate_samples([1.0], None, [0.5], None, 0.95, step_totals=(10.0, 0.0, 9.9)) == [(True, False, False)]
 
@@ -214,4 +217,4 @@ def test_gates_name_what_they_are_missing():
     with pytest.raises(ValueError, match="P\\(x\\)"):
         gate_samples([float("nan")], [0.5], None, 0.5, None)
     with pytest.raises(ValueError, match="gate scope 'batch'"):
-        gate_samples([0.9], [0.5], None, 0.5, None, scope="batch")
+        gate_samples([0.9], [0.5], None, 0.5, None, box_scope="batch")

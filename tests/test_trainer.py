@@ -58,7 +58,7 @@ def test_config_defaults_are_the_settings_measured_best():
     assert cfg.deviation_margin is None  # the paper's rank-1 gate
     assert cfg.min_box_sufficiency == 0.5  # beyond the paper (preset paper: None)
     assert cfg.max_blank_share == 0.95 and cfg.necessity_floor == "blank"  # beyond the paper (paper: None / no term)
-    assert cfg.gate_scope == "step"  # a gate failing for the whole step is read as the model's
+    assert (cfg.box_gate_scope, cfg.blank_gate_scope) == ("step", "step")  # a whole step failing: the model's
     assert cfg.search == "bounded" and cfg.ranked_regions == 1  # deviation only: the gate reads rank 1
     assert (cfg.align_every, cfg.min_confidence, cfg.prior_overlap, cfg.max_regions) == (5, 0.75, 0.15, 10)
     assert (cfg.stop_confidence, cfg.score_reduction, cfg.adaptive_beta, cfg.alignment) == (0.8, "mean", 2.0, True)
@@ -98,7 +98,7 @@ def test_preset_paper_sets_every_paper_value_and_explicit_settings_win():
      ("max_aligned_per_step", 0), ("remove_unused_columns", True),
      ("deviation_margin", -0.1), ("deviation_margin", 0.1),  # the second: the default search is not single_round
      ("min_box_sufficiency", -0.1), ("max_blank_share", 0.0), ("necessity_floor", "one"),
-     ("gate_scope", "batch")],
+     ("box_gate_scope", "batch"), ("blank_gate_scope", "all")],
 )
 def test_config_rejects_bad_values_naming_the_option(option, value):
     with pytest.raises(ValueError, match=option):
@@ -302,7 +302,7 @@ def _blank_cells(meta, scorer):
 
 
 def test_box_sufficiency_gate_drops_the_samples_whose_box_alone_loses_the_click(lora_setup, tmp_path):
-    """gate_scope sample: a sample is aligned only if P(x_B) ≥ m·P(x); the ratios are measured here with a scorer
+    """box_gate_scope sample: a sample is aligned only if P(x_B) ≥ m·P(x); the ratios are measured here with a scorer
     of their own and the threshold put between two of them, so the gate must split the batch exactly there."""
     model, processor, collator = lora_setup
     _lora_b_off_zero(model)
@@ -312,13 +312,13 @@ def test_box_sufficiency_gate_drops_the_samples_whose_box_alone_loses_the_click(
     off = _gate_counts(model, collator, batch, tmp_path, min_box_sufficiency=None, max_blank_share=None)
     assert off == {"insufficient_boxes": 0.0, "blank_clicks": 0.0, "shortcut_boxes": 0.0, "necessity_examples": 4.0}
     on = _gate_counts(model, collator, batch, tmp_path, min_box_sufficiency=threshold, max_blank_share=None,
-                      gate_scope="sample")
+                      box_gate_scope="sample")
     assert on == {"insufficient_boxes": float(4 - kept), "blank_clicks": 0.0, "shortcut_boxes": 0.0,
                   "necessity_examples": float(kept)}
 
 
 def test_blank_gate_drops_the_samples_a_blank_screen_clicks_as_well(lora_setup, tmp_path):
-    """gate_scope sample: a sample is aligned only if P(x_∅) < m·P(x), with the threshold put between two
+    """blank_gate_scope sample: a sample is aligned only if P(x_∅) < m·P(x), with the threshold put between two
     measured ratios; the same forward gives the necessity floor, so the necessity examples are exactly the
     samples kept."""
     model, processor, collator = lora_setup
@@ -327,13 +327,13 @@ def test_blank_gate_drops_the_samples_a_blank_screen_clicks_as_well(lora_setup, 
     ratios, threshold, _ = _ratios_and_split(model, batch, tmp_path, _blank_cells)
     kept = sum(r < threshold for r in ratios)
     logged = _gate_counts(model, collator, batch, tmp_path, necessity_floor="blank", min_box_sufficiency=None,
-                          max_blank_share=threshold, gate_scope="sample")
+                          max_blank_share=threshold, blank_gate_scope="sample")
     assert logged == {"blank_clicks": float(4 - kept), "necessity_examples": float(kept), "insufficient_boxes": 0.0,
                       "shortcut_boxes": 0.0}
 
 
 def test_step_scope_reads_a_gate_failing_for_the_whole_step_as_the_models(lora_setup, tmp_path):
-    """gate_scope step (default): thresholds on either side of the batch's summed share ΣP(x_keep)/ΣP(x), each
+    """Step scopes (default): thresholds on either side of the batch's summed share ΣP(x_keep)/ΣP(x), each
     between it and a sample's own ratio, so that the sample scope would leave samples out in both cases.
     Box gate: a step that passes leaves out its failing samples; a step that fails leaves out none.
     Blank gate: a step that passes keeps every sample; a step that fails leaves out every one."""

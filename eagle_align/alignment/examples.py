@@ -192,21 +192,23 @@ def gate_samples(
     blank_probs: Sequence[float | None] | None = None,
     min_box_sufficiency: float | None = None,
     max_blank_share: float | None = None,
-    scope: str = "step",
+    box_scope: str = "step",
+    blank_scope: str = "step",
     step_totals: tuple[float, float, float] | None = None,
 ) -> list[GateVerdict]:
     """The box and blank gates' verdicts for each sample.
 
     Sample i fails the box gate when P_i(x_B) < min_box_sufficiency · P_i(x), the blank gate when
-    P_i(x_∅) ≥ max_blank_share · P_i(x); a gate set to None passes everything. With ``scope="sample"`` those
-    are the verdicts. With ``scope="step"`` the same tests on the step's sums ΣP(x_B), ΣP(x_∅) against ΣP(x)
-    decide what a failure means (module docstring): the box gate keeps every sample when the step fails it as
+    P_i(x_∅) ≥ max_blank_share · P_i(x); a gate set to None passes everything. A gate whose scope is "sample"
+    gives those verdicts. With scope "step" the same test on the step's sums ΣP(x_B) or ΣP(x_∅) against ΣP(x)
+    decides what a failure means (module docstring): the box gate keeps every sample when the step fails it as
     a whole, and otherwise leaves out the samples that fail it; the blank gate leaves out every sample when the
     step fails it, and none otherwise. ``step_totals`` = (ΣP(x), ΣP(x_B), ΣP(x_∅)) over the whole step (every
     micro-batch and rank, a gate's entry 0 when it is off); None: the sums of the samples given.
     """
-    if scope not in GATE_SCOPES:
-        raise ValueError(f"gate scope {scope!r} is not one of {GATE_SCOPES}")
+    for scope in (box_scope, blank_scope):
+        if scope not in GATE_SCOPES:
+            raise ValueError(f"gate scope {scope!r} is not one of {GATE_SCOPES}")
     count = len(full_probs)
     if min_box_sufficiency is None and max_blank_share is None:
         return [GateVerdict(True, True)] * count
@@ -222,12 +224,12 @@ def gate_samples(
     screen_ok = [True] * count if max_blank_share is None else [
         e < max_blank_share * p for e, p in zip(blank_probs, full_probs)]
     shortcut = [False] * count
-    if scope == "step" and count:
+    if count:
         full, box, blank = step_totals or step_gate_totals(full_probs, box_probs, blank_probs)
-        if min_box_sufficiency is not None and box < min_box_sufficiency * full:
+        if box_scope == "step" and min_box_sufficiency is not None and box < min_box_sufficiency * full:
             # The model, not the boxes, fails: it is what alignment is for.
             box_ok, shortcut = [True] * count, [not ok for ok in box_ok]
-        if max_blank_share is not None:
+        if blank_scope == "step" and max_blank_share is not None:
             screen_ok = [blank < max_blank_share * full] * count
     return [GateVerdict(*v) for v in zip(box_ok, screen_ok, shortcut)]
 
