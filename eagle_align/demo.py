@@ -119,7 +119,8 @@ def _alignment_summary(trainer) -> dict[str, Any]:
         {"step": e["step"], **{k[6:]: round(float(v), 4) for k, v in e.items()
                                if k in ("align/deviation_examples", "align/loss_deviation", "align/loss_necessity",
                                         "align/insufficient_boxes", "align/blank_clicks",
-                                        "align/shortcut_boxes", "align/point_game")}}
+                                        "align/shortcut_boxes", "align/box_share", "align/blank_share",
+                                        "align/point_game")}}
         for e in logged
     ]
     return {**counts, "trace": trace}

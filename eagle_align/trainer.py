@@ -233,15 +233,21 @@ class PriorAlignedTrainer(Trainer):
                 measured = self._attribute(unwrapped, samples, selected, full_probs, stats)
             stats["padded"] += lockstep.padded
             measured_batches.append((samples, len(selected), measured, stats, time.perf_counter() - start))
-        step_totals = None
-        if (args.box_gate_scope == "step" and args.min_box_sufficiency is not None) or (
-                args.blank_gate_scope == "step" and args.max_blank_share is not None):
+        step_totals, shares = None, {}
+        if args.min_box_sufficiency is not None or args.max_blank_share is not None:
+            # The step scopes test these sums; both scopes log the step's shares (align/box_share, blank_share).
             local = [step_gate_totals([m.full_prob for m in ms], [m.box_prob for m in ms], [m.blank_prob for m in ms])
                      for _, _, ms, _, _ in measured_batches]
             step_totals = tuple(distributed.all_reduce_sum([sum(t[k] for t in local) for k in range(3)],
                                                            self.accelerator.device))
+            full, box, blank = step_totals
+            if full > 0:
+                shares = {key: value / full for key, value, gate in (("box_share", box, args.min_box_sufficiency),
+                                                                     ("blank_share", blank, args.max_blank_share))
+                          if gate is not None}
         plans, local_counts = [], []
         for samples, n_selected, measured, stats, seconds in measured_batches:
+            stats.update(shares)  # already global: logged as they are, not summed over ranks
             built = self._build_examples(samples, measured, step_totals, stats)
             chunks = [(i, ex, ex.examples[k : k + per_chunk])
                       for i, ex in built for k in range(0, len(ex.examples), per_chunk)]
@@ -442,6 +448,9 @@ class PriorAlignedTrainer(Trainer):
             metrics["align/loss_redundancy"] = red_sum / n_red
         if n_nec:
             metrics["align/loss_necessity"] = nec_sum / n_nec
+        for key in ("box_share", "blank_share"):
+            if key in stats:
+                metrics[f"align/{key}"] = stats[key]
         if attributed:
             metrics["align/point_game"] = point_hits / attributed
             metrics[f"align/prior_hit@{self.args.prior_hit_k}"] = prior_hits / attributed

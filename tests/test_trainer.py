@@ -362,6 +362,27 @@ def test_step_scope_reads_a_gate_failing_for_the_whole_step_as_the_models(lora_s
     assert fails["blank_clicks"] == 4 and fails["necessity_examples"] == 0
 
 
+def test_the_steps_gate_shares_are_logged(lora_setup, tmp_path):
+    """align/box_share and align/blank_share are the step's ΣP(x_B)/ΣP(x) and ΣP(x_∅)/ΣP(x), what the step
+    scopes test, logged under either scope (here with gates that pass everything)."""
+    model, processor, collator = lora_setup
+    _lora_b_off_zero(model)
+    batch = collator(examples(4))
+    expected = {key: _ratios_and_split(model, batch, tmp_path, cells)[2]
+                for key, cells in (("box_share", _box_cells), ("blank_share", _blank_cells))}
+    for scope in ("step", "sample"):
+        trainer = PriorAlignedTrainer(model=model, args=config(tmp_path, per_device_train_batch_size=4,
+                                                               min_box_sufficiency=0.0, max_blank_share=100.0,
+                                                               box_gate_scope=scope, blank_gate_scope=scope),
+                                      train_dataset=examples(4), data_collator=collator)
+        model.train()
+        trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
+        model.zero_grad()
+        for key, share in expected.items():
+            assert trainer._metrics[f"align/{key}"][0] == pytest.approx(share, rel=1e-3), (scope, key)
+        assert trainer._metrics["align/insufficient_boxes"] == [0.0] and trainer._metrics["align/blank_clicks"] == [0.0]
+
+
 def test_step_scope_sums_over_every_micro_batch_of_the_step(lora_setup, tmp_path):
     """Two micro-batches of one step: a blank-gate threshold between the step's share and the larger share of
     one micro-batch alone keeps both micro-batches (each tested alone, that one would be left out)."""
