@@ -511,8 +511,14 @@ def train_command(args) -> int:
 
 
 def train_from_argv(argv: list[str]) -> int:
-    """Train from `CONFIG.yaml [--key value ...]`."""
-    run_training(load_config(argv[0], parse_overrides(argv[1:])))
+    """Train from `CONFIG.yaml [--key value ...]`.
+
+    Every rank waits for the main process's writes and push, then the process group is torn down: a rank that
+    exits while its peers still hold the group open can abort in the communication threads' teardown.
+    """
+    trainer = run_training(load_config(argv[0], parse_overrides(argv[1:])))
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return 0
 
 
