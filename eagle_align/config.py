@@ -103,7 +103,8 @@ class PriorAlignedConfig(TrainingArguments):
         metadata={"help": "Beyond the paper: align a sample only if its box alone keeps this share of the click, "
                   "P(x_B) ≥ min_box_sufficiency · P(x) (one forward per sample). A box that holds no evidence "
                   "(an element only its context identifies, a wrong box) has nothing to move reliance to, and "
-                  "pushing there destroys the click. See box_gate_scope. None: every selected sample, as in the paper."},
+                  "pushing there destroys the click. See box_gate_scope. None: every selected sample, as in the "
+                  "paper."},
     )
     max_blank_share: float | None = field(
         default=0.95,
@@ -183,8 +184,8 @@ class PriorAlignedConfig(TrainingArguments):
         super().__post_init__()
         choices = {
             "loss_variant": LOSS_VARIANTS, "selection": SELECTIONS, "necessity_floor": NECESSITY_FLOORS,
-            "box_gate_scope": GATE_SCOPES, "blank_gate_scope": GATE_SCOPES, "region_method": REGION_METHODS, "search": STRATEGIES, "baseline": BASELINES,
-            "score_reduction": REDUCTIONS,
+            "box_gate_scope": GATE_SCOPES, "blank_gate_scope": GATE_SCOPES, "region_method": REGION_METHODS,
+            "search": STRATEGIES, "baseline": BASELINES, "score_reduction": REDUCTIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

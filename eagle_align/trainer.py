@@ -212,7 +212,7 @@ class PriorAlignedTrainer(Trainer):
         The loss is λ·mean over every example of the step's global batch, so each term weighs
         λ·world_size / (count of its kind over all micro-batches and ranks); world_size undoes the gradient
         averaging over ranks. Every rank plans the same micro-batches, so its Lockstep forwards pair up. The
-        gates' step tests (`box_gate_scope` / `blank_gate_scope` step) sum the gate probabilities over the same global batch.
+        gates' step tests (`box_gate_scope` / `blank_gate_scope`) sum their probabilities over the same batch.
         """
         args = self.args
         unwrapped = self.accelerator.unwrap_model(model)
@@ -236,15 +236,15 @@ class PriorAlignedTrainer(Trainer):
         step_totals, shares = None, {}
         if args.min_box_sufficiency is not None or args.max_blank_share is not None:
             # The step scopes test these sums; both scopes log the step's shares (align/box_share, blank_share).
-            local = [step_gate_totals([m.full_prob for m in ms], [m.box_prob for m in ms], [m.blank_prob for m in ms])
-                     for _, _, ms, _, _ in measured_batches]
-            step_totals = tuple(distributed.all_reduce_sum([sum(t[k] for t in local) for k in range(3)],
-                                                           self.accelerator.device))
+            step = [m for _, _, measured, _, _ in measured_batches for m in measured]
+            local = step_gate_totals([m.full_prob for m in step], [m.box_prob for m in step],
+                                     [m.blank_prob for m in step])
+            step_totals = tuple(distributed.all_reduce_sum(local, self.accelerator.device))
             full, box, blank = step_totals
-            if full > 0:
-                shares = {key: value / full for key, value, gate in (("box_share", box, args.min_box_sufficiency),
-                                                                     ("blank_share", blank, args.max_blank_share))
-                          if gate is not None}
+            if full > 0 and args.min_box_sufficiency is not None:
+                shares["box_share"] = box / full
+            if full > 0 and args.max_blank_share is not None:
+                shares["blank_share"] = blank / full
         plans, local_counts = [], []
         for samples, n_selected, measured, stats, seconds in measured_batches:
             stats.update(shares)  # already global: logged as they are, not summed over ranks
@@ -342,7 +342,8 @@ class PriorAlignedTrainer(Trainer):
         weight = {kind: getattr(args, f"lambda_{kind}") for kind in LOSS_KINDS}
         verdicts = gate_samples([m.full_prob for m in measured], [m.box_prob for m in measured],
                                 [m.blank_prob for m in measured], args.min_box_sufficiency, args.max_blank_share,
-                                box_scope=args.box_gate_scope, blank_scope=args.blank_gate_scope, step_totals=step_totals)
+                                box_scope=args.box_gate_scope, blank_scope=args.blank_gate_scope,
+                                step_totals=step_totals)
         built = []
         for m, verdict in zip(measured, verdicts):
             examples = build_alignment_examples(m.attribution, samples.batch["meta"][m.index].prior_mask,

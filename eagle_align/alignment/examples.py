@@ -42,6 +42,8 @@ from eagle_align.attribution.metrics import on_prior_regions
 from eagle_align.attribution.regions import RegionPartition
 from eagle_align.attribution.search import Attribution
 
+GATE_SCOPES = ("step", "sample")  # what a gate's failure is read off: the step's sums, or each sample alone
+
 
 @dataclass(frozen=True)
 class AlignmentExample:
@@ -173,9 +175,6 @@ def build_alignment_examples(
         box_sufficient=box_sufficient,
         screen_used=screen_used,
     )
-
-
-GATE_SCOPES = ("step", "sample")
 
 
 class GateVerdict(NamedTuple):
