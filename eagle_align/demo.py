@@ -36,13 +36,18 @@ FAMILY = "qwen3_vl"
 # trains 600 steps.
 FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3_vl": {"pixels": 256 * 256, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
-                 "square_size": None, "unmarked_train_fraction": 0.0, "full_run_schedule": {}},
+                 "square_size": None, "unmarked_train_fraction": 0.0, "empty_train_slot_fraction": 0.0,
+                 "full_run_schedule": {}},
     "qwen2_5_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
-                   "square_size": None, "unmarked_train_fraction": 0.0, "full_run_schedule": {}},
+                   "square_size": None, "unmarked_train_fraction": 0.0, "empty_train_slot_fraction": 0.0,
+                   "full_run_schedule": {}},
     "qwen2_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
-                 "square_size": None, "unmarked_train_fraction": 0.4,
+                 "square_size": None, "unmarked_train_fraction": 0.5, "empty_train_slot_fraction": 0.25,
                  "full_run_schedule": {"max_steps": 600}},
 }
+# The data settings of a family's benchmark (its other keys are the model's pixels and the run's schedule).
+BENCHMARK_KEYS = ("cue_colour", "cue_size", "distractor_colour", "square_size", "unmarked_train_fraction",
+                  "empty_train_slot_fraction")
 PIXELS = FAMILIES[FAMILY]["pixels"]
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
 SPLITS = ("iid", "shifted")
@@ -81,7 +86,8 @@ def synthetic_split(out: Path, split: str, n: int, seed: int, cue_fraction: floa
     return generate_synthetic(out, n, seed=seed, preset="shortcut", cue_fraction=cue_fraction, split=split,
                               difficulty=1, cue_colour=bench["cue_colour"], cue_size=bench["cue_size"],
                               distractor_colour=bench["distractor_colour"], square_size=bench["square_size"],
-                              unmarked_target_fraction=bench["unmarked_train_fraction"] if split == "train" else 0.0)
+                              unmarked_target_fraction=bench["unmarked_train_fraction"] if split == "train" else 0.0,
+                              empty_slot_fraction=bench["empty_train_slot_fraction"] if split == "train" else 0.0)
 
 
 def run_overrides(family: str, quick: bool) -> dict[str, Any]:
@@ -219,10 +225,13 @@ def _markdown(report: dict[str, Any]) -> str:
 
 
 def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = False,
-             recipe: str | Path | None = None, family: str = FAMILY) -> dict[str, Any]:
+             recipe: str | Path | None = None, family: str = FAMILY,
+             benchmark: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the tiny `family` model and its benchmark, train SFT and prior-aligned, evaluate both, write the report.
 
-    Returns the report dict (also written to `out_dir/report.json`).
+    `benchmark` replaces some of the family's data settings (`BENCHMARK_KEYS`), so that a table the data card
+    measured under an earlier benchmark reruns with one command. Returns the report dict (also written to
+    `out_dir/report.json`).
     """
     from eagle_align.data import load_examples
     from eagle_align.eval import evaluate, read_predictions
@@ -235,6 +244,10 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
         raise FileNotFoundError(f"demo recipe {recipe} not found (pass recipe= / --recipe)")
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}; the demo has benchmark settings for {', '.join(FAMILIES)}")
+    unknown = sorted(set(benchmark or {}) - set(BENCHMARK_KEYS))
+    if unknown:
+        raise ValueError(f"benchmark setting(s) {', '.join(unknown)} unknown; choose from {', '.join(BENCHMARK_KEYS)}")
+    bench = {**{key: FAMILIES[family][key] for key in BENCHMARK_KEYS}, **(benchmark or {})}
     pixels = FAMILIES[family]["pixels"]
     size = SIZES["quick" if quick else "full"]
     overrides = run_overrides(family, quick)
@@ -245,9 +258,9 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
     checkpoint = build_tiny_checkpoint(family, out / "checkpoint", seed=seed, min_pixels=pixels, max_pixels=pixels)
 
     _stage(start, "2/5 generating the shortcut benchmark (train: cue beside the target; shifted: beside a distractor)")
-    train = synthetic_split(out / "data", "train", size["train"], seed, TRAIN_CUE_FRACTION, family)
-    tests = {"iid": synthetic_split(out / "data", "test", size["iid"], seed, TRAIN_CUE_FRACTION, family),
-             "shifted": synthetic_split(out / "data", "shifted", size["shifted"], seed, 1.0, family)}
+    train = synthetic_split(out / "data", "train", size["train"], seed, TRAIN_CUE_FRACTION, family, bench)
+    tests = {"iid": synthetic_split(out / "data", "test", size["iid"], seed, TRAIN_CUE_FRACTION, family, bench),
+             "shifted": synthetic_split(out / "data", "shifted", size["shifted"], seed, 1.0, family, bench)}
 
     trained: dict[str, Any] = {}
     for step, name in enumerate(MODELS, start=3):
@@ -308,7 +321,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
         "train_examples": size["train"],
         "train_cue_fraction": TRAIN_CUE_FRACTION,
         # The benchmark's settings (its full-run schedule is in "overrides").
-        **{key: value for key, value in FAMILIES[family].items() if key not in ("pixels", "full_run_schedule")},
+        **bench,
         "iid_examples": size["iid"],
         "shifted_examples": size["shifted"],
         "attribution_samples": size["attribution_samples"],
@@ -362,14 +375,25 @@ def demo_arguments(parser) -> None:
     parser.add_argument("--recipe", default=None, help=f"training recipe (default: {RECIPE.name})")
     parser.add_argument("--family", default=FAMILY, choices=list(FAMILIES),
                         help=f"tiny model family, each with its own benchmark settings (default: {FAMILY})")
+    parser.add_argument("--unmarked-train-fraction", type=float, default=None,
+                        help="share of training targets drawn like the distractors (default: the family's)")
+    parser.add_argument("--empty-train-slot-fraction", type=float, default=None,
+                        help="share of training screens' distractor slots left empty (default: the family's)")
+
+
+def _benchmark_of(args) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in ("unmarked_train_fraction", "empty_train_slot_fraction")
+            if getattr(args, key, None) is not None}
 
 
 def demo_command(args) -> int:
     if not args.seeds:
-        run_demo(args.out, seed=args.seed, quick=args.quick, recipe=args.recipe, family=args.family)
+        run_demo(args.out, seed=args.seed, quick=args.quick, recipe=args.recipe, family=args.family,
+                 benchmark=_benchmark_of(args))
         return 0
     out = Path(args.out)
-    reports = [run_demo(out / f"seed-{seed}", seed=seed, quick=args.quick, recipe=args.recipe, family=args.family)
+    reports = [run_demo(out / f"seed-{seed}", seed=seed, quick=args.quick, recipe=args.recipe, family=args.family,
+                        benchmark=_benchmark_of(args))
                for seed in args.seeds]
     summary = summarize_seeds(reports)
     summary["per_seed"] = {r["seed"]: {name: {k: r[name][k] for k in ("iid_click_accuracy", "shifted_click_accuracy",

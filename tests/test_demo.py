@@ -19,6 +19,7 @@ from eagle_align.demo import (
     SPLITS,
     format_summary,
     format_table,
+    run_demo,
     run_overrides,
     summarize_seeds,
 )
@@ -49,13 +50,26 @@ def test_full_runs_follow_the_family_schedule_and_quick_runs_do_not():
     assert quick["max_steps"] == 60 and quick == SIZES["quick"]["overrides"] and quick is not SIZES["quick"]["overrides"]
 
 
+def test_unknown_benchmark_setting_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="benchmark setting.s. empty_slots unknown; choose from cue_colour"):
+        run_demo(tmp_path / "demo", benchmark={"empty_slots": 0.5})
+    assert not (tmp_path / "demo").exists()
+
+
+# One family's run replaces a benchmark setting from the command line (reruns of earlier data-card tables).
+BENCHMARK_FLAGS = {"qwen3_vl": {"empty_train_slot_fraction": 0.5}}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_quick_demo_end_to_end(tmp_path, family):
     out = tmp_path / "demo"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    flags = BENCHMARK_FLAGS.get(family, {})
+    bench = {**FAMILIES[family], **flags}
     cmd = [sys.executable, "-m", "eagle_align.cli", "demo", "--quick", "--seed", "3", "--family", family,
-           "--out", str(out)]
+           "--out", str(out), *[token for key, value in flags.items()
+                                for token in (f"--{key.replace('_', '-')}", str(value))]]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"building a tiny {family} checkpoint" in result.stdout
@@ -75,8 +89,15 @@ def test_quick_demo_end_to_end(tmp_path, family):
                       for line in (out / "data" / f"{split}.jsonl").read_text().splitlines()]
               for split in ("train", "test", "shifted")}
     assert all(marked["test"]) and all(marked["shifted"])
-    assert report["settings"]["unmarked_train_fraction"] == FAMILIES[family]["unmarked_train_fraction"]
-    assert (not all(marked["train"])) == (FAMILIES[family]["unmarked_train_fraction"] > 0)
+    assert report["settings"]["unmarked_train_fraction"] == bench["unmarked_train_fraction"]
+    assert (not all(marked["train"])) == (bench["unmarked_train_fraction"] > 0)
+    # So are empty distractor slots (elimination no longer finds the target): test screens keep every square.
+    empty = {split: [json.loads(line)["extra"]["empty_slots"]
+                     for line in (out / "data" / f"{split}.jsonl").read_text().splitlines()]
+             for split in ("train", "test", "shifted")}
+    assert not any(empty["test"]) and not any(empty["shifted"])
+    assert report["settings"]["empty_train_slot_fraction"] == bench["empty_train_slot_fraction"]
+    assert any(empty["train"]) == (bench["empty_train_slot_fraction"] > 0)
     assert (out / "report.md").read_text().startswith("# eagle-align demo")
     assert (out / "attribution_comparison.png").stat().st_size > 10_000
     for name in MODELS:

@@ -226,3 +226,35 @@ def test_unmarked_targets_look_like_distractors_and_leave_the_other_screens_unch
         generate_synthetic(tmp_path, 2, unmarked_target_fraction=1.5)
     with pytest.raises(ValueError, match="shortcut preset only"):
         generate_synthetic(tmp_path, 2, preset="gui", unmarked_target_fraction=0.5)
+
+
+def test_empty_slots_leave_distractor_squares_out_and_the_other_screens_unchanged(tmp_path):
+    """An empty slot shows the screen's grey where a distractor was; the target, the cue and at least one
+    distractor stay, and screens without an empty slot are pixel-identical to the default data."""
+    base = _records(generate_synthetic(tmp_path / "b", 40, seed=5, cue_fraction=1.0, distractor_colour="orange"))
+    rc = main(["data", "synth", "--out", str(tmp_path / "e"), "--n", "40", "--seed", "5", "--cue-fraction", "1",
+               "--distractor-colour", "orange", "--empty-slot-fraction", "0.5"])
+    assert rc == 0
+    emptied = 0
+    for a, b in zip(base, _records(tmp_path / "e" / "train.jsonl")):
+        assert a["bbox"] == b["bbox"] and a["extra"]["cue_bbox"] == b["extra"]["cue_bbox"]
+        old = np.asarray(Image.open(tmp_path / "b" / a["image"]))
+        new = np.asarray(Image.open(tmp_path / "e" / b["image"]))
+        empty = b["extra"]["empty_slots"]
+        assert b["extra"]["slot"] not in empty and len(b["extra"]["distractor_bboxes"]) == 3 - len(empty) >= 1
+        if not empty:
+            assert np.array_equal(old, new)
+            continue
+        emptied += len(empty)
+        kept = {tuple(box) for box in b["extra"]["distractor_bboxes"]}
+        for box in a["extra"]["distractor_bboxes"]:
+            x1, y1, x2, y2 = box
+            centre = tuple(new[(y1 + y2) // 2, (x1 + x2) // 2])
+            assert centre == ((240, 140, 20) if tuple(box) in kept else (128, 128, 128))
+        x1, y1, x2, y2 = b["bbox"]
+        assert tuple(new[(y1 + y2) // 2, (x1 + x2) // 2]) == (220, 50, 47)  # the target is always drawn
+    assert 20 < emptied < 100  # about half of the 120 distractor slots, never all three of one screen
+    with pytest.raises(ValueError, match=r"empty_slot_fraction=-0.1 must be within \[0, 1\]"):
+        generate_synthetic(tmp_path, 2, empty_slot_fraction=-0.1)
+    with pytest.raises(ValueError, match="shortcut preset only"):
+        generate_synthetic(tmp_path, 2, preset="gui", empty_slot_fraction=0.5)

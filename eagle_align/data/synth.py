@@ -104,13 +104,17 @@ def _shape(draw: ImageDraw.ImageDraw, shape: str, box, colour) -> None:
 
 
 def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, distractor_colour: str,
-                     square_size: int | None = None, unmarked: bool = False) -> dict:
+                     square_size: int | None = None, unmarked: bool = False, empty_slot_fraction: float = 0.0,
+                     empty_rng: random.Random | None = None) -> dict:
     """Grey screen, one square per slot; the target is the only red one ("click the red square").
 
     `cue_size` (None: half the margin around a default-sized square), `distractor_colour` and `square_size`
     (None: half a slot) set how salient the cue is against the target's own evidence (a red square of that side
     among squares of that colour). The cue sits in the middle of the free margin beside the target. `unmarked`
     draws the target in the distractors' colour too: nothing on the screen but a cue tells it apart.
+    `empty_slot_fraction` leaves that share of distractor slots without a square (drawn from `empty_rng`; one
+    distractor always stays): an empty slot is not the target either, so "the one slot unlike the others" no
+    longer identifies it and only the target's own red does.
     """
     side, jitter = _SHORTCUT_LEVELS[difficulty]
     screen = _SHORTCUT_SCREEN
@@ -119,6 +123,10 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
     image = Image.new("RGB", (screen, screen), (128, 128, 128))
     draw = ImageDraw.Draw(image)
     target_slot = rng.randrange(side * side)
+    distractor_slots = [i for i in range(side * side) if i != target_slot]
+    empty = {i for i in distractor_slots if empty_slot_fraction and empty_rng.random() < empty_slot_fraction}
+    if len(empty) == len(distractor_slots):  # one distractor stays: a shifted screen's cue sits beside one
+        empty.remove(empty_rng.choice(distractor_slots))
     boxes = []
     for index in range(side * side):
         row, col = divmod(index, side)
@@ -127,17 +135,20 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
         x1 = col * slot + (slot - square) // 2 + dx
         y1 = row * slot + (slot - square) // 2 + dy
         box = [x1, y1, x1 + square, y1 + square]
+        boxes.append(box)
+        if index in empty:
+            continue
         draw.rectangle([x1, y1, x1 + square - 1, y1 + square - 1],
                        fill=_COLOURS["red"] if index == target_slot and not unmarked
                        else DISTRACTOR_COLOURS[distractor_colour])
-        boxes.append(box)
     margin = shortcut_margin(difficulty, square)
     cue = cue_size or max(6, shortcut_margin(difficulty) // 2)
     return dict(image=image, draw=draw, target=boxes[target_slot],
-                distractors=[b for i, b in enumerate(boxes) if i != target_slot],
+                distractors=[b for i, b in enumerate(boxes) if i != target_slot and i not in empty],
                 instruction="click the red square", platform=None, ui_type="icon",
                 cue_size=cue, cue_gap=max(0, (margin - cue) // 2), cue_colour=(255, 255, 255),
-                relation="top_left", extra={"slot": target_slot, "target_marked": not unmarked})
+                relation="top_left", extra={"slot": target_slot, "target_marked": not unmarked,
+                                            "empty_slots": sorted(empty)})
 
 
 def _bars(draw: ImageDraw.ImageDraw, layout: str, size, scale: float, rng: random.Random) -> tuple[int, int, int, int]:
@@ -234,18 +245,20 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
                  difficulty: int = 1, layout: str = "mixed", cue_relation: str | None = None,
                  cue_colour: str | None = None, cue_size: int | None = None,
                  distractor_colour: str = "blue", square_size: int | None = None,
-                 unmarked_target_fraction: float = 0.0) -> tuple[Image.Image, dict]:
+                 unmarked_target_fraction: float = 0.0, empty_slot_fraction: float = 0.0) -> tuple[Image.Image, dict]:
     """One screenshot and its JSONL record (image path left to the caller); deterministic per arguments.
 
     `cue_colour` (a CUE_COLOURS name, None = the preset's own), `cue_size` and `distractor_colour` (shortcut
     preset only) change only pixels, not the layout or the answer; `square_size` changes the boxes' size, not
-    their centres; `unmarked_target_fraction` (shortcut) draws that share of targets in the distractors' colour,
-    decided by a draw of its own so the other screens stay as they are.
+    their centres; `unmarked_target_fraction` (shortcut) draws that share of targets in the distractors' colour
+    and `empty_slot_fraction` (shortcut) leaves that share of distractor slots empty, each decided by draws of
+    its own so that with either at 0 the screens stay as they were.
     """
     rng = random.Random(f"eagle-synth:{preset}:{seed}:{split}:{index}")
     if preset == "shortcut":
         unmarked = random.Random(f"eagle-synth-unmarked:{seed}:{split}:{index}").random() < unmarked_target_fraction
-        screen = _shortcut_screen(rng, difficulty, cue_size, distractor_colour, square_size, unmarked)
+        screen = _shortcut_screen(rng, difficulty, cue_size, distractor_colour, square_size, unmarked,
+                                  empty_slot_fraction, random.Random(f"eagle-synth-empty:{seed}:{split}:{index}"))
     else:
         screen = _gui_screen(rng, difficulty, layout, cue_relation or "right")
     relation = cue_relation or screen["relation"]
@@ -281,7 +294,8 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
                        cue_fraction: float = 0.0, split: str = "train", difficulty: int = 1,
                        layout: str = "mixed", cue_relation: str | None = None, cue_colour: str | None = None,
                        cue_size: int | None = None, distractor_colour: str = "blue",
-                       square_size: int | None = None, unmarked_target_fraction: float = 0.0) -> Path:
+                       square_size: int | None = None, unmarked_target_fraction: float = 0.0,
+                       empty_slot_fraction: float = 0.0) -> Path:
     """Write `n` screenshots to `out_dir/images/` and their records to `out_dir/{split}.jsonl`; return that path.
 
     preset "shortcut": 256×256 grey screen, squares in slots, the red one is the target (tiny models learn
@@ -293,7 +307,9 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
     distractor_colour, the other squares' colour (how distinct the red target is), and square_size, every
     square's side in pixels (None: half a slot, 64 at difficulty 1; how much evidence the target itself offers),
     and unmarked_target_fraction, the share of screens whose target is not red but the distractors' colour
-    (there the cue is the only evidence: a cue more reliable than the target's own look).
+    (there the cue is the only evidence: a cue more reliable than the target's own look), and
+    empty_slot_fraction, the share of distractor slots left empty (one distractor always stays), so that finding
+    the target by elimination ("the square unlike the others") stops working and only its red does.
     """
     levels = _SHORTCUT_LEVELS if preset == "shortcut" else _GUI_LEVELS
     checks = [
@@ -307,10 +323,12 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
         (isinstance(n, int) and n > 0, f"n={n!r} must be a positive integer"),
         (difficulty in levels, f"difficulty={difficulty!r}; preset {preset!r} has levels {sorted(levels)}"),
         (preset == "shortcut" or (cue_size is None and distractor_colour == "blue" and square_size is None
-                                  and unmarked_target_fraction == 0.0),
-         "cue_size, distractor_colour, square_size and unmarked_target_fraction apply to the shortcut preset only"),
+                                  and unmarked_target_fraction == 0.0 and empty_slot_fraction == 0.0),
+         "cue_size, distractor_colour, square_size, unmarked_target_fraction and empty_slot_fraction apply to the "
+         "shortcut preset only"),
         (0.0 <= unmarked_target_fraction <= 1.0,
          f"unmarked_target_fraction={unmarked_target_fraction} must be within [0, 1]"),
+        (0.0 <= empty_slot_fraction <= 1.0, f"empty_slot_fraction={empty_slot_fraction} must be within [0, 1]"),
         (distractor_colour in DISTRACTOR_COLOURS,
          f"distractor_colour={distractor_colour!r}; choose one of {', '.join(DISTRACTOR_COLOURS)}"),
     ]
@@ -331,7 +349,7 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
         for index in range(n):
             image, record = synth_record(index, seed, split, preset, cue_fraction, difficulty, layout, cue_relation,
                                          cue_colour, cue_size, distractor_colour, square_size,
-                                         unmarked_target_fraction)
+                                         unmarked_target_fraction, empty_slot_fraction)
             name = f"images/{split}_{index:05d}.png"
             image.save(out / name)
             record = {"image": name, **record}
