@@ -50,6 +50,8 @@ def main() -> None:
                         help="share of training screens whose target is drawn like the distractors (default 0)")
     parser.add_argument("--empty-slot-fraction", type=float, default=0.0,
                         help="share of training screens' distractor slots left empty (default 0)")
+    parser.add_argument("--decoy-fraction", type=float, default=0.0,
+                        help="share of training screens with a second red square (default 0)")
     parser.add_argument("--cue-fraction", type=float, default=TRAIN_CUE_FRACTION,
                         help="share of training screens with the cue (the demo's: 1.0)")
     parser.add_argument("--pixels", type=int, default=None,
@@ -66,7 +68,7 @@ def main() -> None:
         out = Path(args.out or tmp)
         cue = {"cue_colour": args.cue_colour, "cue_size": args.cue_size, "distractor_colour": args.distractor_colour,
                "square_size": args.square_size, "unmarked_train_fraction": args.unmarked_fraction,
-               "empty_train_slot_fraction": args.empty_slot_fraction}
+               "empty_train_slot_fraction": args.empty_slot_fraction, "decoy_train_fraction": args.decoy_fraction}
 
         def split_of(folder: str, split: str, n: int, cue_fraction: float) -> Path:
             return synthetic_split(out / folder, split, n, args.seed, cue_fraction, args.family, cue)

@@ -37,17 +37,20 @@ FAMILY = "qwen3_vl"
 FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3_vl": {"pixels": 256 * 256, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
                  "square_size": None, "unmarked_train_fraction": 0.0, "empty_train_slot_fraction": 0.0,
+                 "decoy_train_fraction": 0.0,
                  "full_run_schedule": {}},
     "qwen2_5_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
                    "square_size": None, "unmarked_train_fraction": 0.0, "empty_train_slot_fraction": 0.0,
+                 "decoy_train_fraction": 0.0,
                    "full_run_schedule": {}},
     "qwen2_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
                  "square_size": None, "unmarked_train_fraction": 0.5, "empty_train_slot_fraction": 0.25,
+                 "decoy_train_fraction": 0.0,
                  "full_run_schedule": {"max_steps": 600}},
 }
 # The data settings of a family's benchmark (its other keys are the model's pixels and the run's schedule).
 BENCHMARK_KEYS = ("cue_colour", "cue_size", "distractor_colour", "square_size", "unmarked_train_fraction",
-                  "empty_train_slot_fraction")
+                  "empty_train_slot_fraction", "decoy_train_fraction")
 PIXELS = FAMILIES[FAMILY]["pixels"]
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
 SPLITS = ("iid", "shifted")
@@ -87,7 +90,8 @@ def synthetic_split(out: Path, split: str, n: int, seed: int, cue_fraction: floa
                               difficulty=1, cue_colour=bench["cue_colour"], cue_size=bench["cue_size"],
                               distractor_colour=bench["distractor_colour"], square_size=bench["square_size"],
                               unmarked_target_fraction=bench["unmarked_train_fraction"] if split == "train" else 0.0,
-                              empty_slot_fraction=bench["empty_train_slot_fraction"] if split == "train" else 0.0)
+                              empty_slot_fraction=bench["empty_train_slot_fraction"] if split == "train" else 0.0,
+                              decoy_fraction=bench["decoy_train_fraction"] if split == "train" else 0.0)
 
 
 def run_overrides(family: str, quick: bool) -> dict[str, Any]:
@@ -379,10 +383,13 @@ def demo_arguments(parser) -> None:
                         help="share of training targets drawn like the distractors (default: the family's)")
     parser.add_argument("--empty-train-slot-fraction", type=float, default=None,
                         help="share of training screens' distractor slots left empty (default: the family's)")
+    parser.add_argument("--decoy-train-fraction", type=float, default=None,
+                        help="share of training screens with a second red square (default: the family's)")
 
 
 def _benchmark_of(args) -> dict[str, Any]:
-    return {key: getattr(args, key) for key in ("unmarked_train_fraction", "empty_train_slot_fraction")
+    return {key: getattr(args, key) for key in ("unmarked_train_fraction", "empty_train_slot_fraction",
+                                                "decoy_train_fraction")
             if getattr(args, key, None) is not None}
 
 

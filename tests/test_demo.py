@@ -98,6 +98,12 @@ def test_quick_demo_end_to_end(tmp_path, family):
     assert not any(empty["test"]) and not any(empty["shifted"])
     assert report["settings"]["empty_train_slot_fraction"] == bench["empty_train_slot_fraction"]
     assert any(empty["train"]) == (bench["empty_train_slot_fraction"] > 0)
+    decoys = {split: [json.loads(line)["extra"]["decoy_slot"] is not None
+                      for line in (out / "data" / f"{split}.jsonl").read_text().splitlines()]
+              for split in ("train", "test", "shifted")}
+    assert not any(decoys["test"]) and not any(decoys["shifted"])
+    assert report["settings"]["decoy_train_fraction"] == bench["decoy_train_fraction"]
+    assert any(decoys["train"]) == (bench["decoy_train_fraction"] > 0)
     assert (out / "report.md").read_text().startswith("# eagle-align demo")
     assert (out / "attribution_comparison.png").stat().st_size > 10_000
     for name in MODELS:

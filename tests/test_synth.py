@@ -258,3 +258,33 @@ def test_empty_slots_leave_distractor_squares_out_and_the_other_screens_unchange
         generate_synthetic(tmp_path, 2, empty_slot_fraction=-0.1)
     with pytest.raises(ValueError, match="shortcut preset only"):
         generate_synthetic(tmp_path, 2, preset="gui", empty_slot_fraction=0.5)
+
+
+def test_decoys_draw_a_second_red_square_that_only_the_cue_tells_apart(tmp_path):
+    """A decoy is one drawn distractor in the target's red; the cue stays beside the target, and screens without a
+    decoy are pixel-identical to the default data."""
+    base = _records(generate_synthetic(tmp_path / "b", 40, seed=2, cue_fraction=1.0, distractor_colour="orange",
+                                       empty_slot_fraction=0.25))
+    rc = main(["data", "synth", "--out", str(tmp_path / "d"), "--n", "40", "--seed", "2", "--cue-fraction", "1",
+               "--distractor-colour", "orange", "--empty-slot-fraction", "0.25", "--decoy-fraction", "0.5"])
+    assert rc == 0
+    decoys = 0
+    for a, b in zip(base, _records(tmp_path / "d" / "train.jsonl")):
+        assert a["bbox"] == b["bbox"] and a["extra"]["cue_bbox"] == b["extra"]["cue_bbox"]
+        assert a["extra"]["empty_slots"] == b["extra"]["empty_slots"]
+        old = np.asarray(Image.open(tmp_path / "b" / a["image"]))
+        new = np.asarray(Image.open(tmp_path / "d" / b["image"]))
+        decoy = b["extra"]["decoy_slot"]
+        if decoy is None:
+            assert np.array_equal(old, new)
+            continue
+        decoys += 1
+        assert decoy != b["extra"]["slot"] and decoy not in b["extra"]["empty_slots"]
+        reds = [box for box in [b["bbox"], *b["extra"]["distractor_bboxes"]]
+                if tuple(new[(box[1] + box[3]) // 2, (box[0] + box[2]) // 2]) == (220, 50, 47)]
+        assert len(reds) == 2 and b["bbox"] in reds  # the target and one look-alike
+    assert 8 < decoys < 32
+    with pytest.raises(ValueError, match=r"decoy_fraction=2.0 must be within \[0, 1\]"):
+        generate_synthetic(tmp_path, 2, decoy_fraction=2.0)
+    with pytest.raises(ValueError, match="shortcut preset only"):
+        generate_synthetic(tmp_path, 2, preset="gui", decoy_fraction=0.5)

@@ -48,6 +48,9 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--empty-slot-fraction", type=float, default=0.0,
                        help="shortcut preset: share of distractor slots left without a square, so the target is not "
                             "found by elimination (default 0)")
+    synth.add_argument("--decoy-fraction", type=float, default=0.0,
+                       help="shortcut preset: share of screens with a second red square, told apart from the target "
+                            "only by the cue (default 0)")
 
 
 def data_command(args: argparse.Namespace) -> int:
@@ -59,7 +62,7 @@ def data_command(args: argparse.Namespace) -> int:
                                   cue_relation=args.cue_relation, cue_colour=args.cue_colour, cue_size=args.cue_size,
                                   distractor_colour=args.distractor_colour, square_size=args.square_size,
                                   unmarked_target_fraction=args.unmarked_target_fraction,
-                                  empty_slot_fraction=args.empty_slot_fraction)
+                                  empty_slot_fraction=args.empty_slot_fraction, decoy_fraction=args.decoy_fraction)
         print(f"wrote {args.n} {args.preset} samples ({args.split}) to {path}")
         return 0
     from eagle_align.data.loaders import load_examples

@@ -105,7 +105,7 @@ def _shape(draw: ImageDraw.ImageDraw, shape: str, box, colour) -> None:
 
 def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, distractor_colour: str,
                      square_size: int | None = None, unmarked: bool = False, empty_slot_fraction: float = 0.0,
-                     empty_rng: random.Random | None = None) -> dict:
+                     empty_rng: random.Random | None = None, decoy_rng: random.Random | None = None) -> dict:
     """Grey screen, one square per slot; the target is the only red one ("click the red square").
 
     `cue_size` (None: half the margin around a default-sized square), `distractor_colour` and `square_size`
@@ -114,7 +114,9 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
     draws the target in the distractors' colour too: nothing on the screen but a cue tells it apart.
     `empty_slot_fraction` leaves that share of distractor slots without a square (drawn from `empty_rng`; one
     distractor always stays): an empty slot is not the target either, so "the one slot unlike the others" no
-    longer identifies it and only the target's own red does.
+    longer identifies it and only the target's own red does. `decoy_rng` (None: no decoy) picks one drawn
+    distractor to be red too: a look-alike that only the cue tells apart, while the target's box still holds
+    its own red.
     """
     side, jitter = _SHORTCUT_LEVELS[difficulty]
     screen = _SHORTCUT_SCREEN
@@ -127,6 +129,7 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
     empty = {i for i in distractor_slots if empty_slot_fraction and empty_rng.random() < empty_slot_fraction}
     if len(empty) == len(distractor_slots):  # one distractor stays: a shifted screen's cue sits beside one
         empty.remove(empty_rng.choice(distractor_slots))
+    decoy = decoy_rng.choice([i for i in distractor_slots if i not in empty]) if decoy_rng else None
     boxes = []
     for index in range(side * side):
         row, col = divmod(index, side)
@@ -139,7 +142,7 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
         if index in empty:
             continue
         draw.rectangle([x1, y1, x1 + square - 1, y1 + square - 1],
-                       fill=_COLOURS["red"] if index == target_slot and not unmarked
+                       fill=_COLOURS["red"] if (index == target_slot and not unmarked) or index == decoy
                        else DISTRACTOR_COLOURS[distractor_colour])
     margin = shortcut_margin(difficulty, square)
     cue = cue_size or max(6, shortcut_margin(difficulty) // 2)
@@ -148,7 +151,7 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
                 instruction="click the red square", platform=None, ui_type="icon",
                 cue_size=cue, cue_gap=max(0, (margin - cue) // 2), cue_colour=(255, 255, 255),
                 relation="top_left", extra={"slot": target_slot, "target_marked": not unmarked,
-                                            "empty_slots": sorted(empty)})
+                                            "empty_slots": sorted(empty), "decoy_slot": decoy})
 
 
 def _bars(draw: ImageDraw.ImageDraw, layout: str, size, scale: float, rng: random.Random) -> tuple[int, int, int, int]:
@@ -245,20 +248,24 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
                  difficulty: int = 1, layout: str = "mixed", cue_relation: str | None = None,
                  cue_colour: str | None = None, cue_size: int | None = None,
                  distractor_colour: str = "blue", square_size: int | None = None,
-                 unmarked_target_fraction: float = 0.0, empty_slot_fraction: float = 0.0) -> tuple[Image.Image, dict]:
+                 unmarked_target_fraction: float = 0.0, empty_slot_fraction: float = 0.0,
+                 decoy_fraction: float = 0.0) -> tuple[Image.Image, dict]:
     """One screenshot and its JSONL record (image path left to the caller); deterministic per arguments.
 
     `cue_colour` (a CUE_COLOURS name, None = the preset's own), `cue_size` and `distractor_colour` (shortcut
     preset only) change only pixels, not the layout or the answer; `square_size` changes the boxes' size, not
-    their centres; `unmarked_target_fraction` (shortcut) draws that share of targets in the distractors' colour
-    and `empty_slot_fraction` (shortcut) leaves that share of distractor slots empty, each decided by draws of
-    its own so that with either at 0 the screens stay as they were.
+    their centres. Shortcut only: `unmarked_target_fraction` draws that share of targets in the distractors'
+    colour, `empty_slot_fraction` leaves that share of distractor slots empty and `decoy_fraction` draws a
+    second red square on that share of screens, each decided by draws of its own, so that with any of them at 0
+    the screens stay as they were.
     """
     rng = random.Random(f"eagle-synth:{preset}:{seed}:{split}:{index}")
     if preset == "shortcut":
         unmarked = random.Random(f"eagle-synth-unmarked:{seed}:{split}:{index}").random() < unmarked_target_fraction
+        decoy_rng = random.Random(f"eagle-synth-decoy:{seed}:{split}:{index}")
         screen = _shortcut_screen(rng, difficulty, cue_size, distractor_colour, square_size, unmarked,
-                                  empty_slot_fraction, random.Random(f"eagle-synth-empty:{seed}:{split}:{index}"))
+                                  empty_slot_fraction, random.Random(f"eagle-synth-empty:{seed}:{split}:{index}"),
+                                  decoy_rng if decoy_rng.random() < decoy_fraction else None)
     else:
         screen = _gui_screen(rng, difficulty, layout, cue_relation or "right")
     relation = cue_relation or screen["relation"]
@@ -295,7 +302,7 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
                        layout: str = "mixed", cue_relation: str | None = None, cue_colour: str | None = None,
                        cue_size: int | None = None, distractor_colour: str = "blue",
                        square_size: int | None = None, unmarked_target_fraction: float = 0.0,
-                       empty_slot_fraction: float = 0.0) -> Path:
+                       empty_slot_fraction: float = 0.0, decoy_fraction: float = 0.0) -> Path:
     """Write `n` screenshots to `out_dir/images/` and their records to `out_dir/{split}.jsonl`; return that path.
 
     preset "shortcut": 256×256 grey screen, squares in slots, the red one is the target (tiny models learn
@@ -309,7 +316,9 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
     and unmarked_target_fraction, the share of screens whose target is not red but the distractors' colour
     (there the cue is the only evidence: a cue more reliable than the target's own look), and
     empty_slot_fraction, the share of distractor slots left empty (one distractor always stays), so that finding
-    the target by elimination ("the square unlike the others") stops working and only its red does.
+    the target by elimination ("the square unlike the others") stops working and only its red does, and
+    decoy_fraction, the share of screens with a second red square (a look-alike distractor): there only the cue
+    tells the target apart, yet its box still holds its own red.
     """
     levels = _SHORTCUT_LEVELS if preset == "shortcut" else _GUI_LEVELS
     checks = [
@@ -323,12 +332,14 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
         (isinstance(n, int) and n > 0, f"n={n!r} must be a positive integer"),
         (difficulty in levels, f"difficulty={difficulty!r}; preset {preset!r} has levels {sorted(levels)}"),
         (preset == "shortcut" or (cue_size is None and distractor_colour == "blue" and square_size is None
-                                  and unmarked_target_fraction == 0.0 and empty_slot_fraction == 0.0),
-         "cue_size, distractor_colour, square_size, unmarked_target_fraction and empty_slot_fraction apply to the "
-         "shortcut preset only"),
+                                  and unmarked_target_fraction == 0.0 and empty_slot_fraction == 0.0
+                                  and decoy_fraction == 0.0),
+         "cue_size, distractor_colour, square_size, unmarked_target_fraction, empty_slot_fraction and "
+         "decoy_fraction apply to the shortcut preset only"),
         (0.0 <= unmarked_target_fraction <= 1.0,
          f"unmarked_target_fraction={unmarked_target_fraction} must be within [0, 1]"),
         (0.0 <= empty_slot_fraction <= 1.0, f"empty_slot_fraction={empty_slot_fraction} must be within [0, 1]"),
+        (0.0 <= decoy_fraction <= 1.0, f"decoy_fraction={decoy_fraction} must be within [0, 1]"),
         (distractor_colour in DISTRACTOR_COLOURS,
          f"distractor_colour={distractor_colour!r}; choose one of {', '.join(DISTRACTOR_COLOURS)}"),
     ]
@@ -349,7 +360,7 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
         for index in range(n):
             image, record = synth_record(index, seed, split, preset, cue_fraction, difficulty, layout, cue_relation,
                                          cue_colour, cue_size, distractor_colour, square_size,
-                                         unmarked_target_fraction, empty_slot_fraction)
+                                         unmarked_target_fraction, empty_slot_fraction, decoy_fraction)
             name = f"images/{split}_{index:05d}.png"
             image.save(out / name)
             record = {"image": name, **record}
