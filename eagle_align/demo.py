@@ -43,9 +43,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
                    "square_size": None, "unmarked_train_fraction": 0.0, "empty_train_slot_fraction": 0.0,
                  "decoy_train_fraction": 0.0,
                    "full_run_schedule": {}},
-    "qwen2_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
-                 "square_size": None, "unmarked_train_fraction": 0.5, "empty_train_slot_fraction": 0.25,
-                 "decoy_train_fraction": 0.0,
+    "qwen2_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": 32, "distractor_colour": "orange",
+                 "square_size": None, "unmarked_train_fraction": 0.0, "empty_train_slot_fraction": 0.25,
+                 "decoy_train_fraction": 0.4,
                  "full_run_schedule": {"max_steps": 600}},
 }
 # The data settings of a family's benchmark (its other keys are the model's pixels and the run's schedule).
@@ -379,18 +379,25 @@ def demo_arguments(parser) -> None:
     parser.add_argument("--recipe", default=None, help=f"training recipe (default: {RECIPE.name})")
     parser.add_argument("--family", default=FAMILY, choices=list(FAMILIES),
                         help=f"tiny model family, each with its own benchmark settings (default: {FAMILY})")
-    parser.add_argument("--unmarked-train-fraction", type=float, default=None,
-                        help="share of training targets drawn like the distractors (default: the family's)")
-    parser.add_argument("--empty-train-slot-fraction", type=float, default=None,
-                        help="share of training screens' distractor slots left empty (default: the family's)")
-    parser.add_argument("--decoy-train-fraction", type=float, default=None,
-                        help="share of training screens with a second red square (default: the family's)")
+    parser.add_argument("--benchmark", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="replace some of the family's benchmark settings, e.g. unmarked_train_fraction=0.4 "
+                             f"cue_size=16 (keys: {', '.join(BENCHMARK_KEYS)}); reruns a data-card table measured "
+                             "under an earlier benchmark")
 
 
 def _benchmark_of(args) -> dict[str, Any]:
-    return {key: getattr(args, key) for key in ("unmarked_train_fraction", "empty_train_slot_fraction",
-                                                "decoy_train_fraction")
-            if getattr(args, key, None) is not None}
+    """`--benchmark KEY=VALUE ...` as a dict; values read as YAML scalars (0.4, 16, null, orange)."""
+    import yaml
+
+    from eagle_align.errors import UsageError
+
+    settings = {}
+    for item in args.benchmark:
+        key, sep, value = item.partition("=")
+        if not sep or key not in BENCHMARK_KEYS:
+            raise UsageError(f"--benchmark {item!r}: expected KEY=VALUE with KEY one of {', '.join(BENCHMARK_KEYS)}")
+        settings[key] = yaml.safe_load(value)
+    return settings
 
 
 def demo_command(args) -> int:

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from eagle_align.cli import build_parser
 from eagle_align.demo import (
     FAMILIES,
     MODELS,
     SIZES,
     SPLITS,
+    _benchmark_of,
     format_summary,
     format_table,
     run_demo,
@@ -56,8 +58,18 @@ def test_unknown_benchmark_setting_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
-# One family's run replaces a benchmark setting from the command line (reruns of earlier data-card tables).
-BENCHMARK_FLAGS = {"qwen3_vl": {"empty_train_slot_fraction": 0.5}}
+def test_benchmark_option_reads_key_value_pairs_and_names_a_bad_one(tmp_path, capsys):
+    from eagle_align.cli import main
+
+    args = build_parser("demo").parse_args(["demo", "--benchmark", "cue_size=16", "unmarked_train_fraction=0.4"])
+    assert _benchmark_of(args) == {"cue_size": 16, "unmarked_train_fraction": 0.4}
+    assert main(["demo", "--out", str(tmp_path / "d"), "--benchmark", "cue=16"]) == 2
+    assert "--benchmark 'cue=16': expected KEY=VALUE with KEY one of cue_colour" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+# One family's run replaces benchmark settings from the command line (reruns of earlier data-card tables).
+BENCHMARK_FLAGS = {"qwen3_vl": {"empty_train_slot_fraction": 0.5, "decoy_train_fraction": 0.25}}
 
 
 @pytest.mark.slow
@@ -68,8 +80,7 @@ def test_quick_demo_end_to_end(tmp_path, family):
     flags = BENCHMARK_FLAGS.get(family, {})
     bench = {**FAMILIES[family], **flags}
     cmd = [sys.executable, "-m", "eagle_align.cli", "demo", "--quick", "--seed", "3", "--family", family,
-           "--out", str(out), *[token for key, value in flags.items()
-                                for token in (f"--{key.replace('_', '-')}", str(value))]]
+           "--out", str(out), *(["--benchmark", *[f"{key}={value}" for key, value in flags.items()]] if flags else [])]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"building a tiny {family} checkpoint" in result.stdout
