@@ -1,5 +1,6 @@
 """Does plain SFT take the cue? The demo's SFT run under other benchmark settings (cue colour and size, distractor
-colour, training cue fraction, pixel budget, schedule), scored on the iid, shifted and cue-free splits.
+colour, unmarked targets, empty slots, decoys, training cue fraction, pixel budget, schedule), scored on the iid,
+shifted and cue-free splits.
 
 Same checkpoint builder, recipe, seed, data sizes and pixel limits as `eagle-align demo --family F`, but only the
 SFT model, so one setting costs 3–7 minutes on 2 CPU cores. A shifted click accuracy well below the iid one

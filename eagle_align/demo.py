@@ -12,9 +12,10 @@ qwen2_vl`) built from scratch, fully fine-tuned (a random model has nothing for 
 its own entry in `FAMILIES` (pixel limits and how salient the cue is). The benchmark's setting was chosen by
 SFT-only measurement: with orange distractors Qwen3-VL's SFT follows the cue on every seed 0-4. The tiny Qwen2-VL
 takes it on every seed 0-2 once the cue is the more reliable evidence (`unmarked_train_fraction` 0.4: training
-targets drawn like the distractors) and it trains 600 steps; alignment then removes the cue on seeds 0 and 2 and
-collapses seed 1's model (data_cards/synthetic.md). The tiny Qwen2.5-VL ignored the cue in every setting tried,
-so its demo runs the pipeline without a shortcut to remove.
+targets drawn like the distractors) and it trains 600 steps; aligned, every seed clicks the target on shifted
+screens more often than SFT, but seeds 0 and 1 find it by elimination (data_cards/synthetic.md, with the other
+benchmarks measured: `--benchmark KEY=VALUE ...` replaces any of a family's benchmark settings). The tiny
+Qwen2.5-VL ignored the cue in every setting tried, so its demo runs the pipeline without a shortcut to remove.
 """
 
 from __future__ import annotations
@@ -30,22 +31,22 @@ FAMILY = "qwen3_vl"
 # Qwen2.5-VL) and the cue (synthetic `shortcut` options). Magenta, not the preset's white: tiny models never
 # learn a white cue here (so SFT would have no shortcut to take). Orange distractors, not blue: the red target
 # stands out less, so SFT leans on the cue (Qwen3-VL seed 1: shifted 68.0 % with blue, 32.0 % with orange).
-# unmarked_train_fraction: share of training targets drawn like the distractors (0: none; data card for why).
+# unmarked_train_fraction: share of training targets drawn like the distractors (0: none; data card for why);
+# empty_train_slot_fraction and decoy_train_fraction (empty distractor slots, second red squares) were measured
+# as Qwen2-VL benchmarks and left at 0 (data card: "Elimination, empty slots and look-alike decoys").
 # full_run_schedule: recipe keys a full run overrides for this family (the recipe's own: 300 steps). The tiny
 # Qwen2-VL's SFT loss sits on a plateau (one coordinate still guessed) until step 130-290 on seeds 0-2, so it
 # trains 600 steps.
 FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3_vl": {"pixels": 256 * 256, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
                  "square_size": None, "unmarked_train_fraction": 0.0, "empty_train_slot_fraction": 0.0,
-                 "decoy_train_fraction": 0.0,
-                 "full_run_schedule": {}},
+                 "decoy_train_fraction": 0.0, "full_run_schedule": {}},
     "qwen2_5_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
                    "square_size": None, "unmarked_train_fraction": 0.0, "empty_train_slot_fraction": 0.0,
+                   "decoy_train_fraction": 0.0, "full_run_schedule": {}},
+    "qwen2_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
+                 "square_size": None, "unmarked_train_fraction": 0.4, "empty_train_slot_fraction": 0.0,
                  "decoy_train_fraction": 0.0,
-                   "full_run_schedule": {}},
-    "qwen2_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": 32, "distractor_colour": "orange",
-                 "square_size": None, "unmarked_train_fraction": 0.0, "empty_train_slot_fraction": 0.25,
-                 "decoy_train_fraction": 0.4,
                  "full_run_schedule": {"max_steps": 600}},
 }
 # The data settings of a family's benchmark (its other keys are the model's pixels and the run's schedule).
