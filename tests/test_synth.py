@@ -21,6 +21,22 @@ def _overlaps(a, b) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def _paired_screens(tmp_path, n: int, seed: int, flags: list[str], **base_options) -> list[tuple]:
+    """Shortcut screens (orange distractors, cue on every screen) from the API with `base_options`, and the same
+    screens from `eagle-align data synth` with `flags`: (base record, record, base pixels, pixels) per screen,
+    after checking that the flags moved neither box nor cue."""
+    base = _records(generate_synthetic(tmp_path / "base", n, seed=seed, cue_fraction=1.0, distractor_colour="orange",
+                                       **base_options))
+    assert main(["data", "synth", "--out", str(tmp_path / "changed"), "--n", str(n), "--seed", str(seed),
+                 "--cue-fraction", "1", "--distractor-colour", "orange", *flags]) == 0
+    pairs = []
+    for a, b in zip(base, _records(tmp_path / "changed" / "train.jsonl")):
+        assert a["bbox"] == b["bbox"] and a["extra"]["cue_bbox"] == b["extra"]["cue_bbox"]
+        pairs.append((a, b, np.asarray(Image.open(tmp_path / "base" / a["image"])),
+                      np.asarray(Image.open(tmp_path / "changed" / b["image"]))))
+    return pairs
+
+
 def _gap(cue, box) -> float:
     """Chebyshev distance between two boxes (0 when they touch)."""
     dx = max(box[0] - cue[2], cue[0] - box[2], 0)
@@ -205,15 +221,8 @@ def test_square_size_shrinks_every_square_about_its_centre_and_widens_the_cue_ma
 def test_unmarked_targets_look_like_distractors_and_leave_the_other_screens_unchanged(tmp_path):
     """An unmarked target is drawn in the distractors' colour (only the cue marks it); its own draw keeps every
     other screen pixel-identical to the default data."""
-    base = _records(generate_synthetic(tmp_path / "b", 24, seed=3, cue_fraction=1.0, distractor_colour="orange"))
-    rc = main(["data", "synth", "--out", str(tmp_path / "u"), "--n", "24", "--seed", "3", "--cue-fraction", "1",
-               "--distractor-colour", "orange", "--unmarked-target-fraction", "0.5"])
-    assert rc == 0
     unmarked = 0
-    for a, b in zip(base, _records(tmp_path / "u" / "train.jsonl")):
-        assert a["bbox"] == b["bbox"] and a["extra"]["cue_bbox"] == b["extra"]["cue_bbox"]
-        old = np.asarray(Image.open(tmp_path / "b" / a["image"]))
-        new = np.asarray(Image.open(tmp_path / "u" / b["image"]))
+    for _, b, old, new in _paired_screens(tmp_path, 24, 3, ["--unmarked-target-fraction", "0.5"]):
         x1, y1, x2, y2 = b["bbox"]
         if b["extra"]["target_marked"]:
             assert np.array_equal(old, new)
@@ -231,15 +240,8 @@ def test_unmarked_targets_look_like_distractors_and_leave_the_other_screens_unch
 def test_empty_slots_leave_distractor_squares_out_and_the_other_screens_unchanged(tmp_path):
     """An empty slot shows the screen's grey where a distractor was; the target, the cue and at least one
     distractor stay, and screens without an empty slot are pixel-identical to the default data."""
-    base = _records(generate_synthetic(tmp_path / "b", 40, seed=5, cue_fraction=1.0, distractor_colour="orange"))
-    rc = main(["data", "synth", "--out", str(tmp_path / "e"), "--n", "40", "--seed", "5", "--cue-fraction", "1",
-               "--distractor-colour", "orange", "--empty-slot-fraction", "0.5"])
-    assert rc == 0
     emptied = 0
-    for a, b in zip(base, _records(tmp_path / "e" / "train.jsonl")):
-        assert a["bbox"] == b["bbox"] and a["extra"]["cue_bbox"] == b["extra"]["cue_bbox"]
-        old = np.asarray(Image.open(tmp_path / "b" / a["image"]))
-        new = np.asarray(Image.open(tmp_path / "e" / b["image"]))
+    for a, b, old, new in _paired_screens(tmp_path, 40, 5, ["--empty-slot-fraction", "0.5"]):
         empty = b["extra"]["empty_slots"]
         assert b["extra"]["slot"] not in empty and len(b["extra"]["distractor_bboxes"]) == 3 - len(empty) >= 1
         if not empty:
@@ -263,17 +265,10 @@ def test_empty_slots_leave_distractor_squares_out_and_the_other_screens_unchange
 def test_decoys_draw_a_second_red_square_that_only_the_cue_tells_apart(tmp_path):
     """A decoy is one drawn distractor in the target's red; the cue stays beside the target, and screens without a
     decoy are pixel-identical to the default data."""
-    base = _records(generate_synthetic(tmp_path / "b", 40, seed=2, cue_fraction=1.0, distractor_colour="orange",
-                                       empty_slot_fraction=0.25))
-    rc = main(["data", "synth", "--out", str(tmp_path / "d"), "--n", "40", "--seed", "2", "--cue-fraction", "1",
-               "--distractor-colour", "orange", "--empty-slot-fraction", "0.25", "--decoy-fraction", "0.5"])
-    assert rc == 0
     decoys = 0
-    for a, b in zip(base, _records(tmp_path / "d" / "train.jsonl")):
-        assert a["bbox"] == b["bbox"] and a["extra"]["cue_bbox"] == b["extra"]["cue_bbox"]
+    flags = ["--empty-slot-fraction", "0.25", "--decoy-fraction", "0.5"]
+    for a, b, old, new in _paired_screens(tmp_path, 40, 2, flags, empty_slot_fraction=0.25):
         assert a["extra"]["empty_slots"] == b["extra"]["empty_slots"]
-        old = np.asarray(Image.open(tmp_path / "b" / a["image"]))
-        new = np.asarray(Image.open(tmp_path / "d" / b["image"]))
         decoy = b["extra"]["decoy_slot"]
         if decoy is None:
             assert np.array_equal(old, new)
