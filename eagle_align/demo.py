@@ -87,12 +87,16 @@ def synthetic_split(out: Path, split: str, n: int, seed: int, cue_fraction: floa
     from eagle_align.data import generate_synthetic
 
     bench = {**FAMILIES[family], **(benchmark or {})}
+
+    def train_only(key: str) -> float:  # unmarked targets, empty slots and decoys: training screens only
+        return bench[key] if split == "train" else 0.0
+
     return generate_synthetic(out, n, seed=seed, preset="shortcut", cue_fraction=cue_fraction, split=split,
                               difficulty=1, cue_colour=bench["cue_colour"], cue_size=bench["cue_size"],
                               distractor_colour=bench["distractor_colour"], square_size=bench["square_size"],
-                              unmarked_target_fraction=bench["unmarked_train_fraction"] if split == "train" else 0.0,
-                              empty_slot_fraction=bench["empty_train_slot_fraction"] if split == "train" else 0.0,
-                              decoy_fraction=bench["decoy_train_fraction"] if split == "train" else 0.0)
+                              unmarked_target_fraction=train_only("unmarked_train_fraction"),
+                              empty_slot_fraction=train_only("empty_train_slot_fraction"),
+                              decoy_fraction=train_only("decoy_train_fraction"))
 
 
 def run_overrides(family: str, quick: bool) -> dict[str, Any]:
@@ -402,13 +406,14 @@ def _benchmark_of(args) -> dict[str, Any]:
 
 
 def demo_command(args) -> int:
+    benchmark = _benchmark_of(args)
     if not args.seeds:
         run_demo(args.out, seed=args.seed, quick=args.quick, recipe=args.recipe, family=args.family,
-                 benchmark=_benchmark_of(args))
+                 benchmark=benchmark)
         return 0
     out = Path(args.out)
     reports = [run_demo(out / f"seed-{seed}", seed=seed, quick=args.quick, recipe=args.recipe, family=args.family,
-                        benchmark=_benchmark_of(args))
+                        benchmark=benchmark)
                for seed in args.seeds]
     summary = summarize_seeds(reports)
     summary["per_seed"] = {r["seed"]: {name: {k: r[name][k] for k in ("iid_click_accuracy", "shifted_click_accuracy",

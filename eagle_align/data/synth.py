@@ -105,7 +105,8 @@ def _shape(draw: ImageDraw.ImageDraw, shape: str, box, colour) -> None:
 
 def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, distractor_colour: str,
                      square_size: int | None = None, unmarked: bool = False, empty_slot_fraction: float = 0.0,
-                     empty_rng: random.Random | None = None, decoy_rng: random.Random | None = None) -> dict:
+                     decoy_fraction: float = 0.0, empty_rng: random.Random | None = None,
+                     decoy_rng: random.Random | None = None) -> dict:
     """Grey screen, one square per slot; the target is the only red one ("click the red square").
 
     `cue_size` (None: half the margin around a default-sized square), `distractor_colour` and `square_size`
@@ -114,9 +115,9 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
     draws the target in the distractors' colour too: nothing on the screen but a cue tells it apart.
     `empty_slot_fraction` leaves that share of distractor slots without a square (drawn from `empty_rng`; one
     distractor always stays): an empty slot is not the target either, so "the one slot unlike the others" no
-    longer identifies it and only the target's own red does. `decoy_rng` (None: no decoy) picks one drawn
-    distractor to be red too: a look-alike that only the cue tells apart, while the target's box still holds
-    its own red.
+    longer identifies it and only the target's own red does. On `decoy_fraction` of the screens (drawn from
+    `decoy_rng`) one drawn distractor is red too: a look-alike that only the cue tells apart, while the
+    target's box still holds its own red.
     """
     side, jitter = _SHORTCUT_LEVELS[difficulty]
     screen = _SHORTCUT_SCREEN
@@ -129,7 +130,8 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
     empty = {i for i in distractor_slots if empty_slot_fraction and empty_rng.random() < empty_slot_fraction}
     if len(empty) == len(distractor_slots):  # one distractor stays: a shifted screen's cue sits beside one
         empty.remove(empty_rng.choice(distractor_slots))
-    decoy = decoy_rng.choice([i for i in distractor_slots if i not in empty]) if decoy_rng else None
+    decoy = (decoy_rng.choice([i for i in distractor_slots if i not in empty])
+             if decoy_fraction and decoy_rng.random() < decoy_fraction else None)
     boxes = []
     for index in range(side * side):
         row, col = divmod(index, side)
@@ -262,10 +264,10 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
     rng = random.Random(f"eagle-synth:{preset}:{seed}:{split}:{index}")
     if preset == "shortcut":
         unmarked = random.Random(f"eagle-synth-unmarked:{seed}:{split}:{index}").random() < unmarked_target_fraction
-        decoy_rng = random.Random(f"eagle-synth-decoy:{seed}:{split}:{index}")
         screen = _shortcut_screen(rng, difficulty, cue_size, distractor_colour, square_size, unmarked,
-                                  empty_slot_fraction, random.Random(f"eagle-synth-empty:{seed}:{split}:{index}"),
-                                  decoy_rng if decoy_rng.random() < decoy_fraction else None)
+                                  empty_slot_fraction, decoy_fraction,
+                                  random.Random(f"eagle-synth-empty:{seed}:{split}:{index}"),
+                                  random.Random(f"eagle-synth-decoy:{seed}:{split}:{index}"))
     else:
         screen = _gui_screen(rng, difficulty, layout, cue_relation or "right")
     relation = cue_relation or screen["relation"]
@@ -321,6 +323,8 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
     tells the target apart, yet its box still holds its own red.
     """
     levels = _SHORTCUT_LEVELS if preset == "shortcut" else _GUI_LEVELS
+    fractions = {"unmarked_target_fraction": unmarked_target_fraction, "empty_slot_fraction": empty_slot_fraction,
+                 "decoy_fraction": decoy_fraction}
     checks = [
         (preset in PRESETS, f"preset={preset!r}; choose one of {', '.join(PRESETS)}"),
         (split in SPLITS, f"split={split!r}; choose one of {', '.join(SPLITS)}"),
@@ -332,14 +336,9 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
         (isinstance(n, int) and n > 0, f"n={n!r} must be a positive integer"),
         (difficulty in levels, f"difficulty={difficulty!r}; preset {preset!r} has levels {sorted(levels)}"),
         (preset == "shortcut" or (cue_size is None and distractor_colour == "blue" and square_size is None
-                                  and unmarked_target_fraction == 0.0 and empty_slot_fraction == 0.0
-                                  and decoy_fraction == 0.0),
-         "cue_size, distractor_colour, square_size, unmarked_target_fraction, empty_slot_fraction and "
-         "decoy_fraction apply to the shortcut preset only"),
-        (0.0 <= unmarked_target_fraction <= 1.0,
-         f"unmarked_target_fraction={unmarked_target_fraction} must be within [0, 1]"),
-        (0.0 <= empty_slot_fraction <= 1.0, f"empty_slot_fraction={empty_slot_fraction} must be within [0, 1]"),
-        (0.0 <= decoy_fraction <= 1.0, f"decoy_fraction={decoy_fraction} must be within [0, 1]"),
+                                  and not any(fractions.values())),
+         f"cue_size, distractor_colour, square_size, {', '.join(fractions)} apply to the shortcut preset only"),
+        *[(0.0 <= value <= 1.0, f"{name}={value} must be within [0, 1]") for name, value in fractions.items()],
         (distractor_colour in DISTRACTOR_COLOURS,
          f"distractor_colour={distractor_colour!r}; choose one of {', '.join(DISTRACTOR_COLOURS)}"),
     ]
