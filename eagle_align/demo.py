@@ -15,7 +15,8 @@ takes it on every seed 0-2 once the cue is the more reliable evidence (`unmarked
 targets drawn like the distractors) and it trains 600 steps; aligned, every seed clicks the target on shifted
 screens more often than SFT, but seeds 0 and 1 find it by elimination (data_cards/synthetic.md, with the other
 benchmarks measured: `--benchmark KEY=VALUE ...` replaces any of a family's benchmark settings). The tiny
-Qwen2.5-VL ignored the cue in every setting tried, so its demo runs the pipeline without a shortcut to remove.
+Qwen2.5-VL took the cue on at most one seed in every setting tried (unmarked targets included), so its demo runs
+the pipeline without a shortcut to remove.
 """
 
 from __future__ import annotations
