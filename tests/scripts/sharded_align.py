@@ -57,7 +57,8 @@ def shard_like_recipe(model: torch.nn.Module) -> int:
 
 
 def main(checkpoint: str, out_dir: str) -> None:
-    from ddp_align import examples  # a sibling script: importable when this file runs as a script
+    # a sibling script: importable when this file runs as a script
+    from ddp_align import end_process_group, examples
 
     torch.manual_seed(0)
     model, processor = load_model_and_processor(checkpoint, dtype="float32")
@@ -111,6 +112,7 @@ def main(checkpoint: str, out_dir: str) -> None:
         if after else None,
     }
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+    end_process_group()
 
 
 if __name__ == "__main__":
