@@ -48,13 +48,12 @@ class SelectAllAfterFirstStep(TrainerCallback):
         args.selection = "all"
 
 
-def end_process_group() -> None:
-    """Every rank waits, then the process group is torn down before the interpreter exits: a gloo group still
-    alive at exit now and then aborted one rank ("terminate called without an active exception", SIGABRT) after
-    its results were written, failing a finished launch."""
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+def end_process_group(accelerator) -> None:
+    """Every rank waits, then accelerate tears the process group down before the interpreter exits: a gloo group
+    still alive at exit now and then aborted one rank ("terminate called without an active exception", SIGABRT)
+    after its results were written, failing a finished launch."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 def main(checkpoint: str, out_dir: str) -> None:
@@ -108,7 +107,7 @@ def main(checkpoint: str, out_dir: str) -> None:
               "distributed_type": trainer.accelerator.distributed_type.value,
               "zero_stage": plugin.zero_stage if plugin else None, "partitioned_params": partitioned}
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
-    end_process_group()
+    end_process_group(trainer.accelerator)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def main(checkpoint: str, out_dir: str) -> None:
         if after else None,
     }
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
-    end_process_group()
+    end_process_group(trainer.accelerator)
 
 
 if __name__ == "__main__":
