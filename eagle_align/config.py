@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-from eagle_align.alignment.examples import GATE_SCOPES
+from eagle_align.alignment.examples import GATE_SCOPES, NECESSITY_GATES
 from eagle_align.alignment.losses import LOSS_VARIANTS
 from eagle_align.attribution.masking import BASELINES
 from eagle_align.attribution.regions import REGION_METHODS
@@ -86,6 +86,13 @@ class PriorAlignedConfig(TrainingArguments):
         metadata={"help": "How far the necessity loss pushes P(x_¬B): blank (default: down to P(x_∅), the click on "
                   "a screen with everything removed, one forward per sample; a model answering from its prior "
                   "has no shortcut outside the box) | zero (all the way to 0, the 2026-12-02 form)."},
+    )
+    necessity_gate: str = field(
+        default="always",
+        metadata={"help": "Which samples get the necessity term: always (every aligned sample) | target_first (only "
+                  "those whose top-ranked region is on the target, i.e. once the deviation gate has closed: a "
+                  "sample whose box does not rank first may hold nothing that gives the click without the cue, "
+                  "and its deviation term acts instead)."},
     )
     loss_variant: str = field(
         default="log",
@@ -184,6 +191,7 @@ class PriorAlignedConfig(TrainingArguments):
         super().__post_init__()
         choices = {
             "loss_variant": LOSS_VARIANTS, "selection": SELECTIONS, "necessity_floor": NECESSITY_FLOORS,
+            "necessity_gate": NECESSITY_GATES,
             "box_gate_scope": GATE_SCOPES, "blank_gate_scope": GATE_SCOPES, "region_method": REGION_METHODS,
             "search": STRATEGIES, "baseline": BASELINES, "score_reduction": REDUCTIONS,
         }

@@ -120,7 +120,7 @@ class PriorAlignedTrainer(Trainer):
 
         alignment_keys = (
             "alignment", "align_every", "align_start_step", "lambda_deviation", "lambda_redundancy", "lambda_necessity",
-            "necessity_floor", "loss_variant",
+            "necessity_floor", "necessity_gate", "loss_variant",
             "deviation_margin", "min_box_sufficiency", "max_blank_share", "box_gate_scope",
             "blank_gate_scope",
             "insertion_weight", "deletion_weight", "selection", "min_confidence", "prior_overlap", "n_regions",
@@ -349,7 +349,8 @@ class PriorAlignedTrainer(Trainer):
             examples = build_alignment_examples(m.attribution, samples.batch["meta"][m.index].prior_mask,
                                                 args.prior_overlap, args.insertion_weight, args.deletion_weight,
                                                 deviation_margin=args.deviation_margin,
-                                                necessity=args.lambda_necessity > 0, box_prob=m.box_prob,
+                                                necessity=args.lambda_necessity > 0,
+                                                necessity_gate=args.necessity_gate, box_prob=m.box_prob,
                                                 blank_prob=m.blank_prob, box_sufficient=verdict.box_sufficient,
                                                 screen_used=verdict.screen_used)
             stats["insufficient_boxes"] += float(not verdict.box_sufficient)

@@ -103,6 +103,22 @@ def test_necessity_example_removes_the_box_cells_not_its_regions():
     assert build_alignment_examples(attribution([1]), box(slice(0, 0), slice(0, 0)), necessity=True).necessity == []
 
 
+def test_target_first_necessity_waits_for_the_target_to_rank_first():
+    """necessity_gate="target_first": the term joins only a sample whose rank 1 is on the target; a sample whose
+    cue still ranks first keeps its deviation term alone."""
+    target = box(slice(0, 2), slice(0, 2))  # region 0
+    cue_first = build_alignment_examples(attribution([1, 0]), target, necessity=True, necessity_gate="target_first")
+    assert [e.kind for e in cue_first.examples] == ["deviation"]
+    target_first = build_alignment_examples(attribution([0, 1]), target, necessity=True,
+                                            necessity_gate="target_first", blank_prob=0.2)
+    assert [e.kind for e in target_first.examples] == ["redundancy", "necessity"]
+    assert target_first.necessity[0].reference_prob == 0.2
+    always = build_alignment_examples(attribution([1, 0]), target, necessity=True)
+    assert [e.kind for e in always.examples] == ["deviation", "necessity"]
+    with pytest.raises(ValueError, match="necessity_gate 'later'"):
+        build_alignment_examples(attribution([0]), target, necessity=True, necessity_gate="later")
+
+
 def test_gains_and_errors():
     att = attribution([1, 2], insertion=[0.5, 0.7], deletion=[0.5, 0.2])
     built = build_alignment_examples(att, box(slice(0, 2), slice(2, 4)))  # box = region 1

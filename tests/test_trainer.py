@@ -97,7 +97,7 @@ def test_preset_paper_sets_every_paper_value_and_explicit_settings_win():
      ("min_confidence", 1.5), ("prior_overlap", -0.1), ("adaptive_beta", 0.0), ("lambda_deviation", -1.0),
      ("max_aligned_per_step", 0), ("remove_unused_columns", True),
      ("deviation_margin", -0.1), ("deviation_margin", 0.1),  # the second: the default search is not single_round
-     ("min_box_sufficiency", -0.1), ("max_blank_share", 0.0), ("necessity_floor", "one"),
+     ("min_box_sufficiency", -0.1), ("max_blank_share", 0.0), ("necessity_floor", "one"), ("necessity_gate", "later"),
      ("box_gate_scope", "batch"), ("blank_gate_scope", "all")],
 )
 def test_config_rejects_bad_values_naming_the_option(option, value):

@@ -43,6 +43,8 @@ from eagle_align.attribution.regions import RegionPartition
 from eagle_align.attribution.search import Attribution
 
 GATE_SCOPES = ("step", "sample")  # what a gate's failure is read off: the step's sums, or each sample alone
+# When a sample gets its necessity term: always, or only once its target ranks first (deviation gate closed).
+NECESSITY_GATES = ("always", "target_first")
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ def build_alignment_examples(
     deletion_weight: float = 1.0,
     deviation_margin: float | None = None,
     necessity: bool = False,
+    necessity_gate: str = "always",
     box_prob: float | None = None,
     blank_prob: float | None = None,
     box_sufficient: bool = True,
@@ -128,7 +131,8 @@ def build_alignment_examples(
     measures only S_1 (see `evaluate_prefixes` to measure the rest), so ranks beyond the measured prefixes + 1
     give none. ``deviation_margin`` (None: the paper's rank-1 gate) needs the singleton scores of a
     `single_round` ranking. ``necessity`` adds the sample's necessity example (the box removed) whenever the box
-    covers some cells but not all, with ``blank_prob`` (P(x_∅); None: 0) as the floor of its loss.
+    covers some cells but not all, with ``blank_prob`` (P(x_∅); None: 0) as the floor of its loss;
+    ``necessity_gate="target_first"`` adds it only when rank 1 is on-prior (the deviation gate closed).
     ``box_sufficient`` / ``screen_used`` are the gates' verdicts (`gate_samples`); either False leaves the
     sample without examples. ``box_prob`` (P(x_B)) is kept for the record.
     """
@@ -157,7 +161,11 @@ def build_alignment_examples(
                 )
             )
     prior_cells = torch.as_tensor(prior_mask).bool()
-    if necessity and bool(prior_cells.any()) and not bool(prior_cells.all()):
+    if necessity_gate not in NECESSITY_GATES:
+        raise ValueError(f"necessity_gate {necessity_gate!r} is not one of {NECESSITY_GATES}")
+    target_first = bool(ranking) and on_prior[0]
+    if (necessity and bool(prior_cells.any()) and not bool(prior_cells.all())
+            and (necessity_gate == "always" or target_first)):
         examples.append(AlignmentExample("necessity", 0, (), reference_prob=float(blank_prob or 0.0)))
     if not (box_sufficient and screen_used):
         examples = []
