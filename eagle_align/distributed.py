@@ -11,6 +11,9 @@ single-process code runs the same path.
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -99,3 +102,24 @@ class Lockstep:
         while self._still_working(0.0):
             self.dummy_pass()
             self.padded += 1
+
+
+def end_run(accelerator) -> None:
+    """Every rank waits for the others; a multi-process run then tears its process group down, runs Python's
+    exit handlers (loggers such as wandb finish there) and leaves without the native libraries' own teardown.
+
+    That teardown (DeepSpeed ZeRO-3 or FSDP2 on gloo) now and then aborted one rank with "terminate called
+    without an active exception" after its results were written, turning a finished launch into a failed one.
+    A single process returns and exits normally.
+    """
+    import atexit
+
+    accelerator.wait_for_everyone()
+    if accelerator.num_processes == 1:
+        return
+    accelerator.end_training()
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

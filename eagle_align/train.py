@@ -513,29 +513,14 @@ def train_command(args) -> int:
 def train_from_argv(argv: list[str]) -> int:
     """Train from `CONFIG.yaml [--key value ...]`.
 
-    A multi-process run ends here, once every rank has waited for the main process's writes and push: the
-    process group is torn down, Python's exit handlers run (loggers such as wandb finish there), and the
-    process leaves without the native libraries' own teardown. That teardown (DeepSpeed ZeRO-3 on gloo) now and
-    then aborted one rank with "terminate called without an active exception" after the adapter had been
-    saved, turning a finished run into a failed launch.
+    A multi-process run ends here, once every rank has waited for the main process's writes and push
+    (`end_run`).
     """
+    from eagle_align.distributed import end_run
+
     trainer = run_training(load_config(argv[0], parse_overrides(argv[1:])))
-    accelerator = trainer.accelerator
-    accelerator.wait_for_everyone()
-    if accelerator.num_processes > 1:
-        accelerator.end_training()
-        _exit_skipping_native_teardown(0)
+    end_run(trainer.accelerator)
     return 0
-
-
-def _exit_skipping_native_teardown(status: int) -> None:
-    import atexit
-
-    atexit._run_exitfuncs()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 from eagle_align import trainer as trainer_module
 from eagle_align.data.collator import GroundingCollator
 from eagle_align.data.schema import GroundingExample
+from eagle_align.distributed import end_run
 from eagle_align.models import get_family, load_model_and_processor
 from eagle_align.models.lora import apply_lora
 from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer
@@ -46,14 +47,6 @@ class SelectAllAfterFirstStep(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         args.selection = "all"
-
-
-def end_process_group(accelerator) -> None:
-    """Every rank waits, then accelerate tears the process group down before the interpreter exits: a gloo group
-    still alive at exit now and then aborted one rank ("terminate called without an active exception", SIGABRT)
-    after its results were written, failing a finished launch."""
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
 
 
 def main(checkpoint: str, out_dir: str) -> None:
@@ -107,7 +100,7 @@ def main(checkpoint: str, out_dir: str) -> None:
               "distributed_type": trainer.accelerator.distributed_type.value,
               "zero_stage": plugin.zero_stage if plugin else None, "partitioned_params": partitioned}
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
-    end_process_group(trainer.accelerator)
+    end_run(trainer.accelerator)
 
 
 if __name__ == "__main__":

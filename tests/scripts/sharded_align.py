@@ -24,7 +24,7 @@ from torch.distributed.tensor import DTensor
 
 from eagle_align.attribution import attribute_sample, attribution_mode
 from eagle_align.data.collator import GroundingCollator
-from eagle_align.distributed import Lockstep
+from eagle_align.distributed import Lockstep, end_run
 from eagle_align.models import get_family, load_model_and_processor
 from eagle_align.models.lora import apply_lora
 from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer
@@ -58,7 +58,7 @@ def shard_like_recipe(model: torch.nn.Module) -> int:
 
 def main(checkpoint: str, out_dir: str) -> None:
     # a sibling script: importable when this file runs as a script
-    from ddp_align import end_process_group, examples
+    from ddp_align import examples
 
     torch.manual_seed(0)
     model, processor = load_model_and_processor(checkpoint, dtype="float32")
@@ -112,7 +112,7 @@ def main(checkpoint: str, out_dir: str) -> None:
         if after else None,
     }
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
-    end_process_group(trainer.accelerator)
+    end_run(trainer.accelerator)
 
 
 if __name__ == "__main__":
