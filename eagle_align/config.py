@@ -92,7 +92,10 @@ class PriorAlignedConfig(TrainingArguments):
         metadata={"help": "Which samples get the necessity term: always (every aligned sample) | target_first (only "
                   "those whose top-ranked region is on the target, i.e. once the deviation gate has closed: a "
                   "sample whose box does not rank first may hold nothing that gives the click without the cue, "
-                  "and its deviation term acts instead)."},
+                  "and its deviation term acts instead) | box_evidence (only those whose box alone keeps "
+                  "min_box_sufficiency of what the screen adds over a blank one, P(x_B) − P(x_∅) ≥ s·(P(x) − "
+                  "P(x_∅)): a box that gives no more than a blank screen holds nothing the click could rest on once "
+                  "the cue is gone)."},
     )
     loss_variant: str = field(
         default="log",
@@ -226,6 +229,8 @@ class PriorAlignedConfig(TrainingArguments):
             raise ValueError(f"min_box_sufficiency={self.min_box_sufficiency} must be ≥ 0 (or None)")
         if self.max_blank_share is not None and not self.max_blank_share > 0:
             raise ValueError(f"max_blank_share={self.max_blank_share} must be > 0 (or None)")
+        if self.necessity_gate == "box_evidence" and self.min_box_sufficiency is None:
+            raise ValueError("necessity_gate=box_evidence reads its share from min_box_sufficiency; set it (e.g. 0.5)")
         if not self.adaptive_beta > 0:
             raise ValueError(f"adaptive_beta={self.adaptive_beta} must be > 0")
         if self.remove_unused_columns:

@@ -301,8 +301,9 @@ class PriorAlignedTrainer(Trainer):
         )
         box_probs, full = [None] * len(selected), [full_probs.get(i) for i in selected]
         blank_probs = [None] * len(selected)
-        gate = args.min_box_sufficiency is not None
-        blank = args.max_blank_share is not None or (args.lambda_necessity > 0 and args.necessity_floor == "blank")
+        gate = args.min_box_sufficiency is not None  # also box_evidence's P(x_B) (config requires it then)
+        blank = args.max_blank_share is not None or (
+            args.lambda_necessity > 0 and (args.necessity_floor == "blank" or args.necessity_gate == "box_evidence"))
         if (gate or blank) and selected:
             # In shared no-grad forwards: the sufficiency gate's P(x_B), P(x) where selection did not measure
             # it, and P(x_∅) for the blank gate and the necessity floor.
@@ -350,7 +351,9 @@ class PriorAlignedTrainer(Trainer):
                                                 args.prior_overlap, args.insertion_weight, args.deletion_weight,
                                                 deviation_margin=args.deviation_margin,
                                                 necessity=args.lambda_necessity > 0,
-                                                necessity_gate=args.necessity_gate, box_prob=m.box_prob,
+                                                necessity_gate=args.necessity_gate,
+                                                box_evidence_share=args.min_box_sufficiency or 0.0,
+                                                full_prob=m.full_prob, box_prob=m.box_prob,
                                                 blank_prob=m.blank_prob, box_sufficient=verdict.box_sufficient,
                                                 screen_used=verdict.screen_used)
             stats["insufficient_boxes"] += float(not verdict.box_sufficient)

@@ -119,6 +119,25 @@ def test_target_first_necessity_waits_for_the_target_to_rank_first():
         build_alignment_examples(attribution([0]), target, necessity=True, necessity_gate="later")
 
 
+def test_box_evidence_necessity_needs_the_box_to_beat_a_blank_screen():
+    """necessity_gate="box_evidence": the term only where the box alone keeps the share of what the screen adds
+    over a blank one; a box that gives no more than a blank screen (an unmarked target) gets none."""
+    target = box(slice(0, 2), slice(0, 2))
+
+    def kinds(box_prob, blank_prob, full_prob=0.9):
+        built = build_alignment_examples(attribution([1, 0]), target, necessity=True, necessity_gate="box_evidence",
+                                         box_evidence_share=0.5, full_prob=full_prob, box_prob=box_prob,
+                                         blank_prob=blank_prob)
+        return [e.kind for e in built.examples]
+
+    assert kinds(box_prob=0.7, blank_prob=0.3) == ["deviation", "necessity"]  # 0.4 ≥ 0.5 · 0.6
+    assert kinds(box_prob=0.4, blank_prob=0.3) == ["deviation"]  # 0.1 < 0.3
+    assert kinds(box_prob=0.8, blank_prob=0.8) == ["deviation"]  # the box adds nothing over a blank screen
+    assert kinds(box_prob=0.9, blank_prob=0.95) == ["deviation"]  # the screen adds nothing either
+    with pytest.raises(ValueError, match="box_evidence"):
+        build_alignment_examples(attribution([0]), target, necessity=True, necessity_gate="box_evidence")
+
+
 def test_gains_and_errors():
     att = attribution([1, 2], insertion=[0.5, 0.7], deletion=[0.5, 0.2])
     built = build_alignment_examples(att, box(slice(0, 2), slice(2, 4)))  # box = region 1

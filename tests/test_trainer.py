@@ -105,6 +105,12 @@ def test_config_rejects_bad_values_naming_the_option(option, value):
         PriorAlignedConfig(output_dir="unused", report_to="none", **{option: value})
 
 
+def test_box_evidence_necessity_gate_needs_the_box_gates_share():
+    with pytest.raises(ValueError, match="necessity_gate=box_evidence .*min_box_sufficiency"):
+        PriorAlignedConfig(output_dir="unused", report_to="none", necessity_gate="box_evidence",
+                           min_box_sufficiency=None)
+
+
 def test_alignment_only_on_alignment_steps_and_parameters_move(lora_setup, tmp_path):
     model, processor, collator = lora_setup
     before = lora_state(model)

@@ -43,8 +43,9 @@ from eagle_align.attribution.regions import RegionPartition
 from eagle_align.attribution.search import Attribution
 
 GATE_SCOPES = ("step", "sample")  # what a gate's failure is read off: the step's sums, or each sample alone
-# When a sample gets its necessity term: always, or only once its target ranks first (deviation gate closed).
-NECESSITY_GATES = ("always", "target_first")
+# When a sample gets its necessity term: always, only once its target ranks first (deviation gate closed), or
+# only when its box alone holds evidence beyond a blank screen's.
+NECESSITY_GATES = ("always", "target_first", "box_evidence")
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,8 @@ def build_alignment_examples(
     deviation_margin: float | None = None,
     necessity: bool = False,
     necessity_gate: str = "always",
+    box_evidence_share: float = 0.5,
+    full_prob: float | None = None,
     box_prob: float | None = None,
     blank_prob: float | None = None,
     box_sufficient: bool = True,
@@ -132,7 +135,10 @@ def build_alignment_examples(
     give none. ``deviation_margin`` (None: the paper's rank-1 gate) needs the singleton scores of a
     `single_round` ranking. ``necessity`` adds the sample's necessity example (the box removed) whenever the box
     covers some cells but not all, with ``blank_prob`` (P(x_∅); None: 0) as the floor of its loss;
-    ``necessity_gate="target_first"`` adds it only when rank 1 is on-prior (the deviation gate closed).
+    ``necessity_gate="target_first"`` adds it only when rank 1 is on-prior (the deviation gate closed);
+    ``"box_evidence"`` only when the box alone keeps ``box_evidence_share`` of what the screen adds over a blank
+    one, P(x_B) − P(x_∅) ≥ share · (P(x) − P(x_∅)) (needs ``box_prob`` and ``blank_prob``; ``full_prob``, P(x),
+    None: the attribution's).
     ``box_sufficient`` / ``screen_used`` are the gates' verdicts (`gate_samples`); either False leaves the
     sample without examples. ``box_prob`` (P(x_B)) is kept for the record.
     """
@@ -163,9 +169,16 @@ def build_alignment_examples(
     prior_cells = torch.as_tensor(prior_mask).bool()
     if necessity_gate not in NECESSITY_GATES:
         raise ValueError(f"necessity_gate {necessity_gate!r} is not one of {NECESSITY_GATES}")
-    target_first = bool(ranking) and on_prior[0]
-    if (necessity and bool(prior_cells.any()) and not bool(prior_cells.all())
-            and (necessity_gate == "always" or target_first)):
+    if necessity_gate == "target_first":
+        gate_open = bool(ranking) and on_prior[0]
+    elif necessity_gate == "box_evidence" and necessity:
+        if box_prob is None or blank_prob is None:
+            raise ValueError("necessity_gate 'box_evidence' needs P(x_B) (box_prob) and P(x_∅) (blank_prob)")
+        full = float(attribution.full_prob if full_prob is None else full_prob)
+        gate_open = full > blank_prob and box_prob - blank_prob >= box_evidence_share * (full - blank_prob)
+    else:
+        gate_open = True
+    if necessity and gate_open and bool(prior_cells.any()) and not bool(prior_cells.all()):
         examples.append(AlignmentExample("necessity", 0, (), reference_prob=float(blank_prob or 0.0)))
     if not (box_sufficient and screen_used):
         examples = []
