@@ -2,7 +2,7 @@
 
 For each screen, the teacher-forced probability of the recorded click (the decision tokens, as in training) with
 nothing masked, the target box alone, the box removed, the cue removed, the cue alone and everything removed;
-masked cells show the baseline (the demo recipe's `mean` unless `--baseline`). Means over the screens the model
+masked cells show the baseline (the demo recipe's `background` unless `--baseline`). Means over the screens the model
 gets confidently right (P ≥ 0.75), for targets drawn red and for unmarked ones apart. It tells the shortcuts of
 `data_cards/synthetic.md` apart: a cue-follower keeps the click with the box removed; a model that has learned
 to see the mask scores every masked input alike, far below the unmasked one; a collapsed model scores them all
@@ -44,7 +44,8 @@ def main() -> None:
     parser.add_argument("data", help="the run's training JSONL (e.g. outputs/demo/data/train.jsonl)")
     parser.add_argument("--family", default="qwen3_vl", choices=sorted(FAMILIES))
     parser.add_argument("--samples", type=int, default=48, help="first N training screens (default 48)")
-    parser.add_argument("--baseline", default="mean", choices=BASELINES, help="masking baseline (default: mean)")
+    parser.add_argument("--baseline", default="background", choices=BASELINES,
+                        help="masking baseline (default: background, the training default)")
     parser.add_argument("--min-confidence", type=float, default=0.75)
     args = parser.parse_args()
 

@@ -52,9 +52,9 @@ def config(tmp_path, **overrides) -> PriorAlignedConfig:
 def test_config_defaults_are_the_settings_measured_best():
     """The method defaults data_cards/synthetic.md measured best (the demo recipe's), not the paper's."""
     cfg = PriorAlignedConfig(output_dir="unused", report_to="none")
-    assert (cfg.loss_variant, cfg.baseline, cfg.region_method, cfg.n_regions) == ("log", "mean", "slic", 16)
+    assert (cfg.loss_variant, cfg.baseline, cfg.region_method, cfg.n_regions) == ("log", "background", "slic", 16)
     assert (cfg.insertion_weight, cfg.deletion_weight, cfg.lambda_deviation, cfg.lambda_redundancy) == (0.0, 1.0, 2.0, 0.0)
-    assert cfg.lambda_necessity == 1.0  # beyond the paper (preset paper: 0)
+    assert cfg.lambda_necessity == 0.0 and cfg.necessity_gate == "always"  # the term is beyond the paper, and off
     assert cfg.deviation_margin is None  # the paper's rank-1 gate
     assert cfg.min_box_sufficiency == 0.5  # beyond the paper (preset paper: None)
     assert cfg.max_blank_share == 0.95 and cfg.necessity_floor == "blank"  # beyond the paper (paper: None / no term)
