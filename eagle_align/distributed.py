@@ -11,6 +11,7 @@ single-process code runs the same path.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -112,8 +113,6 @@ def end_run(accelerator) -> None:
     without an active exception" after its results were written, turning a finished launch into a failed one.
     A single process returns and exits normally.
     """
-    import atexit
-
     accelerator.wait_for_everyone()
     if accelerator.num_processes == 1:
         return
