@@ -169,16 +169,9 @@ def build_alignment_examples(
     prior_cells = torch.as_tensor(prior_mask).bool()
     if necessity_gate not in NECESSITY_GATES:
         raise ValueError(f"necessity_gate {necessity_gate!r} is not one of {NECESSITY_GATES}")
-    if necessity_gate == "target_first":
-        gate_open = bool(ranking) and on_prior[0]
-    elif necessity_gate == "box_evidence" and necessity:
-        if box_prob is None or blank_prob is None:
-            raise ValueError("necessity_gate 'box_evidence' needs P(x_B) (box_prob) and P(x_∅) (blank_prob)")
-        full = float(attribution.full_prob if full_prob is None else full_prob)
-        gate_open = full > blank_prob and box_prob - blank_prob >= box_evidence_share * (full - blank_prob)
-    else:
-        gate_open = True
-    if necessity and gate_open and bool(prior_cells.any()) and not bool(prior_cells.all()):
+    if (necessity and bool(prior_cells.any()) and not bool(prior_cells.all())
+            and _necessity_gate_open(necessity_gate, on_prior, full_prob if full_prob is not None
+                                     else float(attribution.full_prob), box_prob, blank_prob, box_evidence_share)):
         examples.append(AlignmentExample("necessity", 0, (), reference_prob=float(blank_prob or 0.0)))
     if not (box_sufficient and screen_used):
         examples = []
@@ -196,6 +189,18 @@ def build_alignment_examples(
         box_sufficient=box_sufficient,
         screen_used=screen_used,
     )
+
+
+def _necessity_gate_open(gate: str, on_prior: list[bool], full_prob: float, box_prob: float | None,
+                         blank_prob: float | None, box_evidence_share: float) -> bool:
+    """Whether `necessity_gate` gives this sample its necessity example (see `build_alignment_examples`)."""
+    if gate == "target_first":
+        return bool(on_prior) and on_prior[0]
+    if gate == "box_evidence":
+        if box_prob is None or blank_prob is None:
+            raise ValueError("necessity_gate 'box_evidence' needs P(x_B) (box_prob) and P(x_∅) (blank_prob)")
+        return full_prob > blank_prob and box_prob - blank_prob >= box_evidence_share * (full_prob - blank_prob)
+    return True
 
 
 class GateVerdict(NamedTuple):

@@ -57,8 +57,7 @@ def shard_like_recipe(model: torch.nn.Module) -> int:
 
 
 def main(checkpoint: str, out_dir: str) -> None:
-    # a sibling script: importable when this file runs as a script
-    from ddp_align import examples
+    from ddp_align import examples  # a sibling script: importable when this file runs as a script
 
     torch.manual_seed(0)
     model, processor = load_model_and_processor(checkpoint, dtype="float32")
