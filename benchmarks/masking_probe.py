@@ -3,7 +3,10 @@
 For each screen, the teacher-forced probability of the recorded click (the decision tokens, as in training) with
 nothing masked, the target box alone, the box removed, the cue removed, the cue alone and everything removed;
 masked cells show the baseline (the demo recipe's `background` unless `--baseline`). Means over the screens the model
-gets confidently right (P ≥ 0.75), for targets drawn red and for unmarked ones apart. It tells the shortcuts of
+gets confidently right (P ≥ 0.75), for targets drawn red and for unmarked ones apart (`--by-slot`: also per
+target slot, since a cue can stay a shortcut in one position and be gone in the others; `--regions N`: also the
+share of screens whose cue falls in a region the deviation gate reads as on-prior, in the N-region SLIC partition
+training attributes over). It tells the shortcuts of
 `data_cards/synthetic.md` apart: a cue-follower keeps the click with the box removed; a model that has learned
 to see the mask scores every masked input alike, far below the unmasked one; a collapsed model scores them all
 near its unmasked P.
@@ -20,7 +23,8 @@ import json
 
 import torch
 
-from eagle_align.attribution.masking import BASELINES
+from eagle_align.attribution.masking import BASELINES, pixel_values_to_image
+from eagle_align.attribution.regions import make_partition
 from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, slice_sample
 from eagle_align.data import load_examples
 from eagle_align.data.collator import GroundingCollator, prior_mask, resize_box
@@ -47,30 +51,52 @@ def main() -> None:
     parser.add_argument("--baseline", default="background", choices=BASELINES,
                         help="masking baseline (default: background, the training default)")
     parser.add_argument("--min-confidence", type=float, default=0.75)
+    parser.add_argument("--by-slot", action="store_true", help="also break the means down by the target's slot")
+    parser.add_argument("--regions", type=int, default=None,
+                        help="also check, in an N-region SLIC partition, whether the cue shares an on-prior region")
+    parser.add_argument("--prior-overlap", type=float, default=0.15, help="on-prior coverage (training default)")
     args = parser.parse_args()
 
     pixels = FAMILIES[args.family]["pixels"]
     model, processor = load_model_and_processor(args.model, dtype="float32", min_pixels=pixels, max_pixels=pixels)
     examples = load_examples(args.data)[: args.samples]
     collator = GroundingCollator(processor, get_family(args.family).default_action_format)
-    probs: dict[bool, list[list[float]]] = {True: [], False: []}
+    probs: dict[str, list[list[float]]] = {"marked": [], "unmarked": []}
+    cue_on_prior: list[bool] = []
     with attribution_mode(model):
         for start in range(0, len(examples), 16):
             batch = collator(examples[start : start + 16])
             for i, meta in enumerate(batch["meta"]):
                 scorer = DecisionScorer(model, slice_sample(batch, i), meta, baseline=args.baseline)
-                probs[bool(meta.example.extra.get("target_marked", True))].append(scorer.score(keep_masks(meta)).tolist())
+                extra = meta.example.extra
+                name = "marked" if extra.get("target_marked", True) else "unmarked"
+                masks = keep_masks(meta)
+                row = scorer.score(masks).tolist()
+                if args.regions:
+                    sample = slice_sample(batch, i)
+                    image = pixel_values_to_image(model, sample["pixel_values"], sample["image_grid_thw"][0])
+                    partition = make_partition(meta.grid_hw, args.regions, "slic", image=image)
+                    on_prior = partition.coverage(meta.prior_mask) >= args.prior_overlap
+                    cue_regions = partition.cell_masks[:, masks[MASKINGS.index("cue_alone")]].any(1)
+                    cue_on_prior.append(bool((cue_regions & on_prior).any()))
+                probs[name].append(row)
+                if args.by_slot:
+                    probs.setdefault(f"{name}_slot_{extra['slot']}", []).append(row)
 
     result = {"model": args.model, "family": args.family, "baseline": args.baseline}
-    for marked, rows in probs.items():
-        name = "marked" if marked else "unmarked"
+    for name, rows in sorted(probs.items()):
         table = torch.tensor(rows).view(-1, len(MASKINGS))
         confident = table[table[:, 0] >= args.min_confidence]
         result[f"{name}_screens"], result[f"{name}_confident"] = len(rows), len(confident)
         if len(confident):
             result[name] = {m: round(float(v), 3) for m, v in zip(MASKINGS, confident.mean(0))}
-            print(f"{name:>9} ({len(confident)} of {len(rows)} confident): "
+            print(f"{name:>16} ({len(confident)} of {len(rows)} confident): "
                   + "  ".join(f"{m} {result[name][m]:.3f}" for m in MASKINGS), flush=True)
+    if args.regions:
+        result["regions"] = args.regions
+        result["cue_in_on_prior_region"] = sum(cue_on_prior) / max(1, len(cue_on_prior))
+        print(f"cue in an on-prior region of {args.regions} SLIC regions: {sum(cue_on_prior)} of {len(cue_on_prior)} "
+              "screens", flush=True)
     print(json.dumps(result))
 
 

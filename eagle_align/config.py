@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-from eagle_align.alignment.examples import GATE_SCOPES, NECESSITY_GATES
+from eagle_align.alignment.examples import GATE_SCOPES, NECESSITY_GATES, NECESSITY_REMOVALS
 from eagle_align.alignment.losses import LOSS_VARIANTS
 from eagle_align.attribution.masking import BASELINES
 from eagle_align.attribution.regions import REGION_METHODS
@@ -99,6 +99,13 @@ class PriorAlignedConfig(TrainingArguments):
                   "min_box_sufficiency of what the screen adds over a blank one, P(x_B) − P(x_∅) ≥ s·(P(x) − "
                   "P(x_∅)): a box that gives no more than a blank screen holds nothing the click could rest on once "
                   "the cue is gone)."},
+    )
+    necessity_removes: str = field(
+        default="box",
+        metadata={"help": "What the necessity term removes: box (default: the target box's cells, so a cue beside "
+                  "the target is never removed with it) | on_prior_regions (every region the box covers by at least "
+                  "prior_overlap, the deviation gate's own definition of the target: evidence the partition merges "
+                  "with the target is left alone by both terms)."},
     )
     loss_variant: str = field(
         default="log",
@@ -198,7 +205,7 @@ class PriorAlignedConfig(TrainingArguments):
         super().__post_init__()
         choices = {
             "loss_variant": LOSS_VARIANTS, "selection": SELECTIONS, "necessity_floor": NECESSITY_FLOORS,
-            "necessity_gate": NECESSITY_GATES,
+            "necessity_gate": NECESSITY_GATES, "necessity_removes": NECESSITY_REMOVALS,
             "box_gate_scope": GATE_SCOPES, "blank_gate_scope": GATE_SCOPES, "region_method": REGION_METHODS,
             "search": STRATEGIES, "baseline": BASELINES, "score_reduction": REDUCTIONS,
         }

@@ -346,7 +346,7 @@ def _startup_summary(model, model_args, data_args, training_args, train_set, eva
             f"{training_args.n_regions} regions, loss {training_args.loss_variant}, "
             f"lambda dev/red/nec {training_args.lambda_deviation}/{training_args.lambda_redundancy}/"
             f"{training_args.lambda_necessity} (floor {training_args.necessity_floor}, gate "
-            f"{training_args.necessity_gate}), box gate "
+            f"{training_args.necessity_gate}, removes {training_args.necessity_removes}), box gate "
             f"{training_args.min_box_sufficiency} (per {training_args.box_gate_scope}), blank gate "
             f"{training_args.max_blank_share} (per {training_args.blank_gate_scope}); "
             f"preset {training_args.preset_description()}"

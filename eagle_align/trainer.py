@@ -120,7 +120,7 @@ class PriorAlignedTrainer(Trainer):
 
         alignment_keys = (
             "alignment", "align_every", "align_start_step", "lambda_deviation", "lambda_redundancy", "lambda_necessity",
-            "necessity_floor", "necessity_gate", "loss_variant",
+            "necessity_floor", "necessity_gate", "necessity_removes", "loss_variant",
             "deviation_margin", "min_box_sufficiency", "max_blank_share", "box_gate_scope",
             "blank_gate_scope",
             "insertion_weight", "deletion_weight", "selection", "min_confidence", "prior_overlap", "n_regions",
@@ -352,6 +352,7 @@ class PriorAlignedTrainer(Trainer):
                                                 deviation_margin=args.deviation_margin,
                                                 necessity=args.lambda_necessity > 0,
                                                 necessity_gate=args.necessity_gate,
+                                                necessity_removes=args.necessity_removes,
                                                 box_evidence_share=args.min_box_sufficiency or 0.0,
                                                 full_prob=m.full_prob, box_prob=m.box_prob,
                                                 blank_prob=m.blank_prob, box_sufficient=verdict.box_sufficient,

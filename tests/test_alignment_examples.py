@@ -103,6 +103,26 @@ def test_necessity_example_removes_the_box_cells_not_its_regions():
     assert build_alignment_examples(attribution([1]), box(slice(0, 0), slice(0, 0)), necessity=True).necessity == []
 
 
+def test_necessity_on_prior_regions_removes_what_the_deviation_gate_counts_as_target():
+    """necessity_removes="on_prior_regions": the removed set is the union of the regions the box covers by at least
+    prior_overlap, so a cue sharing such a region with the box goes with it; regions below the share stay."""
+    corner = box(slice(0, 2), slice(0, 1))  # half of region 0 (on-prior), nothing of the others
+    built = build_alignment_examples(attribution([3, 2]), corner, necessity=True, necessity_removes="on_prior_regions")
+    insert, delete = built.keep_cells(built.necessity)
+    assert torch.equal(insert[0], PARTITION.cell_masks[0]) and torch.equal(delete[0], ~PARTITION.cell_masks[0])
+    # A box over one cell of region 0 and one of region 1: with prior_overlap 0.3 neither region is on-prior, so
+    # there is nothing to remove and no necessity example; with 0.15 both regions go.
+    two_cells = box(slice(1, 2), slice(1, 3))
+    assert build_alignment_examples(attribution([3]), two_cells, prior_overlap=0.3, necessity=True,
+                                    necessity_removes="on_prior_regions").necessity == []
+    both = build_alignment_examples(attribution([3]), two_cells, necessity=True, necessity_removes="on_prior_regions")
+    assert torch.equal(both.keep_cells(both.necessity)[0][0], PARTITION.cell_masks[0] | PARTITION.cell_masks[1])
+    assert torch.equal(build_alignment_examples(attribution([3]), two_cells, necessity=True)
+                       .keep_cells()[0][-1], two_cells)  # the default removes the box's own cells
+    with pytest.raises(ValueError, match="necessity_removes 'cells'"):
+        build_alignment_examples(attribution([3]), two_cells, necessity=True, necessity_removes="cells")
+
+
 def test_target_first_necessity_waits_for_the_target_to_rank_first():
     """necessity_gate="target_first": the term joins only a sample whose rank 1 is on the target; a sample whose
     cue still ranks first keeps its deviation term alone."""

@@ -54,7 +54,7 @@ def test_config_defaults_are_the_settings_measured_best():
     cfg = PriorAlignedConfig(output_dir="unused", report_to="none")
     assert (cfg.loss_variant, cfg.baseline, cfg.region_method, cfg.n_regions) == ("log", "background", "slic", 16)
     assert (cfg.insertion_weight, cfg.deletion_weight, cfg.lambda_deviation, cfg.lambda_redundancy) == (0.0, 1.0, 2.0, 0.0)
-    assert cfg.lambda_necessity == 0.0 and cfg.necessity_gate == "always"  # the term is beyond the paper, and off
+    assert cfg.lambda_necessity == 0.0 and cfg.necessity_gate == "always" and cfg.necessity_removes == "box"  # the term is beyond the paper, and off
     assert cfg.deviation_margin is None  # the paper's rank-1 gate
     assert cfg.min_box_sufficiency == 0.5  # beyond the paper (preset paper: None)
     assert cfg.max_blank_share == 0.95 and cfg.necessity_floor == "blank"  # beyond the paper (paper: None / no term)
@@ -98,7 +98,7 @@ def test_preset_paper_sets_every_paper_value_and_explicit_settings_win():
      ("max_aligned_per_step", 0), ("remove_unused_columns", True),
      ("deviation_margin", -0.1), ("deviation_margin", 0.1),  # the second: the default search is not single_round
      ("min_box_sufficiency", -0.1), ("max_blank_share", 0.0), ("necessity_floor", "one"), ("necessity_gate", "later"),
-     ("box_gate_scope", "batch"), ("blank_gate_scope", "all")],
+     ("necessity_removes", "cells"), ("box_gate_scope", "batch"), ("blank_gate_scope", "all")],
 )
 def test_config_rejects_bad_values_naming_the_option(option, value):
     with pytest.raises(ValueError, match=option):

@@ -46,6 +46,8 @@ GATE_SCOPES = ("step", "sample")  # what a gate's failure is read off: the step'
 # When a sample gets its necessity term: always, only once its target ranks first (deviation gate closed), or
 # only when its box alone holds evidence beyond a blank screen's.
 NECESSITY_GATES = ("always", "target_first", "box_evidence")
+# What a necessity example removes: the target box's cells, or every region the deviation gate reads as on-prior.
+NECESSITY_REMOVALS = ("box", "on_prior_regions")
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class AlignmentExample:
     """One loss term: the region set whose insertion/deletion forwards carry the gradient.
 
     ``regions`` is {π_1} for a deviation example and the prefix S_r = {π_1..π_r} for a redundancy example;
-    a necessity example has none (rank 0): its set is the target box's cells;
+    a necessity example has none (rank 0): its set is `AlignmentExamples.necessity_cells`;
     ``prev_p_insert``/``prev_p_delete`` are the attribution's P(x_{S_{r−1}}) and P(x_¬{S_{r−1}}) (redundancy
     only), reused under stop-gradient instead of re-running those forwards; ``reference_prob`` is the floor
     of a necessity example's P(x_¬B) (P(x_∅), or 0).
@@ -78,7 +80,7 @@ class AlignmentExamples:
     full_prob: float
     examples: list[AlignmentExample] = field(default_factory=list)
     partition: RegionPartition | None = None
-    prior_cells: torch.Tensor | None = None  # Bool [rows, cols]: the target box's cells (necessity examples)
+    necessity_cells: torch.Tensor | None = None  # Bool [rows, cols]: what a necessity example removes
     box_prob: float | None = None  # P(x_B), the box alone, when the sufficiency gate measured it
     blank_prob: float | None = None  # P(x_∅), everything removed, when the necessity floor measured it
     box_sufficient: bool = True  # False: the box gate dropped every example of this sample
@@ -107,7 +109,7 @@ class AlignmentExamples:
         cells = self.partition.cells_of(sets)
         for i, example in enumerate(examples):
             if example.kind == "necessity":
-                cells[i] = torch.as_tensor(self.prior_cells, device=cells.device).bool()
+                cells[i] = torch.as_tensor(self.necessity_cells, device=cells.device).bool()
         return cells, ~cells
 
 
@@ -120,6 +122,7 @@ def build_alignment_examples(
     deviation_margin: float | None = None,
     necessity: bool = False,
     necessity_gate: str = "always",
+    necessity_removes: str = "box",
     box_evidence_share: float = 0.5,
     full_prob: float | None = None,
     box_prob: float | None = None,
@@ -134,7 +137,10 @@ def build_alignment_examples(
     measures only S_1 (see `evaluate_prefixes` to measure the rest), so ranks beyond the measured prefixes + 1
     give none. ``deviation_margin`` (None: the paper's rank-1 gate) needs the singleton scores of a
     `single_round` ranking. ``necessity`` adds the sample's necessity example (the box removed) whenever the box
-    covers some cells but not all, with ``blank_prob`` (P(x_∅); None: 0) as the floor of its loss;
+    covers some cells but not all, with ``blank_prob`` (P(x_∅); None: 0) as the floor of its loss; it removes the
+    box's cells (``necessity_removes="box"``) or every region of the partition the box covers by at least
+    ``prior_overlap`` (``"on_prior_regions"``: what the deviation gate counts as the target, so evidence that
+    shares a region with the box is left to it, as it is by the deviation gate);
     ``necessity_gate="target_first"`` adds it only when rank 1 is on-prior (the deviation gate closed);
     ``"box_evidence"`` only when the box alone keeps ``box_evidence_share`` of what the screen adds over a blank
     one, P(x_B) − P(x_∅) ≥ share · (P(x) − P(x_∅)) (needs ``box_prob`` and ``blank_prob``; ``full_prob``, P(x),
@@ -166,10 +172,11 @@ def build_alignment_examples(
                     prev_p_delete=float(attribution.deletion_probs[rank - 2]),
                 )
             )
-    prior_cells = torch.as_tensor(prior_mask).bool()
     if necessity_gate not in NECESSITY_GATES:
         raise ValueError(f"necessity_gate {necessity_gate!r} is not one of {NECESSITY_GATES}")
-    if (necessity and bool(prior_cells.any()) and not bool(prior_cells.all())
+    necessity_cells = _necessity_cells(attribution.partition, torch.as_tensor(prior_mask).bool(), prior_overlap,
+                                       necessity_removes)
+    if (necessity and bool(necessity_cells.any()) and not bool(necessity_cells.all())
             and _necessity_gate_open(necessity_gate, on_prior, full_prob if full_prob is not None
                                      else float(attribution.full_prob), box_prob, blank_prob, box_evidence_share)):
         examples.append(AlignmentExample("necessity", 0, (), reference_prob=float(blank_prob or 0.0)))
@@ -183,12 +190,24 @@ def build_alignment_examples(
         full_prob=float(attribution.full_prob),
         examples=examples,
         partition=attribution.partition,
-        prior_cells=prior_cells,
+        necessity_cells=necessity_cells,
         box_prob=box_prob,
         blank_prob=blank_prob,
         box_sufficient=box_sufficient,
         screen_used=screen_used,
     )
+
+
+def _necessity_cells(partition: RegionPartition | None, prior_cells: torch.Tensor, prior_overlap: float,
+                     removes: str) -> torch.Tensor:
+    """Bool [rows, cols]: the cells a necessity example removes (see `build_alignment_examples`)."""
+    if removes not in NECESSITY_REMOVALS:
+        raise ValueError(f"necessity_removes {removes!r} is not one of {NECESSITY_REMOVALS}")
+    if removes == "box":
+        return prior_cells
+    if partition is None:
+        raise ValueError("necessity_removes='on_prior_regions' needs the attribution's region partition")
+    return partition.cells_of(partition.coverage(prior_cells) >= prior_overlap)[0].cpu()
 
 
 def _necessity_gate_open(gate: str, on_prior: list[bool], full_prob: float, box_prob: float | None,
