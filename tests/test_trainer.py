@@ -170,9 +170,9 @@ def test_alignment_off_is_exactly_plain_sft(lora_setup, tmp_path):
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
-def _manual_alignment_grads(model, batch, cfg) -> dict[str, torch.Tensor]:
+def _manual_alignment_grads(model, batch, cfg, removed: list | None = None) -> dict[str, torch.Tensor]:
     """λ·mean(L_dev) + λ·mean(L_red) (+ λ·mean(L_nec)) over the whole batch in one graph, from the same
-    attributions."""
+    attributions; `removed` collects each necessity example's (removed cells, box cells)."""
     dev, red, nec = [], [], []
     weights = dict(insertion_weight=cfg.insertion_weight, deletion_weight=cfg.deletion_weight)
     model.zero_grad()
@@ -183,7 +183,9 @@ def _manual_alignment_grads(model, batch, cfg) -> dict[str, torch.Tensor]:
                                strategy=cfg.search, max_regions=cfg.max_regions, stop_confidence=cfg.stop_confidence,
                                search_scope=cfg.search_scope, resort_every=cfg.resort_every, **weights)
         built = build_alignment_examples(att, batch["meta"][i].prior_mask, cfg.prior_overlap, **weights,
-                                         necessity=cfg.lambda_necessity > 0)
+                                         necessity=cfg.lambda_necessity > 0, necessity_removes=cfg.necessity_removes)
+        if removed is not None and built.necessity:
+            removed.append((built.keep_cells(built.necessity)[0][0], batch["meta"][i].prior_mask.bool()))
         if not built.examples:
             continue
         model.eval()
@@ -236,17 +238,21 @@ def test_chunked_alignment_gradient_equals_the_batch_mean_loss(lora_setup, tmp_p
     assert any(g.abs().sum() > 0 for g in expected.values())
 
 
-@pytest.mark.parametrize("floor", ["zero", "blank"])
-def test_necessity_term_and_deletion_only_forwards_give_the_batch_mean_loss(lora_setup, tmp_path, floor):
+@pytest.mark.parametrize(("floor", "removes"), [("zero", "box"), ("blank", "box"), ("blank", "on_prior_regions")])
+def test_necessity_term_and_deletion_only_forwards_give_the_batch_mean_loss(lora_setup, tmp_path, floor, removes):
     """λ_nec·mean(−log(1 − ReLU(P(x_¬B) − floor))) joins the other means, the floor 0 or P(x_∅) of a blank
-    screen; with a = 0 no insertion is scored (one input per term)."""
+    screen, ¬B the box's cells or its on-prior regions removed; with a = 0 no insertion is scored (one input per
+    term)."""
     model, processor, collator = lora_setup
     _lora_b_off_zero(model)
     cfg = config(tmp_path, per_device_train_batch_size=3, loss_chunk_size=2, insertion_weight=0.0,
-                 loss_variant="log", lambda_necessity=1.0, necessity_floor=floor)
+                 loss_variant="log", lambda_necessity=1.0, necessity_floor=floor, necessity_removes=removes)
     trainer = PriorAlignedTrainer(model=model, args=cfg, train_dataset=examples(3), data_collator=collator)
     batch = collator(examples(3))
-    expected = _manual_alignment_grads(model, batch, cfg)
+    removed = []
+    expected = _manual_alignment_grads(model, batch, cfg, removed)
+    # The 16-region grid cuts through these boxes, so on-prior regions reach past the box's cells.
+    assert any(not torch.equal(cells, box) for cells, box in removed) == (removes == "on_prior_regions")
     model.zero_grad()
     model.train()
     trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
