@@ -67,13 +67,13 @@ def main() -> None:
         for start in range(0, len(examples), 16):
             batch = collator(examples[start : start + 16])
             for i, meta in enumerate(batch["meta"]):
-                scorer = DecisionScorer(model, slice_sample(batch, i), meta, baseline=args.baseline)
+                sample = slice_sample(batch, i)
+                scorer = DecisionScorer(model, sample, meta, baseline=args.baseline)
                 extra = meta.example.extra
                 name = "marked" if extra.get("target_marked", True) else "unmarked"
                 masks = keep_masks(meta)
                 row = scorer.score(masks).tolist()
                 if args.regions:
-                    sample = slice_sample(batch, i)
                     image = pixel_values_to_image(model, sample["pixel_values"], sample["image_grid_thw"][0])
                     partition = make_partition(meta.grid_hw, args.regions, "slic", image=image)
                     on_prior = partition.coverage(meta.prior_mask) >= args.prior_overlap
