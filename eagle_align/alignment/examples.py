@@ -80,7 +80,7 @@ class AlignmentExamples:
     full_prob: float
     examples: list[AlignmentExample] = field(default_factory=list)
     partition: RegionPartition | None = None
-    necessity_cells: torch.Tensor | None = None  # Bool [rows, cols]: what a necessity example removes
+    necessity_cells: torch.Tensor | None = None  # Bool [rows, cols]: what a necessity example removes (if any)
     box_prob: float | None = None  # P(x_B), the box alone, when the sufficiency gate measured it
     blank_prob: float | None = None  # P(x_∅), everything removed, when the necessity floor measured it
     box_sufficient: bool = True  # False: the box gate dropped every example of this sample
@@ -174,9 +174,9 @@ def build_alignment_examples(
             )
     if necessity_gate not in NECESSITY_GATES:
         raise ValueError(f"necessity_gate {necessity_gate!r} is not one of {NECESSITY_GATES}")
-    necessity_cells = _necessity_cells(attribution.partition, torch.as_tensor(prior_mask).bool(), prior_overlap,
-                                       necessity_removes)
-    if (necessity and bool(necessity_cells.any()) and not bool(necessity_cells.all())
+    necessity_cells = (_necessity_cells(attribution.partition, torch.as_tensor(prior_mask).bool(), prior_overlap,
+                                        necessity_removes) if necessity else None)
+    if (necessity_cells is not None and bool(necessity_cells.any()) and not bool(necessity_cells.all())
             and _necessity_gate_open(necessity_gate, on_prior, full_prob if full_prob is not None
                                      else float(attribution.full_prob), box_prob, blank_prob, box_evidence_share)):
         examples.append(AlignmentExample("necessity", 0, (), reference_prob=float(blank_prob or 0.0)))
@@ -207,7 +207,7 @@ def _necessity_cells(partition: RegionPartition | None, prior_cells: torch.Tenso
         return prior_cells
     if partition is None:
         raise ValueError("necessity_removes='on_prior_regions' needs the attribution's region partition")
-    return partition.cells_of(partition.coverage(prior_cells) >= prior_overlap)[0].cpu()
+    return partition.cells_of(partition.coverage(prior_cells) >= prior_overlap)[0]
 
 
 def _necessity_gate_open(gate: str, on_prior: list[bool], full_prob: float, box_prob: float | None,
