@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from eagle_align.data import load_examples
-from eagle_align.data.synth import CUE_COLOURS, DISTRACTOR_COLOURS
+from eagle_align.data.synth import CUE_COLOURS, DISTRACTOR_COLOURS, DISTRACTOR_SHAPES
 from eagle_align.demo import (
     FAMILIES,
     RECIPE,
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--cue-colour", default="magenta", choices=sorted(CUE_COLOURS))
     parser.add_argument("--cue-size", type=int, default=None, help="pixels (default: the preset's, 16)")
     parser.add_argument("--distractor-colour", default="orange", choices=sorted(DISTRACTOR_COLOURS))
+    parser.add_argument("--distractor-shape", default="square", choices=DISTRACTOR_SHAPES)
     parser.add_argument("--square-size", type=int, default=None,
                         help="side of every square in pixels (default: the preset's, 64)")
     parser.add_argument("--unmarked-fraction", type=float, default=0.0,
@@ -68,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
         cue = {"cue_colour": args.cue_colour, "cue_size": args.cue_size, "distractor_colour": args.distractor_colour,
-               "square_size": args.square_size, "unmarked_train_fraction": args.unmarked_fraction,
+               "distractor_shape": args.distractor_shape, "square_size": args.square_size, "unmarked_train_fraction": args.unmarked_fraction,
                "empty_train_slot_fraction": args.empty_slot_fraction, "decoy_train_fraction": args.decoy_fraction}
 
         def split_of(folder: str, split: str, n: int, cue_fraction: float) -> Path:

@@ -40,19 +40,19 @@ FAMILY = "qwen3_vl"
 # trains 600 steps.
 FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3_vl": {"pixels": 256 * 256, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
-                 "square_size": None, "unmarked_train_fraction": 0.0, "empty_train_slot_fraction": 0.0,
-                 "decoy_train_fraction": 0.0, "full_run_schedule": {}},
+                 "distractor_shape": "square", "square_size": None, "unmarked_train_fraction": 0.0,
+                 "empty_train_slot_fraction": 0.0, "decoy_train_fraction": 0.0, "full_run_schedule": {}},
     "qwen2_5_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
-                   "square_size": None, "unmarked_train_fraction": 0.0, "empty_train_slot_fraction": 0.0,
-                   "decoy_train_fraction": 0.0, "full_run_schedule": {}},
+                   "distractor_shape": "square", "square_size": None, "unmarked_train_fraction": 0.0,
+                   "empty_train_slot_fraction": 0.0, "decoy_train_fraction": 0.0, "full_run_schedule": {}},
     "qwen2_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
-                 "square_size": None, "unmarked_train_fraction": 0.4, "empty_train_slot_fraction": 0.0,
-                 "decoy_train_fraction": 0.0,
+                 "distractor_shape": "square", "square_size": None, "unmarked_train_fraction": 0.4,
+                 "empty_train_slot_fraction": 0.0, "decoy_train_fraction": 0.0,
                  "full_run_schedule": {"max_steps": 600}},
 }
 # The data settings of a family's benchmark (its other keys are the model's pixels and the run's schedule).
-BENCHMARK_KEYS = ("cue_colour", "cue_size", "distractor_colour", "square_size", "unmarked_train_fraction",
-                  "empty_train_slot_fraction", "decoy_train_fraction")
+BENCHMARK_KEYS = ("cue_colour", "cue_size", "distractor_colour", "distractor_shape", "square_size",
+                  "unmarked_train_fraction", "empty_train_slot_fraction", "decoy_train_fraction")
 PIXELS = FAMILIES[FAMILY]["pixels"]
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
 SPLITS = ("iid", "shifted")
@@ -94,7 +94,8 @@ def synthetic_split(out: Path, split: str, n: int, seed: int, cue_fraction: floa
 
     return generate_synthetic(out, n, seed=seed, preset="shortcut", cue_fraction=cue_fraction, split=split,
                               difficulty=1, cue_colour=bench["cue_colour"], cue_size=bench["cue_size"],
-                              distractor_colour=bench["distractor_colour"], square_size=bench["square_size"],
+                              distractor_colour=bench["distractor_colour"], distractor_shape=bench["distractor_shape"],
+                              square_size=bench["square_size"],
                               unmarked_target_fraction=train_only("unmarked_train_fraction"),
                               empty_slot_fraction=train_only("empty_train_slot_fraction"),
                               decoy_fraction=train_only("decoy_train_fraction"))

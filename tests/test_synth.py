@@ -186,7 +186,7 @@ def test_cue_size_and_distractor_colour(tmp_path):
         assert tuple(pixels[(d[1] + d[3]) // 2, (d[0] + d[2]) // 2]) == (240, 140, 20)  # orange
     with pytest.raises(ValueError, match=r"cue_size=33 must be within \[1, 32\]"):
         generate_synthetic(tmp_path, 2, cue_size=33)
-    with pytest.raises(ValueError, match="distractor_colour='red'"):
+    with pytest.raises(ValueError, match="distractor_colour='red' needs a distractor_shape"):
         generate_synthetic(tmp_path, 2, distractor_colour="red")
     with pytest.raises(ValueError, match="shortcut preset only"):
         generate_synthetic(tmp_path, 2, preset="gui", cue_size=8)
@@ -283,3 +283,23 @@ def test_decoys_draw_a_second_red_square_that_only_the_cue_tells_apart(tmp_path)
         generate_synthetic(tmp_path, 2, decoy_fraction=2.0)
     with pytest.raises(ValueError, match="shortcut preset only"):
         generate_synthetic(tmp_path, 2, preset="gui", decoy_fraction=0.5)
+
+
+def test_distractor_shape_redraws_only_the_distractors_so_red_ones_differ_from_the_target_by_shape(tmp_path):
+    """Red circles as distractors: the target stays the one red square (a red corner), each distractor's centre is
+    red and its corners the screen's grey, and the cue and the target's pixels are those of the default data."""
+    for a, b, old, new in _paired_screens(tmp_path, 12, 4, ["--distractor-colour", "red", "--distractor-shape",
+                                                              "circle"]):
+        x1, y1, x2, y2 = b["bbox"]
+        assert np.array_equal(old[y1:y2, x1:x2], new[y1:y2, x1:x2])
+        assert tuple(new[y1 + 1, x1 + 1]) == (220, 50, 47)  # the target's corner
+        cx1, cy1, cx2, cy2 = b["extra"]["cue_bbox"]
+        assert np.array_equal(old[cy1:cy2, cx1:cx2], new[cy1:cy2, cx1:cx2])
+        for d in b["extra"]["distractor_bboxes"]:
+            assert tuple(new[(d[1] + d[3]) // 2, (d[0] + d[2]) // 2]) == (220, 50, 47)
+            assert tuple(new[d[1] + 1, d[0] + 1]) == (128, 128, 128)  # a circle leaves its box's corners grey
+            assert tuple(old[d[1] + 1, d[0] + 1]) == (240, 140, 20)
+    with pytest.raises(ValueError, match="distractor_shape='star'; choose one of square, circle, diamond"):
+        generate_synthetic(tmp_path, 2, distractor_shape="star")
+    with pytest.raises(ValueError, match="shortcut preset only"):
+        generate_synthetic(tmp_path, 2, preset="gui", distractor_shape="circle")

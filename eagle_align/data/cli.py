@@ -8,7 +8,15 @@ from collections import Counter
 
 def data_arguments(parser: argparse.ArgumentParser) -> None:
     from eagle_align.data.loaders import BBOX_FORMATS, FORMATS
-    from eagle_align.data.synth import CUE_COLOURS, DISTRACTOR_COLOURS, LAYOUTS, PRESETS, RELATIONS, SPLITS
+    from eagle_align.data.synth import (
+        CUE_COLOURS,
+        DISTRACTOR_COLOURS,
+        DISTRACTOR_SHAPES,
+        LAYOUTS,
+        PRESETS,
+        RELATIONS,
+        SPLITS,
+    )
 
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     validate = sub.add_parser("validate", help="Load a dataset, decode every image, print counts per split and "
@@ -39,7 +47,10 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--cue-size", type=int, default=None,
                        help="shortcut preset: cue side in pixels (default 16 at difficulty 1, at most 32 there)")
     synth.add_argument("--distractor-colour", default="blue", choices=list(DISTRACTOR_COLOURS),
-                       help="shortcut preset: colour of the non-target squares (default blue)")
+                       help="shortcut preset: colour of the non-target squares (default blue; red needs "
+                            "--distractor-shape circle or diamond)")
+    synth.add_argument("--distractor-shape", default="square", choices=list(DISTRACTOR_SHAPES),
+                       help="shortcut preset: shape of the non-target items (default square, like the target)")
     synth.add_argument("--square-size", type=int, default=None,
                        help="shortcut preset: side of every square in pixels (default half a slot, 64 at difficulty 1)")
     synth.add_argument("--unmarked-target-fraction", type=float, default=0.0,
@@ -62,7 +73,8 @@ def data_command(args: argparse.Namespace) -> int:
                                   cue_relation=args.cue_relation, cue_colour=args.cue_colour, cue_size=args.cue_size,
                                   distractor_colour=args.distractor_colour, square_size=args.square_size,
                                   unmarked_target_fraction=args.unmarked_target_fraction,
-                                  empty_slot_fraction=args.empty_slot_fraction, decoy_fraction=args.decoy_fraction)
+                                  empty_slot_fraction=args.empty_slot_fraction, decoy_fraction=args.decoy_fraction,
+                                  distractor_shape=args.distractor_shape)
         print(f"wrote {args.n} {args.preset} samples ({args.split}) to {path}")
         return 0
     from eagle_align.data.loaders import load_examples

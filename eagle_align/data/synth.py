@@ -41,8 +41,12 @@ _COLOURS = {"red": (220, 50, 47), "blue": (38, 110, 210), "green": (40, 160, 70)
 _SHAPES = ("circle", "square", "triangle", "diamond", "plus")
 # Colours of the shortcut preset's non-target squares, from most to least distinct from the red target
 # (RGB distance 251 … 48): the closer, the weaker the target's own evidence against the cue.
+# "red" (distance 0) only with a distractor shape other than the target's square: then the shape alone tells
+# the target apart.
 DISTRACTOR_COLOURS = {"blue": _COLOURS["blue"], "purple": _COLOURS["purple"], "orange": _COLOURS["orange"],
-                      "pumpkin": (235, 118, 28), "vermilion": (230, 95, 35)}
+                      "pumpkin": (235, 118, 28), "vermilion": (230, 95, 35), "red": _COLOURS["red"]}
+# Shapes of the shortcut preset's non-target items (the target is always a square, "click the red square").
+DISTRACTOR_SHAPES = ("square", "circle", "diamond")
 
 
 def shortcut_square(difficulty: int) -> int:
@@ -106,7 +110,7 @@ def _shape(draw: ImageDraw.ImageDraw, shape: str, box, colour) -> None:
 def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, distractor_colour: str,
                      square_size: int | None = None, unmarked: bool = False, empty_slot_fraction: float = 0.0,
                      decoy_fraction: float = 0.0, empty_rng: random.Random | None = None,
-                     decoy_rng: random.Random | None = None) -> dict:
+                     decoy_rng: random.Random | None = None, distractor_shape: str = "square") -> dict:
     """Grey screen, one square per slot; the target is the only red one ("click the red square").
 
     `cue_size` (None: half the margin around a default-sized square), `distractor_colour` and `square_size`
@@ -117,7 +121,8 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
     distractor always stays): an empty slot is not the target either, so "the one slot unlike the others" no
     longer identifies it and only the target's own red does. On `decoy_fraction` of the screens (drawn from
     `decoy_rng`) one drawn distractor is red too: a look-alike that only the cue tells apart, while the
-    target's box still holds its own red.
+    target's box still holds its own red. `distractor_shape` draws the distractors as circles or diamonds in
+    their boxes: with red distractors only the target's corners tell it apart.
     """
     side, jitter = _SHORTCUT_LEVELS[difficulty]
     screen = _SHORTCUT_SCREEN
@@ -143,9 +148,11 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
         boxes.append(box)
         if index in empty:
             continue
-        draw.rectangle([x1, y1, x1 + square - 1, y1 + square - 1],
-                       fill=_COLOURS["red"] if (index == target_slot and not unmarked) or index == decoy
-                       else DISTRACTOR_COLOURS[distractor_colour])
+        if index == target_slot or index == decoy:
+            colour = _COLOURS["red"] if index == decoy or not unmarked else DISTRACTOR_COLOURS[distractor_colour]
+            _shape(draw, "square", box, colour)
+        else:
+            _shape(draw, distractor_shape, box, DISTRACTOR_COLOURS[distractor_colour])
     margin = shortcut_margin(difficulty, square)
     cue = cue_size or max(6, shortcut_margin(difficulty) // 2)
     return dict(image=image, draw=draw, target=boxes[target_slot],
@@ -251,7 +258,7 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
                  cue_colour: str | None = None, cue_size: int | None = None,
                  distractor_colour: str = "blue", square_size: int | None = None,
                  unmarked_target_fraction: float = 0.0, empty_slot_fraction: float = 0.0,
-                 decoy_fraction: float = 0.0) -> tuple[Image.Image, dict]:
+                 decoy_fraction: float = 0.0, distractor_shape: str = "square") -> tuple[Image.Image, dict]:
     """One screenshot and its JSONL record (image path left to the caller); deterministic per arguments.
 
     `cue_colour` (a CUE_COLOURS name, None = the preset's own), `cue_size` and `distractor_colour` (shortcut
@@ -259,7 +266,7 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
     their centres. Shortcut only: `unmarked_target_fraction` draws that share of targets in the distractors'
     colour, `empty_slot_fraction` leaves that share of distractor slots empty and `decoy_fraction` draws a
     second red square on that share of screens, each decided by draws of its own, so that with any of them at 0
-    the screens stay as they were.
+    the screens stay as they were; `distractor_shape` changes only the distractors' pixels.
     """
     rng = random.Random(f"eagle-synth:{preset}:{seed}:{split}:{index}")
     if preset == "shortcut":
@@ -267,7 +274,7 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
         screen = _shortcut_screen(rng, difficulty, cue_size, distractor_colour, square_size, unmarked,
                                   empty_slot_fraction, decoy_fraction,
                                   random.Random(f"eagle-synth-empty:{seed}:{split}:{index}"),
-                                  random.Random(f"eagle-synth-decoy:{seed}:{split}:{index}"))
+                                  random.Random(f"eagle-synth-decoy:{seed}:{split}:{index}"), distractor_shape)
     else:
         screen = _gui_screen(rng, difficulty, layout, cue_relation or "right")
     relation = cue_relation or screen["relation"]
@@ -304,7 +311,8 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
                        layout: str = "mixed", cue_relation: str | None = None, cue_colour: str | None = None,
                        cue_size: int | None = None, distractor_colour: str = "blue",
                        square_size: int | None = None, unmarked_target_fraction: float = 0.0,
-                       empty_slot_fraction: float = 0.0, decoy_fraction: float = 0.0) -> Path:
+                       empty_slot_fraction: float = 0.0, decoy_fraction: float = 0.0,
+                       distractor_shape: str = "square") -> Path:
     """Write `n` screenshots to `out_dir/images/` and their records to `out_dir/{split}.jsonl`; return that path.
 
     preset "shortcut": 256×256 grey screen, squares in slots, the red one is the target (tiny models learn
@@ -320,7 +328,9 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
     empty_slot_fraction, the share of distractor slots left empty (one distractor always stays), so that finding
     the target by elimination ("the square unlike the others") stops working and only its red does, and
     decoy_fraction, the share of screens with a second red square (a look-alike distractor): there only the cue
-    tells the target apart, yet its box still holds its own red.
+    tells the target apart, yet its box still holds its own red, and
+    distractor_shape, the distractors' shape ("square", "circle", "diamond"): with distractor_colour "red" the
+    target's square corners are its only evidence, weaker than its colour.
     """
     levels = _SHORTCUT_LEVELS if preset == "shortcut" else _GUI_LEVELS
     fractions = {"unmarked_target_fraction": unmarked_target_fraction, "empty_slot_fraction": empty_slot_fraction,
@@ -336,11 +346,16 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
         (isinstance(n, int) and n > 0, f"n={n!r} must be a positive integer"),
         (difficulty in levels, f"difficulty={difficulty!r}; preset {preset!r} has levels {sorted(levels)}"),
         (preset == "shortcut" or (cue_size is None and distractor_colour == "blue" and square_size is None
-                                  and not any(fractions.values())),
-         f"cue_size, distractor_colour, square_size, {', '.join(fractions)} apply to the shortcut preset only"),
+                                  and distractor_shape == "square" and not any(fractions.values())),
+         f"cue_size, distractor_colour, distractor_shape, square_size, {', '.join(fractions)} apply to the "
+         "shortcut preset only"),
         *[(0.0 <= value <= 1.0, f"{name}={value} must be within [0, 1]") for name, value in fractions.items()],
         (distractor_colour in DISTRACTOR_COLOURS,
          f"distractor_colour={distractor_colour!r}; choose one of {', '.join(DISTRACTOR_COLOURS)}"),
+        (distractor_shape in DISTRACTOR_SHAPES,
+         f"distractor_shape={distractor_shape!r}; choose one of {', '.join(DISTRACTOR_SHAPES)}"),
+        (not (distractor_colour == "red" and distractor_shape == "square"),
+         "distractor_colour='red' needs a distractor_shape other than 'square' (the target is the red square)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -359,7 +374,8 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
         for index in range(n):
             image, record = synth_record(index, seed, split, preset, cue_fraction, difficulty, layout, cue_relation,
                                          cue_colour, cue_size, distractor_colour, square_size,
-                                         unmarked_target_fraction, empty_slot_fraction, decoy_fraction)
+                                         unmarked_target_fraction, empty_slot_fraction, decoy_fraction,
+                                         distractor_shape)
             name = f"images/{split}_{index:05d}.png"
             image.save(out / name)
             record = {"image": name, **record}
