@@ -6,7 +6,7 @@ masked cells show the baseline (the demo recipe's `background` unless `--baselin
 gets confidently right (P ≥ 0.75), for targets drawn red and for unmarked ones apart (`--by-slot`: also per
 target slot, since a cue can stay a shortcut in one position and be gone in the others; `--regions N`: also the
 share of screens whose cue falls in a region the deviation gate reads as on-prior, in the N-region SLIC partition
-training attributes over). It tells the shortcuts of
+training attributes over; always: the share whose cue touches a merged cell of the box). It tells the shortcuts of
 `data_cards/synthetic.md` apart: a cue-follower keeps the click with the box removed; a model that has learned
 to see the mask scores every masked input alike, far below the unmasked one; a collapsed model scores them all
 near its unmasked P.
@@ -34,11 +34,16 @@ from eagle_align.models import get_family, load_model_and_processor
 MASKINGS = ("full", "box_alone", "box_removed", "cue_removed", "cue_alone", "all_removed")
 
 
+def cue_cells(meta) -> torch.Tensor:
+    """Bool [rows, cols]: every merged cell the cue touches."""
+    cue_resized = resize_box(meta.example.extra["cue_bbox"], meta.image_size, meta.resized_size)
+    return prior_mask(cue_resized, meta.grid_hw, meta.resized_size[0] // meta.grid_hw[1]).bool()
+
+
 def keep_masks(meta) -> torch.Tensor:
     """Bool [len(MASKINGS), rows, cols]; the cue's cells exclude the box's (the cue sits beside the target)."""
     box = meta.prior_mask.bool()
-    cue_resized = resize_box(meta.example.extra["cue_bbox"], meta.image_size, meta.resized_size)
-    cue = prior_mask(cue_resized, meta.grid_hw, meta.resized_size[0] // meta.grid_hw[1]) & ~box
+    cue = cue_cells(meta) & ~box
     return torch.stack([torch.ones_like(box), box, ~box, ~cue, cue, torch.zeros_like(box)])
 
 
@@ -63,6 +68,7 @@ def main() -> None:
     collator = GroundingCollator(processor, get_family(args.family).default_action_format)
     probs: dict[str, list[list[float]]] = {"marked": [], "unmarked": []}
     cue_on_prior: list[bool] = []
+    cue_in_box_cell: list[bool] = []
     with attribution_mode(model):
         for start in range(0, len(examples), 16):
             batch = collator(examples[start : start + 16])
@@ -72,6 +78,7 @@ def main() -> None:
                 extra = meta.example.extra
                 name = "marked" if extra.get("target_marked", True) else "unmarked"
                 masks = keep_masks(meta)
+                cue_in_box_cell.append(bool((cue_cells(meta) & meta.prior_mask.bool()).any()))
                 row = scorer.score(masks).tolist()
                 if args.regions:
                     image = pixel_values_to_image(model, sample["pixel_values"], sample["image_grid_thw"][0])
@@ -92,6 +99,9 @@ def main() -> None:
             result[name] = {m: round(float(v), 3) for m, v in zip(MASKINGS, confident.mean(0))}
             print(f"{name:>16} ({len(confident)} of {len(rows)} confident): "
                   + "  ".join(f"{m} {result[name][m]:.3f}" for m in MASKINGS), flush=True)
+    # A cue in a cell the box touches is removed with the box (necessity term) and kept with it (box alone).
+    result["cue_in_box_cell"] = sum(cue_in_box_cell) / max(1, len(cue_in_box_cell))
+    print(f"cue in a merged cell the box touches: {sum(cue_in_box_cell)} of {len(cue_in_box_cell)} screens", flush=True)
     if args.regions:
         result["regions"] = args.regions
         result["cue_in_on_prior_region"] = sum(cue_on_prior) / max(1, len(cue_on_prior))

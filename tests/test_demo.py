@@ -69,7 +69,8 @@ def test_benchmark_option_reads_key_value_pairs_and_names_a_bad_one(tmp_path, ca
 
 
 # One family's run replaces benchmark settings from the command line (reruns of earlier data-card tables).
-BENCHMARK_FLAGS = {"qwen3_vl": {"empty_train_slot_fraction": 0.5, "decoy_train_fraction": 0.25}}
+BENCHMARK_FLAGS = {"qwen3_vl": {"empty_train_slot_fraction": 0.5, "decoy_train_fraction": 0.25},
+                   "qwen2_5_vl": {"distractor_colour": "red", "distractor_shape": "circle"}}
 
 
 @pytest.mark.slow
@@ -95,6 +96,8 @@ def test_quick_demo_end_to_end(tmp_path, family):
     assert cue[2] - cue[0] == (FAMILIES[family]["cue_size"] or 16)  # 16: the preset's own size at difficulty 1
     box = shifted_record["bbox"]
     assert box[2] - box[0] == (FAMILIES[family]["square_size"] or 64)
+    assert (report["settings"]["distractor_shape"], report["settings"]["distractor_colour"]) == (
+        bench["distractor_shape"], bench["distractor_colour"])
     # Unmarked targets (only the cue marks them) are a training-data setting: every test screen is marked.
     marked = {split: [json.loads(line)["extra"]["target_marked"]
                       for line in (out / "data" / f"{split}.jsonl").read_text().splitlines()]

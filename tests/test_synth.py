@@ -288,7 +288,7 @@ def test_decoys_draw_a_second_red_square_that_only_the_cue_tells_apart(tmp_path)
 def test_distractor_shape_redraws_only_the_distractors_so_red_ones_differ_from_the_target_by_shape(tmp_path):
     """Red circles as distractors: the target stays the one red square (a red corner), each distractor's centre is
     red and its corners the screen's grey, and the cue and the target's pixels are those of the default data."""
-    for a, b, old, new in _paired_screens(tmp_path, 12, 4, ["--distractor-colour", "red", "--distractor-shape",
+    for _, b, old, new in _paired_screens(tmp_path, 12, 4, ["--distractor-colour", "red", "--distractor-shape",
                                                               "circle"]):
         x1, y1, x2, y2 = b["bbox"]
         assert np.array_equal(old[y1:y2, x1:x2], new[y1:y2, x1:x2])

@@ -183,7 +183,8 @@ def _manual_alignment_grads(model, batch, cfg, removed: list | None = None) -> d
                                strategy=cfg.search, max_regions=cfg.max_regions, stop_confidence=cfg.stop_confidence,
                                search_scope=cfg.search_scope, resort_every=cfg.resort_every, **weights)
         built = build_alignment_examples(att, batch["meta"][i].prior_mask, cfg.prior_overlap, **weights,
-                                         necessity=cfg.lambda_necessity > 0, necessity_removes=cfg.necessity_removes)
+                                         necessity=cfg.lambda_necessity > 0, necessity_gate=cfg.necessity_gate,
+                                         necessity_removes=cfg.necessity_removes)
         if removed is not None and built.necessity:
             removed.append((built.keep_cells(built.necessity)[0][0], batch["meta"][i].prior_mask.bool()))
         if not built.examples:
@@ -246,7 +247,8 @@ def test_necessity_term_and_deletion_only_forwards_give_the_batch_mean_loss(lora
     model, processor, collator = lora_setup
     _lora_b_off_zero(model)
     cfg = config(tmp_path, per_device_train_batch_size=3, loss_chunk_size=2, insertion_weight=0.0,
-                 loss_variant="log", lambda_necessity=1.0, necessity_floor=floor, necessity_removes=removes)
+                 loss_variant="log", lambda_necessity=1.0, necessity_gate="always", necessity_floor=floor,
+                 necessity_removes=removes)
     trainer = PriorAlignedTrainer(model=model, args=cfg, train_dataset=examples(3), data_collator=collator)
     batch = collator(examples(3))
     removed = []
@@ -292,9 +294,10 @@ def _ratios_and_split(model, batch, tmp_path, keep_cells) -> tuple[list[float], 
 
 
 def _gate_counts(model, collator, batch, tmp_path, **gates) -> dict[str, float]:
-    """One alignment step of the batch under ``gates``: the samples each gate left out, and the necessity examples."""
+    """One alignment step of the batch under ``gates``: the samples each gate left out, and the necessity examples
+    (one per sample the gates keep: the term on every such sample, whatever ranks first)."""
     trainer = PriorAlignedTrainer(model=model, args=config(tmp_path, per_device_train_batch_size=4,
-                                                           lambda_necessity=1.0, **gates),
+                                                           lambda_necessity=1.0, necessity_gate="always", **gates),
                                   train_dataset=examples(4), data_collator=collator)
     model.train()
     trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
@@ -406,7 +409,8 @@ def test_step_scope_sums_over_every_micro_batch_of_the_step(lora_setup, tmp_path
     halves = [sum(kept[k : k + 2]) / sum(full[k : k + 2]) for k in (0, 2)]
     assert max(halves) > share + 1e-4, (halves, share)
     threshold = (share + max(halves)) / 2
-    cfg = config(tmp_path, align_every=1, lambda_necessity=1.0, min_box_sufficiency=None, max_blank_share=threshold)
+    cfg = config(tmp_path, align_every=1, lambda_necessity=1.0, necessity_gate="always",
+                 min_box_sufficiency=None, max_blank_share=threshold)
     trainer = PriorAlignedTrainer(model=model, args=cfg, data_collator=collator)
     _step_alignment_grads(trainer, model, [collator(screens[:2]), collator(screens[2:])])
     assert trainer._metrics["align/blank_clicks"] == [0.0, 0.0]
