@@ -40,10 +40,10 @@ def cue_cells(meta) -> torch.Tensor:
     return prior_mask(cue_resized, meta.grid_hw, meta.resized_size[0] // meta.grid_hw[1]).bool()
 
 
-def keep_masks(meta) -> torch.Tensor:
-    """Bool [len(MASKINGS), rows, cols]; the cue's cells exclude the box's (the cue sits beside the target)."""
-    box = meta.prior_mask.bool()
-    cue = cue_cells(meta) & ~box
+def keep_masks(box: torch.Tensor, cue: torch.Tensor) -> torch.Tensor:
+    """Bool [len(MASKINGS), rows, cols] from the box's and the cue's cells; the cue's exclude the box's (the cue
+    sits beside the target)."""
+    cue = cue & ~box
     return torch.stack([torch.ones_like(box), box, ~box, ~cue, cue, torch.zeros_like(box)])
 
 
@@ -77,13 +77,14 @@ def main() -> None:
                 scorer = DecisionScorer(model, sample, meta, baseline=args.baseline)
                 extra = meta.example.extra
                 name = "marked" if extra.get("target_marked", True) else "unmarked"
-                masks = keep_masks(meta)
-                cue_in_box_cell.append(bool((cue_cells(meta) & meta.prior_mask.bool()).any()))
+                box, cue = meta.prior_mask.bool(), cue_cells(meta)
+                masks = keep_masks(box, cue)
+                cue_in_box_cell.append(bool((cue & box).any()))
                 row = scorer.score(masks).tolist()
                 if args.regions:
                     image = pixel_values_to_image(model, sample["pixel_values"], sample["image_grid_thw"][0])
                     partition = make_partition(meta.grid_hw, args.regions, "slic", image=image)
-                    on_prior = partition.coverage(meta.prior_mask) >= args.prior_overlap
+                    on_prior = partition.on_prior(meta.prior_mask, args.prior_overlap)
                     cue_regions = partition.cell_masks[:, masks[MASKINGS.index("cue_alone")]].any(1)
                     cue_on_prior.append(bool((cue_regions & on_prior).any()))
                 probs[name].append(row)

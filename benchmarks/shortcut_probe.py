@@ -69,8 +69,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
         cue = {"cue_colour": args.cue_colour, "cue_size": args.cue_size, "distractor_colour": args.distractor_colour,
-               "distractor_shape": args.distractor_shape, "square_size": args.square_size, "unmarked_train_fraction": args.unmarked_fraction,
-               "empty_train_slot_fraction": args.empty_slot_fraction, "decoy_train_fraction": args.decoy_fraction}
+               "distractor_shape": args.distractor_shape, "square_size": args.square_size,
+               "unmarked_train_fraction": args.unmarked_fraction, "empty_train_slot_fraction": args.empty_slot_fraction,
+               "decoy_train_fraction": args.decoy_fraction}
 
         def split_of(folder: str, split: str, n: int, cue_fraction: float) -> Path:
             return synthetic_split(out / folder, split, n, args.seed, cue_fraction, args.family, cue)

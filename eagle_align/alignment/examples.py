@@ -207,7 +207,7 @@ def _necessity_cells(partition: RegionPartition | None, prior_cells: torch.Tenso
         return prior_cells
     if partition is None:
         raise ValueError("necessity_removes='on_prior_regions' needs the attribution's region partition")
-    return partition.cells_of(partition.coverage(prior_cells) >= prior_overlap)[0]
+    return partition.cells_of(partition.on_prior(prior_cells, prior_overlap))[0]
 
 
 def _necessity_gate_open(gate: str, on_prior: list[bool], full_prob: float, box_prob: float | None,

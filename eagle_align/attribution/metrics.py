@@ -16,8 +16,8 @@ def on_prior_regions(attribution: Attribution, prior_mask: torch.Tensor, prior_o
     """On-prior flag of each ranked region: the box covers at least ``prior_overlap`` of it (|v ∩ B| / |v|)."""
     if attribution.partition is None:
         raise ValueError("prior metrics need the attribution's partition (use attribute_sample)")
-    coverage = attribution.partition.coverage(prior_mask)
-    return [bool(coverage[region] >= prior_overlap) for region in attribution.ranking]
+    on_prior = attribution.partition.on_prior(prior_mask, prior_overlap)
+    return [bool(on_prior[region]) for region in attribution.ranking]
 
 
 def point_game(attribution: Attribution, prior_mask: torch.Tensor, prior_overlap: float = 0.15) -> bool:

@@ -63,7 +63,7 @@ class RegionPartition:
     def coverage(self, prior_mask: torch.Tensor) -> torch.Tensor:
         """|v ∩ B| / |v| per region, float [R]: the share of each region covered by the prior (target box).
 
-        This is the one definition of "on-prior" (coverage ≥ prior_overlap) used by attribution metrics,
+        `on_prior` thresholds it: the one definition of "on-prior" used by attribution metrics, the bounded search,
         alignment example building and evaluation alike.
         """
         prior = torch.as_tensor(prior_mask, device=self.cell_masks.device).bool()
@@ -71,6 +71,10 @@ class RegionPartition:
             raise ValueError(f"prior_mask shape {tuple(prior.shape)} does not match grid_hw {self.grid_hw}")
         masks = self.cell_masks.flatten(1)
         return (masks & prior.flatten()).sum(1).float() / masks.sum(1).float()
+
+    def on_prior(self, prior_mask: torch.Tensor, prior_overlap: float) -> torch.Tensor:
+        """Bool [R]: the regions the prior covers by at least ``prior_overlap`` (|v ∩ B| / |v|)."""
+        return self.coverage(prior_mask) >= prior_overlap
 
 
 def _split_points(length: int, parts: int) -> list[int]:

@@ -387,7 +387,7 @@ def attribute_samples(
             partition = make_partition(meta.grid_hw, n_regions, region_method, image=image)
             settings = dict(search_kwargs, full_prob=full_prob)
             if strategy == "bounded":
-                on_prior = (partition.coverage(meta.prior_mask) >= prior_overlap).tolist()
+                on_prior = partition.on_prior(meta.prior_mask, prior_overlap).tolist()
                 settings["hierarchy"] = build_hierarchy(
                     partition.n_regions, on_prior, region_centroids(partition.cell_masks), leaf_size
                 )

@@ -148,11 +148,9 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
         boxes.append(box)
         if index in empty:
             continue
-        if index == target_slot or index == decoy:
-            colour = _COLOURS["red"] if index == decoy or not unmarked else DISTRACTOR_COLOURS[distractor_colour]
-            _shape(draw, "square", box, colour)
-        else:
-            _shape(draw, distractor_shape, box, DISTRACTOR_COLOURS[distractor_colour])
+        red = (index == target_slot and not unmarked) or index == decoy
+        _shape(draw, "square" if index in (target_slot, decoy) else distractor_shape, box,
+               _COLOURS["red"] if red else DISTRACTOR_COLOURS[distractor_colour])
     margin = shortcut_margin(difficulty, square)
     cue = cue_size or max(6, shortcut_margin(difficulty) // 2)
     return dict(image=image, draw=draw, target=boxes[target_slot],
