@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--pixels", type=int, default=None,
                         help="min = max pixels of the processor (default: the family's in the demo)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="SFT steps (default: the family's demo run, 300 or its full_run_schedule's)")
+                        help="SFT steps (default: the family's demo run, 600; 300 before 2026-12-06 on Qwen3-VL and Qwen2.5-VL)")
     parser.add_argument("--out", default=None, help="keep the run here (default: a temporary folder)")
     args = parser.parse_args()
 
