@@ -16,6 +16,7 @@ from eagle_align.cli import build_parser
 from eagle_align.demo import (
     FAMILIES,
     MODELS,
+    RECIPE,
     SIZES,
     SPLITS,
     _benchmark_of,
@@ -26,6 +27,7 @@ from eagle_align.demo import (
     summarize_seeds,
 )
 from eagle_align.models import get_family
+from eagle_align.train import load_config
 
 
 def _report(sft: tuple, aligned: tuple, seed: int = 0) -> dict:
@@ -47,7 +49,8 @@ def test_table_and_seed_summary():
 
 def test_full_runs_follow_the_family_schedule_and_quick_runs_do_not():
     assert run_overrides("qwen2_vl", quick=False) == {"max_steps": 600}  # past the SFT loss plateau
-    assert run_overrides("qwen3_vl", quick=False) == {}  # the recipe's own 300 steps
+    assert run_overrides("qwen3_vl", quick=False) == {}  # the recipe's own steps
+    assert load_config(RECIPE)["max_steps"] == 600  # at 300 one Qwen3-VL seed kept part of the cue (data card)
     quick = run_overrides("qwen2_vl", quick=True)
     assert quick["max_steps"] == 60 and quick == SIZES["quick"]["overrides"] and quick is not SIZES["quick"]["overrides"]
 
