@@ -260,7 +260,7 @@ def test_experiment_recipes_are_the_demo_recipe_plus_their_own_keys():
     demo = load_config(REPO / "recipes" / "train" / "tiny_synthetic_cpu.yaml")
     for recipe in (REPO / "recipes" / "experiments").glob("*.yaml"):
         config = load_config(recipe)
-        # Method keys and the schedule a row was measured with (max_steps: 300 before 2026-12-06) only.
+        # Method keys and the schedule a row was measured with (steps_300.yaml: before 2026-12-06) only.
         assert {k for k, v in config.items() if k in demo and v != demo[k]} <= {"align_start_step", "max_steps"}, recipe
         assert config != demo, f"{recipe.name} changes nothing"
 
