@@ -1,0 +1,134 @@
+"""Regenerate the results tables in method_comparison/README.md from results/<config>/seed<S>.json, and from
+nothing else, so the README shows exactly what the result files hold.
+
+    python method_comparison/make_tables.py           # rewrite the tables between the README's markers
+    python method_comparison/make_tables.py --check   # exit 1 if the README's tables are out of date
+
+One row per (config, seed), failed runs included (with their error), then one row per config with the mean over
+its successful full-length seeds. Quick runs (--quick: a pipeline check, not a measurement) are marked and left
+out of the means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
+# Reference rows first, then the experiments alphabetically.
+FIRST = ("sft", "default", "paper")
+FIGURES = (("iid_click_pct", "iid %"), ("shifted_click_pct", "shifted %"), ("point_game_pct", "point game %"))
+
+
+def load_results(folder: Path = RESULTS) -> list[dict[str, Any]]:
+    rows = []
+    for path in sorted(folder.glob("*/seed*.json")):
+        try:
+            row = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:  # a broken file is a row too, not a crash
+            row = {"config": path.parent.name, "seed": path.stem.removeprefix("seed"), "status": "failed",
+                   "error": f"unreadable result file: {error}"}
+        rows.append(row)
+
+    def order(row: dict[str, Any]) -> tuple:
+        config = row.get("config", "")
+        rank = FIRST.index(config) if config in FIRST else len(FIRST)
+        seed = row.get("seed")
+        return rank, config, seed if isinstance(seed, int) else 10**9, str(seed)
+
+    return sorted(rows, key=order)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def _error_line(row: dict[str, Any]) -> str:
+    error = " ".join(str(row.get("error") or "no error recorded").split())
+    return (error[:117] + "...") if len(error) > 120 else error
+
+
+def per_seed_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| config | seed | status | " + " | ".join(label for _, label in FIGURES)
+             + " | deviation terms | training s | steps | eagle_align |",
+             "|---|---:|---|" + "---:|" * len(FIGURES) + "---:|---:|---:|---|"]
+    for row in rows:
+        ok = row.get("status") == "ok"
+        status = ("ok" + (" (quick)" if row.get("quick") else "")) if ok else f"**failed**: {_error_line(row)}"
+        figures = row.get("figures") or {}
+        cells = [_cell(figures.get(key)) for key, _ in FIGURES]
+        version = (row.get("versions") or {}).get("eagle_align")
+        lines.append(f"| {row.get('config')} | {row.get('seed')} | {status} | {' | '.join(cells)} | "
+                     f"{_cell(figures.get('deviation_terms'))} | {_cell(row.get('training_seconds'))} | "
+                     f"{_cell(row.get('steps'))} | {_cell(version)} |")
+    return "\n".join(lines)
+
+
+def mean_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| config | seeds (ok / run) | " + " | ".join(f"{label} mean ± std" for _, label in FIGURES) + " |",
+             "|---|---|" + "---:|" * len(FIGURES)]
+    configs = list(dict.fromkeys(row.get("config") for row in rows if not row.get("quick")))
+    for config in configs:
+        runs = [row for row in rows if row.get("config") == config and not row.get("quick")]
+        ok = [row for row in runs if row.get("status") == "ok"]
+        cells = []
+        for key, _ in FIGURES:
+            values = [row["figures"][key] for row in ok if row.get("figures", {}).get(key) is not None]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f}" if values else "–")
+        seeds = ", ".join(str(row.get("seed")) for row in ok) or "none"
+        lines.append(f"| {config} | {seeds} ({len(ok)} / {len(runs)}) | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def tables(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "No results yet: run `python method_comparison/run.py`, then this script."
+    parts = ["Per seed (every run, failures included):", "", per_seed_table(rows)]
+    if any(not row.get("quick") for row in rows):
+        parts += ["", "Mean ± sample standard deviation over each config's successful full-length seeds:", "",
+                  mean_table(rows)]
+    return "\n".join(parts)
+
+
+def render(readme_text: str, rows: list[dict[str, Any]]) -> str:
+    """The README with the text between the markers replaced by the tables."""
+    head, start, rest = readme_text.partition(START)
+    _, end, tail = rest.partition(END)
+    if not start or not end:
+        raise SystemExit(f"README has no {START} ... {END} markers")
+    generated = "<!-- generated by make_tables.py from results/; do not edit by hand -->"
+    return f"{head}{START}\n{generated}\n\n{tables(rows)}\n\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
+    parser.add_argument("--readme", type=Path, default=README, help=f"README to update (default: {README})")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README's tables are out of date")
+    args = parser.parse_args(argv)
+    rows = load_results(args.results)
+    text = args.readme.read_text(encoding="utf-8")
+    updated = render(text, rows)
+    if args.check:
+        if updated != text:
+            print(f"{args.readme}: tables out of date; run python method_comparison/make_tables.py", file=sys.stderr)
+            return 1
+        return 0
+    args.readme.write_text(updated, encoding="utf-8")
+    failed = sum(row.get("status") != "ok" for row in rows)
+    print(f"{args.readme}: {len(rows)} runs ({failed} failed)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
