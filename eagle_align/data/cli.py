@@ -1,12 +1,15 @@
-"""`eagle-align data validate SOURCE` and `eagle-align data synth --out DIR ...`."""
+"""`eagle-align data validate SOURCE`, `eagle-align data convert SRC --to jsonl --out FILE` and
+`eagle-align data synth --out DIR ...`."""
 
 from __future__ import annotations
 
 import argparse
 from collections import Counter
+from pathlib import Path
 
 
 def data_arguments(parser: argparse.ArgumentParser) -> None:
+    from eagle_align.actions import ACTION_FORMATS
     from eagle_align.data.loaders import BBOX_FORMATS, FORMATS
     from eagle_align.data.synth import (
         CUE_COLOURS,
@@ -21,15 +24,30 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     validate = sub.add_parser("validate", help="Load a dataset, decode every image, print counts per split and "
                               "every problem found (exit status 1 when there is one).")
-    validate.add_argument("source", help="JSONL file/dir, HF datasets dir, or a ScreenSpot(-v2/-Pro) folder")
-    validate.add_argument("--format", default="auto", choices=FORMATS)
-    validate.add_argument("--image-root", default=None, help="folder holding the images, if not the layout's own")
-    validate.add_argument("--bbox-format", default=None, choices=BBOX_FORMATS,
-                          help="force the box convention instead of detecting it")
-    validate.add_argument("--split", default=None,
-                          help="check only this split (comma-separated splits) of a source that has several")
+    convert = sub.add_parser("convert", help="Write eagle-align JSONL from any source `data validate` reads "
+                             "(LLaMA-Factory / ShareGPT, JSON lists, HF datasets, ScreenSpot layouts).")
+    for command in (validate, convert):
+        command.add_argument("source", help="JSONL/JSON file or folder, LLaMA-Factory / ShareGPT JSON(L), HF "
+                             "datasets dir or parquet/arrow file, or a ScreenSpot(-v2/-Pro) folder")
+        command.add_argument("--format", default="auto", choices=FORMATS)
+        command.add_argument("--image-root", default=None, help="folder holding the images, if not the layout's own")
+        command.add_argument("--bbox-format", default=None, choices=BBOX_FORMATS,
+                             help="box convention of records that do not state one (points follow their box): "
+                             "pixels, _norm fractions 0-1 or _1000 of the image; default: decided from the file")
+        command.add_argument("--action-format", default=None, choices=sorted(ACTION_FORMATS),
+                             help="LLaMA-Factory / ShareGPT: syntax and coordinate space of the assistant answers")
+        command.add_argument("--columns", default=None,
+                             help="map column names onto eagle-align's: FIELD=COLUMN,... "
+                             "e.g. image=screenshot,instruction=query")
+        command.add_argument("--split", default=None,
+                             help="only this split (comma-separated splits) of a source that has several")
     validate.add_argument("--fast", action="store_true",
                           help="read image headers only (sizes), without decoding: misses truncated files")
+    convert.add_argument("--to", required=True, choices=("jsonl",), help="output format")
+    convert.add_argument("--out", required=True, help="output file; in-memory images go to <out stem>_images/")
+    convert.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    convert.add_argument("--on-error", default="raise", choices=("raise", "skip"),
+                         help="stop at the first bad record (default) or leave bad records out and list them")
     synth = sub.add_parser("synth", help="Write synthetic GUI screenshots + JSONL with an optional spurious cue.")
     synth.add_argument("--out", required=True, help="output directory (gets SPLIT.jsonl and images/)")
     synth.add_argument("--n", type=int, required=True, help="number of samples")
@@ -65,9 +83,16 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def data_command(args: argparse.Namespace) -> int:
+    from eagle_align.errors import UsageError
+
     if args.data_command == "synth":
         from eagle_align.data.synth import generate_synthetic
 
+        changed = [f"--{name.replace('_', '-')}" for name in ("cue_colour", "cue_size", "cue_relation")
+                   if getattr(args, name) is not None]
+        if changed and args.cue_fraction == 0:
+            raise UsageError(f"{', '.join(changed)} without --cue-fraction draws no cue; pass --cue-fraction "
+                             "(the share of samples showing the cue, e.g. 1.0)")
         path = generate_synthetic(args.out, args.n, seed=args.seed, preset=args.preset, cue_fraction=args.cue_fraction,
                                   split=args.split, difficulty=args.difficulty, layout=args.layout,
                                   cue_relation=args.cue_relation, cue_colour=args.cue_colour, cue_size=args.cue_size,
@@ -77,11 +102,28 @@ def data_command(args: argparse.Namespace) -> int:
                                   distractor_shape=args.distractor_shape)
         print(f"wrote {args.n} {args.preset} samples ({args.split}) to {path}")
         return 0
+    from eagle_align.data.importers import check_columns, write_jsonl
     from eagle_align.data.loaders import load_examples
 
+    columns = check_columns(args.columns, "--columns")
+    if args.data_command == "convert":
+        out = Path(args.out)
+        if out.exists() and not args.overwrite:
+            raise UsageError(f"--out {out} exists; pass --overwrite to replace it")
+        examples = load_examples(args.source, format=args.format, image_root=args.image_root, on_error=args.on_error,
+                                 bbox_format=args.bbox_format, split=args.split, action_format=args.action_format,
+                                 columns=columns)
+        write_jsonl(examples, out)
+        print(f"wrote {len(examples)} examples ({examples.point_only} point-only) to {out}"
+              + (f"; left out {examples.skipped} bad records:" if examples.skipped else ""))
+        for problem in examples.problems:
+            print(f"PROBLEM {problem}")
+        return 0
     examples = load_examples(args.source, format=args.format, image_root=args.image_root, on_error="skip",
-                             bbox_format=args.bbox_format, split=args.split, decode_images=not args.fast)
+                             bbox_format=args.bbox_format, split=args.split, decode_images=not args.fast,
+                             action_format=args.action_format, columns=columns)
     print(f"{args.source}: {len(examples)} valid examples, {examples.skipped} skipped")
+    print(f"  point_only: {examples.point_only} (a click point but no box: trained without alignment)")
     for split, count in sorted(examples.by_split().items()):
         print(f"  split {split}: {count}")
     for name in ("platform", "ui_type"):

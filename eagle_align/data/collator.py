@@ -30,8 +30,8 @@ class SampleMeta:
     image_size: tuple[int, int]  # (W, H) original
     resized_size: tuple[int, int]  # (W, H) = image_grid_thw[1:] · patch, as (W, H)
     grid_hw: tuple[int, int]  # merged-cell grid (rows, cols)
-    bbox_resized: tuple[float, float, float, float]
-    prior_mask: torch.Tensor  # bool [rows, cols]: merged cells the bbox touches
+    bbox_resized: tuple[float, float, float, float] | None  # None: a point-only example (no box)
+    prior_mask: torch.Tensor | None  # bool [rows, cols]: merged cells the bbox touches; None without a box
     decision_positions: torch.Tensor  # long: positions (in the padded row) of the coordinate tokens
     decision_token_ids: torch.Tensor  # long
     answer: str
@@ -189,7 +189,8 @@ class GroundingCollator:
             positions = hits.nonzero().flatten()
             if len(spans) == 0 or positions.numel() == 0:
                 raise DataError(f"example {example.id!r}: no coordinate tokens found in answer {answer!r}")
-        bbox_resized = resize_box(example.bbox, example.image_size, resized)
+        # A point-only example has no box: it trains on its answer alone (the trainer skips its alignment).
+        bbox_resized = None if example.bbox is None else resize_box(example.bbox, example.image_size, resized)
         sample = {key: encoded[key][0] for key in _SEQUENCE_KEYS}
         sample["labels"] = labels
         sample = self._truncate(sample, positions, example)
@@ -201,7 +202,8 @@ class GroundingCollator:
             resized_size=resized,
             grid_hw=grid_hw,
             bbox_resized=bbox_resized,
-            prior_mask=prior_mask(bbox_resized, grid_hw, self.patch_size * self.merge_size),
+            prior_mask=None if bbox_resized is None else prior_mask(bbox_resized, grid_hw,
+                                                                    self.patch_size * self.merge_size),
             decision_positions=positions,
             decision_token_ids=ids[positions],
             answer=answer,

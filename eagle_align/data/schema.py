@@ -25,12 +25,16 @@ class DataError(UsageError):
 
 @dataclass
 class GroundingExample:
-    """One screenshot, one instruction, one target box (xyxy, original pixels) and the click point."""
+    """One screenshot, one instruction, one target box (xyxy, original pixels) and the click point.
+
+    `bbox` is None for a point-only record (a click with no box): such an example trains as plain SFT, since
+    alignment and click accuracy both need the target's box.
+    """
 
     image: str | Image.Image
     image_size: tuple[int, int]
     instruction: str
-    bbox: tuple[float, float, float, float]
+    bbox: tuple[float, float, float, float] | None
     point: tuple[float, float] | None = None
     platform: str | None = None
     ui_type: str | None = None
@@ -71,7 +75,9 @@ def read_image_size(path: str | Path, decode: bool = False) -> tuple[int, int]:
 
 
 def validate_example(example: GroundingExample, where: str, check_file: bool = True) -> GroundingExample:
-    """Check types, image, size and box; clip a box overhanging by ≤ EDGE_TOLERANCE_PX. Returns the example.
+    """Check types, image, size, box and point; clip a box overhanging by ≤ EDGE_TOLERANCE_PX. Returns the example.
+
+    A record needs a box or a point (point-only records have `bbox` None); a point must lie in its box.
 
     `where` (e.g. "data/train.jsonl:12 (id=abc)") prefixes every error message.
     """
@@ -100,27 +106,36 @@ def validate_example(example: GroundingExample, where: str, check_file: bool = T
     if tuple(actual) != size:
         raise DataError(f"{where}: image_size {list(size)} does not match the image's real size {list(actual)}")
     example.image_size = size
-    if not _is_box(example.bbox):
-        raise DataError(f"{where}: bbox must be 4 numbers [x1, y1, x2, y2], got {example.bbox!r}")
-    x1, y1, x2, y2 = (float(v) for v in example.bbox)
     width, height = size
-    if x2 <= x1 or y2 <= y1:
-        raise DataError(f"{where}: bbox {[x1, y1, x2, y2]} has zero or negative area (xyxy expected)")
     tol = EDGE_TOLERANCE_PX
-    if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
-        raise DataError(f"{where}: bbox {[x1, y1, x2, y2]} lies outside the {width}x{height} image")
-    x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
-    if x2 <= x1 or y2 <= y1:
-        raise DataError(f"{where}: bbox has no area inside the {width}x{height} image")
-    example.bbox = (x1, y1, x2, y2)
-    if example.point is None:
-        example.point = ((x1 + x2) / 2, (y1 + y2) / 2)
+    if example.bbox is None:
+        if example.point is None:
+            raise DataError(f"{where}: needs a bbox [x1, y1, x2, y2] or a point [x, y]")
+    elif not _is_box(example.bbox):
+        raise DataError(f"{where}: bbox must be 4 numbers [x1, y1, x2, y2], got {example.bbox!r}")
+    else:
+        x1, y1, x2, y2 = (float(v) for v in example.bbox)
+        if x2 <= x1 or y2 <= y1:
+            raise DataError(f"{where}: bbox {[x1, y1, x2, y2]} has zero or negative area (xyxy expected)")
+        if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
+            raise DataError(f"{where}: bbox {[x1, y1, x2, y2]} lies outside the {width}x{height} image")
+        x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
+        if x2 <= x1 or y2 <= y1:
+            raise DataError(f"{where}: bbox has no area inside the {width}x{height} image")
+        example.bbox = (x1, y1, x2, y2)
+        if example.point is None:
+            example.point = ((x1 + x2) / 2, (y1 + y2) / 2)
     if not (isinstance(example.point, (list, tuple)) and len(example.point) == 2
             and all(_is_number(v) for v in example.point)):
         raise DataError(f"{where}: point must be [x, y] numbers, got {example.point!r}")
     px, py = (float(v) for v in example.point)
     if not (-tol <= px <= width + tol and -tol <= py <= height + tol):
         raise DataError(f"{where}: point {[px, py]} lies outside the {width}x{height} image")
+    if example.bbox is not None:
+        x1, y1, x2, y2 = example.bbox
+        # The click must hit its own target: a point off its box teaches one place and scores another.
+        if not (x1 - tol <= px <= x2 + tol and y1 - tol <= py <= y2 + tol):
+            raise DataError(f"{where}: point {[px, py]} lies outside its bbox {[x1, y1, x2, y2]}")
     example.point = (px, py)
     if not isinstance(example.extra, dict):
         raise DataError(f"{where}: extra must be a dict, got {type(example.extra).__name__}")
@@ -134,6 +149,11 @@ class ExampleSet(list):
         super().__init__(examples)
         self.problems: list[str] = list(problems or [])
         self.skipped = skipped
+
+    @property
+    def point_only(self) -> int:
+        """How many examples have a click point but no box (trained as plain SFT, no alignment)."""
+        return sum(1 for ex in self if ex.bbox is None)
 
     def by_split(self) -> dict[str, int]:
         """Example count per `extra["split"]` (None → "all")."""

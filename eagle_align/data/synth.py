@@ -376,7 +376,8 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
                                          distractor_shape)
             name = f"images/{split}_{index:05d}.png"
             image.save(out / name)
-            record = {"image": name, **record}
+            # Stated, so a screen wider than 1000 px whose boxes all sit below 1000 is not taken for 0-1000 space.
+            record = {"image": name, **record, "bbox_format": "xyxy"}
             _check(record)
             handle.write(json.dumps(record) + "\n")
     return path
