@@ -7,7 +7,7 @@ gets confidently right (P ≥ 0.75), for targets drawn red and for unmarked ones
 target slot, since a cue can stay a shortcut in one position and be gone in the others; `--regions N`: also the
 share of screens whose cue falls in a region the deviation gate reads as on-prior, in the N-region SLIC partition
 training attributes over; always: the share whose cue touches a merged cell of the box). It tells the shortcuts of
-`data_cards/synthetic.md` apart: a cue-follower keeps the click with the box removed; a model that has learned
+`method_comparison/history.md` apart: a cue-follower keeps the click with the box removed; a model that has learned
 to see the mask scores every masked input alike, far below the unmasked one; a collapsed model scores them all
 near its unmasked P.
 

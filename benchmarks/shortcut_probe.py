@@ -7,7 +7,7 @@ SFT model, so one setting costs 3–7 minutes on 2 CPU cores. A shifted click ac
 means SFT follows the cue; 100 / 100 means the cue was ignored (nothing for alignment to remove). The cue-free
 split (the test screens' generator with no cue at all) tells the two kinds of shortcut apart: near 100 % the model
 also knows the target and the cue only wins when the two disagree; near chance (25 %) it learned nothing but the cue.
-`data_cards/synthetic.md` ("Benchmark settings tried") lists the settings measured.
+`method_comparison/history.md` records the settings measured so far (under older defaults).
 
     python benchmarks/shortcut_probe.py --family qwen2_5_vl --seed 0 --cue-colour cyan --distractor-colour orange
 
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--pixels", type=int, default=None,
                         help="min = max pixels of the processor (default: the family's in the demo)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="SFT steps (default: the family's demo run, 600; 300 before 2026-12-06 on Qwen3-VL and Qwen2.5-VL)")
+                        help="SFT steps (default: the family's demo run, 600)")
     parser.add_argument("--out", default=None, help="keep the run here (default: a temporary folder)")
     args = parser.parse_args()
 

@@ -49,6 +49,14 @@ def config_file(name: str) -> Path:
     return path
 
 
+def _shown(path: Path) -> str:
+    """A config's path relative to the repository when it is inside it (results read the same on any machine)."""
+    try:
+        return str(path.relative_to(HERE.parent))
+    except ValueError:
+        return str(path)
+
+
 def package_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
     for package in PACKAGES:
@@ -178,7 +186,7 @@ def run(configs: list[str], seeds: list[int], quick: bool = False, family: str |
         for name, path in paths.items():
             print(f"[method_comparison] {name} seed {seed}{' (quick)' if quick else ''}", flush=True)
             result: dict[str, Any] = {
-                "config": Path(name).stem, "config_file": str(path), "seed": seed, "family": family,
+                "config": Path(name).stem, "config_file": _shown(path), "seed": seed, "family": family,
                 "quick": quick, "benchmark": {key: demo.FAMILIES[family][key] for key in demo.BENCHMARK_KEYS},
                 "command": command, "versions": versions,
             }
