@@ -3,7 +3,8 @@
 Ground truth is stored in original-image pixels; each format converts at render time into its own coordinate
 space (relative grids or pixels of the resized image the model saw) and maps a model's answer back into
 original pixels. The character spans of the coordinate numbers tell the collator which tokens carry the
-click decision.
+click decision. Answers are read back as written: a point outside the image is an answer outside the model's
+coordinate range, which scoring counts as a miss of its own kind (`point_in_image`), never moved onto the edge.
 """
 
 from __future__ import annotations
@@ -18,9 +19,19 @@ _NUM = r"-?\d+(?:\.\d+)?"
 
 
 def clamp_point(point_xy: tuple[float, float], image_size: Size) -> tuple[float, float]:
-    """Clamp a point into the image (0 ≤ x ≤ W, 0 ≤ y ≤ H): out-of-range answers still count as clicks."""
+    """Clamp a point into the image (0 ≤ x ≤ W, 0 ≤ y ≤ H): for rendering ground truth, never for answers."""
     width, height = image_size
     return min(max(float(point_xy[0]), 0.0), float(width)), min(max(float(point_xy[1]), 0.0), float(height))
+
+
+def point_in_image(point_xy: tuple[float, float], image_size: Size) -> bool:
+    """True when the point lies on the image, edges included, at the 1/1000 px that scoring rounds to.
+
+    A parsed answer off the image was written outside the format's coordinate range (e.g. a 0–999 answer read
+    as pixels of a 308 px wide image): a miss, whatever box lies at the image's edge.
+    """
+    x, y = (round(float(v), 3) for v in point_xy)
+    return 0.0 <= x <= float(image_size[0]) and 0.0 <= y <= float(image_size[1])
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,8 @@ class ActionFormat:
         return match, groups
 
     def parse(self, text: str, image_size: Size, resized_size: Size) -> tuple[float, float] | None:
-        """First point (or box centre) in `text`, in original pixels, clamped into the image; None if absent."""
+        """First point (or box centre) in `text`, in original pixels as written (not clamped: see
+        `point_in_image`); None if there is none."""
         found = self._match(text)
         if found is None:
             return None
@@ -88,7 +100,7 @@ class ActionFormat:
         if len(values) == 4:
             values = [(values[0] + values[2]) / 2, (values[1] + values[3]) / 2]
         fx, fy = self._factors(image_size, resized_size)
-        return clamp_point((values[0] * fx, values[1] * fy), image_size)
+        return values[0] * fx, values[1] * fy
 
     def coordinate_spans(self, text: str) -> list[tuple[int, int]]:
         """Character spans of the coordinate numbers of the first point/box in `text` ([] if none)."""

@@ -1,4 +1,5 @@
-"""Action formats: exact renderings, render→parse round trips on real resized sizes, wrong formats, clamping."""
+"""Action formats: exact renderings, render→parse round trips on real resized sizes, wrong formats, answers off
+the image."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import re
 import pytest
 from PIL import Image
 
-from eagle_align.actions import ACTION_FORMATS, clamp_point, default_action_format, get_action_format
+from eagle_align.actions import (
+    ACTION_FORMATS,
+    clamp_point,
+    default_action_format,
+    get_action_format,
+    point_in_image,
+)
 from eagle_align.models import FAMILIES, load_processor
 
 
@@ -85,13 +92,21 @@ def test_formats_do_not_accept_each_others_syntax():
     assert get_action_format("pyautogui").parse("<|box_start|>(1,2)<|box_end|>", image, resized) is None
 
 
-def test_out_of_range_predictions_are_clamped():
+def test_out_of_range_answers_are_read_as_written_and_flagged_off_the_image():
     image, resized = (800, 600), (812, 588)
-    assert get_action_format("qwen2_5_vl").parse('{"coordinate": [5000, -20]}', image, resized) == (800.0, 0.0)
-    assert get_action_format("agentcpm").parse('{"POINT":[1200,500]}', image, resized) == (800.0, 300.0)
-    assert get_action_format("pyautogui").parse("pyautogui.click(x=1.7, y=0.5)", image, resized) == (800.0, 300.0)
+    answers = {("qwen2_5_vl", '{"coordinate": [5000, -20]}'): (5000 * 800 / 812, -20 * 600 / 588),
+               ("agentcpm", '{"POINT":[1200,500]}'): (960.0, 300.0),
+               ("pyautogui", "pyautogui.click(x=1.7, y=0.5)"): (1360.0, 300.0)}
+    for (name, text), expected in answers.items():
+        point = get_action_format(name).parse(text, image, resized)
+        assert point == pytest.approx(expected), name  # not clamped onto the edge
+        assert not point_in_image(point, image)
+    # The last pixel of the resized view and the 1000 of a 0-1000 grid are the image's edge: in range.
+    assert point_in_image(get_action_format("qwen2_5_vl").parse('{"coordinate": [812, 588]}', image, resized), image)
+    assert point_in_image(get_action_format("agentcpm").parse('{"POINT":[1000,0]}', image, resized), image)
+    assert not point_in_image((800.01, 10), image) and not point_in_image((-0.01, 10), image)
     assert clamp_point((-3, 900), image) == (0.0, 600.0)
-    # Rendering a point outside the image clamps too (never a coordinate beyond the grid).
+    # Rendering a point outside the image clamps (ground truth never becomes a coordinate beyond the grid).
     assert get_action_format("qwen2_5_vl").render((900, 700), image, resized) == (
         '{"action": "click", "coordinate": [811, 587]}'
     )

@@ -9,7 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from eagle_align.eval.report import read_predictions, versions, write_report
+from eagle_align.attribution.settings import (
+    add_attribution_arguments,
+    attribution_overrides,
+    check_attribution_flags,
+)
+from eagle_align.data.loaders import BBOX_FORMATS
+from eagle_align.eval.report import headline, read_predictions, versions, write_report
 from eagle_align.eval.scoring import score_sample, summarize
 
 
@@ -25,9 +31,16 @@ def eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="evaluate only this split (comma-separated splits) of a source that has "
                         "several (default: all)")
     parser.add_argument("--image-root", help="folder holding the screenshots, if not where the benchmark ships them")
+    parser.add_argument("--bbox-format", choices=BBOX_FORMATS,
+                        help="box convention of --data records that state none: xyxy, xywh (pixels), _norm (0-1), "
+                        "_1000 (0-1000); default: decided from the file, refused where it cannot be")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                         help="invalid records: stop (default) or skip them and report the count")
     parser.add_argument("--out", required=True, help="output directory for metrics.json, predictions.jsonl, report.md, PNGs")
+    parser.add_argument("--score-subset", action="store_true",
+                        help="scoring-only mode: score only the examples that have a prediction (the headline says "
+                        "'on N of M samples'); by default an example without a prediction is a miss, as benchmark "
+                        "harnesses score it")
     parser.add_argument("--action-format", help="answer syntax (default: the adapter's recorded one, else the model "
                         "family's own; in scoring-only mode, the format of lines that do not name one)")
     parser.add_argument("--min-pixels", type=int, help="processor min_pixels (default: the adapter's recorded "
@@ -45,11 +58,10 @@ def eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float16, float32")
     parser.add_argument("--device", default=None, help="device for the model (default: cuda if available, else cpu)")
     parser.add_argument("--attribution-samples", type=int, default=0,
-                        help="attribute the first K samples' answers (point game, prior-hit@k, AUCs)")
-    parser.add_argument("--n-regions", type=int, default=64, help="attribution: number of screenshot regions")
-    parser.add_argument("--region-method", default="grid", choices=("grid", "slic"))
-    parser.add_argument("--baseline", default="black", choices=("black", "mean", "background"))
-    parser.add_argument("--search", default="efficient", choices=("efficient", "exact", "single_round"))
+                        help="attribute the first K samples' answers (point game, prior-hit@k, AUCs) with the "
+                        "attribution settings the model recorded in eagle_align.json (else the training "
+                        "defaults), ranking every region; the flags below override single settings")
+    add_attribution_arguments(parser)
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
 
 
@@ -57,12 +69,16 @@ def _prediction_point(line: dict, where: str, example: Any, default_format: str 
     """The click of one predictions line in original pixels (None = unparseable answer: wrong format).
 
     Relative formats need only the original size; formats in resized pixels also need the line's `resized_size`.
+    A line of eagle-align's own predictions.jsonl whose answer was out of range has `point: null` and its
+    coordinates in `raw_point`: it re-scores as out of range.
     """
     from eagle_align.actions import get_action_format
     from eagle_align.data import DataError
 
     if "point" in line:
         point = line["point"]
+        if point is None and line.get("out_of_range") and line.get("raw_point") is not None:
+            point = line["raw_point"]
         if point is None:
             return None
         if not (isinstance(point, (list, tuple)) and len(point) == 2 and all(isinstance(v, (int, float)) for v in point)):
@@ -94,7 +110,8 @@ def score_file(predictions_path: str | Path, examples, default_format: str | Non
     """Records for a predictions file against `examples`: (records, their examples, examples without a line).
 
     Unknown or repeated ids are errors (they mean the file belongs to other data); examples without a
-    prediction are counted, not scored, so partial runs stay visible.
+    prediction (no line, or a line marked `missing` by an earlier scoring) are counted here, not scored: the
+    caller decides whether they are misses or left out of a subset.
     """
     from eagle_align.data import DataError
 
@@ -109,6 +126,8 @@ def score_file(predictions_path: str | Path, examples, default_format: str | Non
         if key in seen:
             raise DataError(f"{predictions_path}: line {number}: id {key!r} appears twice")
         seen.add(key)
+        if line.get("missing") is True:
+            continue
         example = by_id[key]
         where = f"{predictions_path}: line {number} (id {key!r})"
         record = score_sample(example, _prediction_point(line, where, example, default_format), line.get("answer"))
@@ -121,14 +140,24 @@ def score_file(predictions_path: str | Path, examples, default_format: str | Non
 
 def _score_only(args, examples) -> dict:
     from eagle_align.eval.harness import write_plots
+    from eagle_align.eval.scoring import missing_record
 
     records, used, missing = score_file(args.predictions, examples, args.action_format)
-    if missing:
-        print(f"warning: {missing} of {len(examples)} examples have no prediction and are not scored", file=sys.stderr)
+    if missing and args.score_subset:
+        print(f"warning: {missing} of {len(examples)} examples have no prediction; scoring the other "
+              f"{len(records)} as a subset (--score-subset)", file=sys.stderr)
+    elif missing:
+        print(f"warning: {missing} of {len(examples)} examples have no prediction; each is scored as a miss "
+              "(--score-subset scores only the predicted ones)", file=sys.stderr)
+        scored = {r["id"] for r in records}
+        absent = [ex for ex in examples if str(ex.id) not in scored]
+        records, used = records + [missing_record(ex) for ex in absent], list(used) + absent
     metrics = summarize(records)
     metrics["missing_predictions"] = missing
+    metrics["examples"] = len(examples)
+    metrics["scored_subset"] = bool(args.score_subset and missing)
     metrics["settings"] = {"mode": "score_only", "predictions": str(args.predictions), "data": args.data,
-                           "action_format": args.action_format}
+                           "action_format": args.action_format, "score_subset": args.score_subset}
     metrics["versions"] = versions()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,18 +183,18 @@ def _generate(args, examples) -> dict:
                     system_prompt=args.system_prompt)
     if prompt["action_format"] is not None:
         get_action_format(prompt["action_format"])
+    overrides = attribution_overrides(args)
+    check_attribution_flags(space, overrides)  # the model's record is read again from the loaded model
     model, processor = load_model_and_processor(
         args.model, dtype=args.dtype, min_pixels=args.min_pixels, max_pixels=args.max_pixels, adapter=args.adapter,
         force_coordinate_space=args.force_coordinate_space,
     )
     model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    attribution_options = {"n_regions": args.n_regions, "region_method": args.region_method,
-                           "baseline": args.baseline, "strategy": args.search}
     return evaluate(
         model, processor, examples, action_format=prompt["action_format"], batch_size=args.batch_size,
         limit=args.limit, attribution_samples=args.attribution_samples, out_dir=args.out,
         system_prompt=prompt["system_prompt"], max_new_tokens=args.max_new_tokens,
-        attribution_options=attribution_options, plots=not args.no_plots,
+        attribution=overrides, plots=not args.no_plots,
         settings={"model": args.model, "adapter": args.adapter, "data": args.data, "dtype": args.dtype,
                   "coordinate_space": "recorded" if space else "defaults",
                   "force_coordinate_space": args.force_coordinate_space},
@@ -186,14 +215,39 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.action_format is not None:
         get_action_format(args.action_format)  # before any data or model is loaded
     examples = load_examples(args.data, format=args.data_format, image_root=args.image_root, on_error=args.on_error,
-                             split=args.split)
+                             split=args.split, bbox_format=args.bbox_format, require_box=True)
     if getattr(examples, "skipped", 0):
         print(f"warning: skipped {examples.skipped} invalid records of {args.data}", file=sys.stderr)
+    if args.score_subset and not args.predictions:
+        raise UsageError("--score-subset applies to scoring a predictions file (--predictions), not to --model")
     metrics = _score_only(args, examples) if args.predictions else _generate(args, examples)
-    line = f"click accuracy {100 * metrics['click_accuracy']:.2f}% on {metrics['n']} samples"
-    line += f" ({metrics['wrong_format']} wrong format)"
+    line = headline(metrics)
     point_game = (metrics.get("attribution") or {}).get("overall", {}).get("point_game")
     if point_game is not None:
         line += f"; point game {point_game:.3f}"
     print(f"{line} -> {args.out}")
+    if metrics.get("attribution"):
+        from eagle_align.eval.report import PREDICTIONS_FILE
+
+        print(attribution_line(metrics, read_predictions(Path(args.out) / PREDICTIONS_FILE)))
     return 0
+
+
+def attribution_line(metrics: dict, records: list[dict]) -> str:
+    """How many samples attribution explained and, for those it skipped, why (they have no click to explain).
+
+    Attribution takes the first `requested` records, so their flags say why any of them was skipped.
+    """
+    attribution = metrics["attribution"]
+    requested, done = attribution.get("requested", 0), attribution["overall"]["n"]
+    line = f"attribution: {done} of {requested} sample{'' if requested == 1 else 's'}"
+    if done < requested:
+        first = records[:requested]
+        reasons = []
+        for flag, words in (("wrong_format", "in the wrong format"), ("out_of_range", "out of range")):
+            count = sum(bool(r.get(flag)) for r in first)
+            if count:
+                reasons.append(f"{count} answer{'' if count == 1 else 's'} {words}")
+        skipped = requested - done
+        line += f" ({', '.join(reasons) or f'{skipped} skipped'}: nothing to attribute)"
+    return line

@@ -87,6 +87,16 @@ def pick_examples(records: Sequence[dict], n_hits: int = 4, n_misses: int = 4, p
     return hits + misses
 
 
+def verdict_of(record: dict) -> str:
+    """HIT, or the kind of miss: no prediction, unparseable answer, answer off the image, or a plain miss."""
+    if record["hit"]:
+        return "HIT"
+    for flag, name in (("missing", "MISSING"), ("wrong_format", "WRONG FORMAT"), ("out_of_range", "OUT OF RANGE")):
+        if record.get(flag):
+            return name
+    return "MISS"
+
+
 def plot_examples(panels: Sequence[tuple[Image.Image, dict]], path: str | Path, columns: int = 4) -> Path:
     """Grid of overlay images, each titled with hit/miss, id and the instruction."""
     rows = max(1, -(-len(panels) // columns))
@@ -96,7 +106,7 @@ def plot_examples(panels: Sequence[tuple[Image.Image, dict]], path: str | Path, 
         ax.axis("off")
     for ax, (image, record) in zip(axes.ravel(), panels):
         ax.imshow(image)
-        verdict = "HIT" if record["hit"] else ("WRONG FORMAT" if record.get("wrong_format") else "MISS")
+        verdict = verdict_of(record)
         title = f"{verdict} · {record['id']}\n" + textwrap.shorten(record.get("instruction") or "", 60)
         ax.set_title(title, fontsize=7, color="green" if record["hit"] else "red")
     fig.tight_layout()

@@ -82,27 +82,61 @@ def _attribution_lines(attribution: dict) -> list[str]:
     return lines
 
 
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"
+
+
+def headline(metrics: dict) -> str:
+    """The one-sentence result, saying what the accuracy is over: how many samples, and how many of them
+    are misses of which kind (missing prediction, wrong format, out of range).
+
+    Under `scored_subset` (scoring-only mode, `--score-subset`) the accuracy is over the predicted samples
+    only, and the sentence says so with the total.
+    """
+    n = metrics["n"]
+    accuracy = f"click accuracy {_pct(metrics['click_accuracy'])}%"
+    notes = []
+    if metrics.get("scored_subset"):
+        total = metrics.get("examples", n)
+        missing = metrics.get("missing_predictions", 0)
+        scope = f"on {n} of {_count(total, 'sample')}"
+        notes.append(f"{missing} missing, scored as a subset")
+    else:
+        scope = f"on {_count(n, 'sample')}"
+        if metrics.get("missing"):
+            notes.append(f"{_count(metrics['missing'], 'missing prediction')} scored as misses")
+    notes.append(f"{metrics['wrong_format']} wrong format")
+    if metrics.get("out_of_range"):
+        notes.append(f"{metrics['out_of_range']} out of range")
+    return f"{accuracy} {scope} ({', '.join(notes)})"
+
+
 def render_report(metrics: dict) -> str:
     """Markdown report: headline numbers, benchmark tables, breakdowns, attribution and settings."""
     lines = [
         "# Evaluation report",
         "",
-        "| samples | click accuracy (%) | hits | wrong format | mean distance (0–1000) |",
-        "|---:|---:|---:|---:|---:|",
+        f"**{headline(metrics)}**",
+        "",
+        "| samples | click accuracy (%) | hits | wrong format | out of range | missing | mean distance (0–1000) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
         f"| {metrics['n']} | {_pct(metrics['click_accuracy'])} | {metrics['hits']} | {metrics['wrong_format']} "
-        f"| {_num(metrics['mean_distance'])} |",
+        f"| {metrics.get('out_of_range', 0)} | {metrics.get('missing', 0)} | {_num(metrics['mean_distance'])} |",
     ]
+    if metrics.get("scored_subset"):
+        lines += ["", f"Scored as a subset: {metrics.get('missing_predictions', 0)} of {metrics.get('examples')} "
+                  "examples have no prediction and are left out of every number below."]
     titles = {"screenspot": ("ScreenSpot table (accuracy %)", "platform"),
               "screenspot_pro": ("ScreenSpot-Pro table (accuracy %)", "group")}
     for name, table in metrics.get("tables", {}).items():
         title, label = titles[name]
         lines += ["", f"## {title}", "", *_text_icon_table(table, label)]
     for field, groups in metrics.get("breakdown", {}).items():
-        lines += ["", f"## By {field}", "", f"| {field} | n | accuracy (%) | wrong format | mean distance |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += ["", f"## By {field}", "", f"| {field} | n | accuracy (%) | wrong format | out of range | missing "
+                  "| mean distance |", "|---|---:|---:|---:|---:|---:|---:|"]
         for value, row in groups.items():
             lines.append(f"| {value} | {row['n']} | {_pct(row['click_accuracy'])} | {row['wrong_format']} "
-                         f"| {_num(row['mean_distance'])} |")
+                         f"| {row.get('out_of_range', 0)} | {row.get('missing', 0)} | {_num(row['mean_distance'])} |")
     if metrics.get("attribution"):
         lines += ["", "## Attribution (model's own answer as target)", "", *_attribution_lines(metrics["attribution"])]
     if metrics.get("plots"):

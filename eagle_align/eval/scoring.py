@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from eagle_align.actions import clamp_point
+from eagle_align.actions import point_in_image
 
 # Fields a breakdown is reported for, in report order. `application`, `group` and `split` live in
 # `GroundingExample.extra`; the others are attributes.
@@ -42,10 +42,14 @@ def centre_distance(point: Sequence[float], bbox: Sequence[float], image_size: S
     return math.hypot((point[0] - cx) * 1000.0 / width, (point[1] - cy) * 1000.0 / height)
 
 
-def score_sample(example: Any, point: Sequence[float] | None, answer: str | None = None) -> dict:
+def score_sample(example: Any, point: Sequence[float] | None, answer: str | None = None,
+                 missing: bool = False) -> dict:
     """One per-sample record (a line of predictions.jsonl): the prediction, the box and the verdict.
 
     `point` is in original-image pixels, or None when the answer could not be parsed (a wrong-format miss).
+    A point off the image is an answer outside the model's coordinate range: a miss flagged `out_of_range`,
+    its coordinates kept as `raw_point` (never clamped onto the edge, where it could land in a box).
+    `missing` marks an example that has no prediction at all: a miss, as benchmark harnesses score it.
     """
     bbox = [float(v) for v in example.bbox]
     image_size = [int(v) for v in example.image_size]
@@ -57,28 +61,42 @@ def score_sample(example: Any, point: Sequence[float] | None, answer: str | None
         record[name] = _field(example, name)
     if answer is not None:
         record["answer"] = answer
-    if point is None:
-        record.update(point=None, wrong_format=True, hit=False, distance=None)
+    miss = {"point": None, "hit": False, "distance": None}
+    if missing:
+        record.update(miss, wrong_format=False, out_of_range=False, missing=True)
+    elif point is None:
+        record.update(miss, wrong_format=True, out_of_range=False, missing=False)
+    elif not point_in_image(point, image_size):
+        raw = [round(float(v), 3) for v in point]
+        record.update(miss, wrong_format=False, out_of_range=True, missing=False, raw_point=raw)
     else:
         # Rounded to 1/1000 px before judging: the stored point re-scores to the same verdict, and float noise
         # from mapping coordinates back (e.g. 98 · 100/140) cannot push an edge-exact click off the box.
-        x, y = (round(v, 3) for v in clamp_point(point, image_size))
+        x, y = (round(float(v), 3) for v in point)
         record.update(
             point=[x, y],
-            wrong_format=False,
             hit=point_in_box((x, y), bbox),
             distance=round(centre_distance((x, y), bbox, image_size), 4),
+            wrong_format=False,
+            out_of_range=False,
+            missing=False,
         )
     return record
+
+
+def missing_record(example: Any) -> dict:
+    """The record of an example without a prediction: scored as a miss."""
+    return score_sample(example, None, missing=True)
 
 
 def score_records(
     examples: Sequence[Any], predictions: Mapping[str, Point | None] | Sequence[Point | None]
 ) -> list[dict]:
     """Per-sample records for `examples`; `predictions` is aligned with them or maps example id -> point
-    (then examples without an entry are not scored: callers report how many, as scoring-only mode does)."""
+    (then an example without an entry is a missing prediction: a miss, flagged `missing`)."""
     if isinstance(predictions, Mapping):
-        return [score_sample(ex, predictions[ex.id]) for ex in examples if ex.id in predictions]
+        return [score_sample(ex, predictions[ex.id]) if ex.id in predictions else missing_record(ex)
+                for ex in examples]
     if len(predictions) != len(examples):
         raise ValueError(f"predictions has {len(predictions)} entries for {len(examples)} examples")
     return [score_sample(ex, p) for ex, p in zip(examples, predictions)]
@@ -92,6 +110,8 @@ def _summary(records: Sequence[dict]) -> dict:
         "hits": hits,
         "click_accuracy": hits / len(records) if records else 0.0,
         "wrong_format": sum(bool(r["wrong_format"]) for r in records),
+        "out_of_range": sum(bool(r.get("out_of_range")) for r in records),
+        "missing": sum(bool(r.get("missing")) for r in records),
         "mean_distance": sum(distances) / len(distances) if distances else None,
     }
 
