@@ -105,22 +105,69 @@ class DataArguments:
     click_eval_attribution_samples: int = field(
         default=0, metadata={"help": "Samples per click evaluation that also get attribution (point game)."}
     )
+    bbox_format: str | None = field(
+        default=None,
+        metadata={"help": "Box convention of train_data and eval_data records that state none: xyxy, xywh "
+                  "(pixels), xyxy_norm, xywh_norm (0-1), xyxy_1000, xywh_1000 (0-1000); points follow their box. "
+                  "Default: decided from the file, refused where it cannot be."},
+    )
+    train_bbox_format: str | None = field(default=None, metadata={"help": "bbox_format of train_data only."})
+    eval_bbox_format: str | None = field(default=None, metadata={"help": "bbox_format of eval_data only."})
+    columns: dict | str | None = field(
+        default=None,
+        metadata={"help": "Column names of train_data and eval_data mapped onto eagle-align's fields, e.g. "
+                  "{image: screenshot, instruction: query, bbox: target_box}."},
+    )
+    train_columns: dict | str | None = field(default=None, metadata={"help": "columns of train_data only."})
+    eval_columns: dict | str | None = field(default=None, metadata={"help": "columns of eval_data only."})
+    data_action_format: str | None = field(
+        default=None,
+        metadata={"help": "Answer format the assistant turns of LLaMA-Factory / ShareGPT data are written in "
+                  "(default: action_format)."},
+    )
 
     def __post_init__(self) -> None:
         from eagle_align.actions import get_action_format
+        from eagle_align.data import BBOX_FORMATS
+        from eagle_align.data.importers import check_columns
 
         if self.action_format is not None:
             get_action_format(self.action_format)
+        if self.data_action_format is not None:
+            try:
+                get_action_format(self.data_action_format)
+            except UsageError as error:
+                raise UsageError(str(error).replace("action_format=", "data_action_format=", 1)) from None
+        for key in ("bbox_format", "train_bbox_format", "eval_bbox_format"):
+            value = getattr(self, key)
+            if value is not None and value not in BBOX_FORMATS:
+                raise UsageError(f"{key}={value!r}; choose one of {', '.join(BBOX_FORMATS)}")
+        for key in ("columns", "train_columns", "eval_columns"):
+            setattr(self, key, check_columns(getattr(self, key), key))
         if self.on_error not in ("raise", "skip"):
             raise UsageError(f"on_error={self.on_error!r}; choose raise or skip")
         if self.click_eval and not (self.eval_data or self.eval_split):
             raise UsageError("click_eval: true needs eval_data (or eval_split of train_data)")
 
 
-def _argument_classes():
-    from eagle_align.trainer import PriorAlignedConfig
+def _argument_classes(experimental: bool = True):
+    """The recipe's dataclasses; the training one is the experimental config when asked (its keys are a
+    superset of PriorAlignedConfig's)."""
+    if experimental:
+        from eagle_align.experimental import ExperimentalAlignmentConfig as training_class
+    else:
+        from eagle_align.config import PriorAlignedConfig as training_class
 
-    return ModelArguments, DataArguments, LoraArguments, PriorAlignedConfig
+    return ModelArguments, DataArguments, LoraArguments, training_class
+
+
+def experimental_keys(config: dict[str, Any]) -> list[str]:
+    """The keys of `config` that only `eagle_align.experimental.ExperimentalAlignmentConfig` has."""
+    from eagle_align.config import PriorAlignedConfig
+    from eagle_align.experimental import ExperimentalAlignmentConfig
+
+    core = {f.name for f in fields(PriorAlignedConfig)}
+    return [f.name for f in fields(ExperimentalAlignmentConfig) if f.name not in core and f.name in config]
 
 
 def valid_keys() -> list[str]:
@@ -204,6 +251,9 @@ def load_config(config_path: str | Path | None, overrides: dict[str, Any] | None
     """YAML recipe (over its `base:` recipe, if it names one) merged with overrides; unknown keys fail with the
     closest valid names."""
     config = _read_recipe(Path(config_path)) if config_path is not None else {}
+    if config_path is not None:
+        # The recipe's own paths, where no override replaces them.
+        check_recipe_paths({k: v for k, v in config.items() if k not in (overrides or {})}, Path(config_path))
     config.update(overrides or {})
     known = set(valid_keys())
     unknown = [k for k in config if k not in known]
@@ -244,7 +294,10 @@ def parse_config(config: dict[str, Any]):
     """Split a flat config into (model, data, lora, training) dataclasses."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(_argument_classes())
+    experimental = experimental_keys(config)
+    if experimental:
+        logger.warning("experimental settings (eagle_align.experimental): %s", ", ".join(experimental))
+    parser = HfArgumentParser(_argument_classes(experimental=bool(experimental)))
     for cls, required in ((ModelArguments, "model_name_or_path"), (DataArguments, "train_data")):
         if required not in config:
             raise UsageError(f"missing required config key {required!r} ({cls.__name__})")
@@ -264,12 +317,21 @@ def load_training_data(data_args: DataArguments):
 
     `train_split` picks among the splits of a source that has several (default "train": a DatasetDict with
     train and test trains on train only); without eval_data, `eval_split` takes the eval set from train_data.
+    Per-source `train_/eval_bbox_format` and `train_/eval_columns` win over `bbox_format` / `columns`. With
+    click_eval, a point-only eval record is a bad record (click accuracy needs the box).
     """
     from eagle_align.data import DataError, ExampleSet, load_examples
 
     def load(source: str, split: str | None, role: str) -> ExampleSet:
-        examples = load_examples(source, image_root=data_args.image_root, on_error=data_args.on_error, split=split)
-        if role == "train_data" and data_args.max_train_samples:
+        train = role == "train_data"
+        examples = load_examples(
+            source, image_root=data_args.image_root, on_error=data_args.on_error, split=split,
+            bbox_format=(data_args.train_bbox_format if train else data_args.eval_bbox_format) or data_args.bbox_format,
+            columns=(data_args.train_columns if train else data_args.eval_columns) or data_args.columns,
+            action_format=data_args.data_action_format or data_args.action_format,
+            require_box=data_args.click_eval and not train,
+        )
+        if train and data_args.max_train_samples:
             examples = ExampleSet(examples[: data_args.max_train_samples], examples.problems, examples.skipped)
         if not examples:
             first = f"; first problem: {examples.problems[0]}" if examples.problems else ""
@@ -280,6 +342,21 @@ def load_training_data(data_args: DataArguments):
     eval_source = data_args.eval_data or (data_args.train_data if data_args.eval_split else None)
     eval_set = load(eval_source, data_args.eval_split, "eval_data") if eval_source else None
     return train_set, eval_set
+
+
+def check_recipe_paths(config: dict[str, Any], recipe: Path) -> None:
+    """Data paths resolve from the current directory. A relative one missing there that exists beside the
+    recipe fails here, naming the path that would work, instead of as a missing file later."""
+    from eagle_align.data import DataError
+
+    for key in ("train_data", "eval_data", "image_root"):
+        value = config.get(key)
+        if not isinstance(value, str) or Path(value).is_absolute() or Path(value).exists():
+            continue
+        beside = recipe.parent / value
+        if beside.exists():
+            raise DataError(f"{key} {value}: no such file or directory (paths resolve from the current directory, "
+                            f"{Path.cwd()})", hint=f"relative to the recipe's folder it is {beside}: write that path")
 
 
 def _prepare_model(model_args: ModelArguments, lora_args: LoraArguments, training_args):
@@ -342,13 +419,13 @@ def _startup_summary(model, model_args, data_args, training_args, train_set, eva
         f"  action       {collator.action_format.name}; visual tokens per sample ~{visual_tokens}",
         f"  alignment    {'on' if align else 'off'}"
         + (
-            f": every {training_args.align_every} steps, {training_args.search} search over "
-            f"{training_args.n_regions} regions, loss {training_args.loss_variant}, "
-            f"lambda dev/red/nec {training_args.lambda_deviation}/{training_args.lambda_redundancy}/"
-            f"{training_args.lambda_necessity} (floor {training_args.necessity_floor}, gate "
-            f"{training_args.necessity_gate}, removes {training_args.necessity_removes}), box gate "
-            f"{training_args.min_box_sufficiency} (per {training_args.box_gate_scope}), blank gate "
-            f"{training_args.max_blank_share} (per {training_args.blank_gate_scope}); "
+            f": every {training_args.align_every} steps from step {training_args.align_start_step}; "
+            f"{training_args.search} search over {training_args.n_regions} {training_args.region_method} regions, "
+            f"{training_args.baseline} baseline, a/b {training_args.insertion_weight:g}/"
+            f"{training_args.deletion_weight:g}; "
+            f"terms {', '.join(f'{t.kind} {t.weight:g}' for t in training_args.policies().terms)} "
+            f"({training_args.loss_variant}); gates "
+            f"{', '.join(repr(g) for g in training_args.policies().gates) or 'none'}; "
             f"preset {training_args.preset_description()}"
             if align
             else ""
@@ -364,7 +441,7 @@ def run_training(config: dict[str, Any]):
 
     from eagle_align.data import GroundingCollator
     from eagle_align.hub import resolve_base_model_id
-    from eagle_align.models import CoordinateSpace, family_of, pixel_limits
+    from eagle_align.models import family_of
     from eagle_align.trainer import PriorAlignedTrainer
 
     model_args, data_args, lora_args, training_args = parse_config(config)
@@ -409,7 +486,6 @@ def run_training(config: dict[str, Any]):
                 out_dir=Path(training_args.output_dir) / "click_eval",  # per-step predictions and report
             )
         )
-    min_pixels, max_pixels = pixel_limits(processor)
     trainer = PriorAlignedTrainer(
         model=model,
         args=training_args,
@@ -418,35 +494,10 @@ def run_training(config: dict[str, Any]):
         data_collator=collator,
         processing_class=processor,
         callbacks=callbacks or None,
+        base_model_id=resolve_base_model_id(model_args.model_name_or_path, model_args.base_model_id),
     )
     for callback in callbacks:
         callback.attach(trainer)  # click-eval metrics then go through trainer.log (TensorBoard, W&B, console)
-    trainer.coordinate_space = CoordinateSpace(
-        family=family.name,
-        action_format=collator.action_format.name,
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
-        system_prompt=data_args.system_prompt,
-        base_model_id=resolve_base_model_id(model_args.model_name_or_path, model_args.base_model_id),
-        finetuning="qlora" if model_args.quantization else model_args.finetuning,
-    )
-    lora_settings = {} if model_args.finetuning == "full" else {
-        "quantization": model_args.quantization,
-        "lora_r": lora_args.lora_r,
-        "lora_alpha": lora_args.lora_alpha,
-        "lora_targets": lora_args.lora_targets,
-    }
-    trainer.model_card_fields = dict(
-        training={
-            "finetuning": trainer.coordinate_space.finetuning,
-            **lora_settings,
-            "freeze_vision": model_args.freeze_vision,
-            "learning_rate": training_args.learning_rate,
-            "max_steps": training_args.max_steps,
-            "num_train_epochs": training_args.num_train_epochs,
-            "train_examples": len(train_set),
-        },
-    )
     if trainer.is_world_process_zero():
         print(_startup_summary(model, model_args, data_args, training_args, train_set, eval_set, collator, family))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -456,12 +507,13 @@ def run_training(config: dict[str, Any]):
     if trainer.is_world_process_zero():
         out = Path(training_args.output_dir)
         (out / "eagle_align_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        trainer.create_model_card()
         (out / "data_report.json").write_text(
             json.dumps(
                 {
                     "train_examples": len(train_set),
                     "train_skipped": getattr(train_set, "skipped", 0),
+                    # a click point but no box: trained as plain SFT, without alignment
+                    "train_point_only": sum(1 for ex in train_set if ex.bbox is None),
                     "train_problems": list(getattr(train_set, "problems", []))[:100],
                     # under on_error: skip, examples the collator could not encode (e.g. images that do not decode)
                     "skipped_during_training": skipped_in_training,

@@ -128,6 +128,9 @@ def load_examples(
     if not source.exists():
         raise DataError(f"{source}: no such file or directory")
     fmt = detect_format(source, columns) if format == "auto" else format
+    if fmt == "sharegpt" and fmt_action is None:
+        raise UsageError(f"{source}: LLaMA-Factory / ShareGPT answers need the action format they are written in; "
+                         "pass action_format= (recipe: data_action_format, command line: --action-format)")
     options = _Options(Path(image_root) if image_root is not None else None, fmt,
                        lambda available: _choose_splits(source, available, split), bbox_format, fmt_action, columns)
     readers = {"jsonl": _read_records, "json": _read_records, "sharegpt": _read_records, "hf": _read_hf,
