@@ -25,6 +25,8 @@ _EXPORTS = {
     "get_action_format": "eagle_align.actions",
     "PriorAlignedConfig": "eagle_align.config",
     "PriorAlignedTrainer": "eagle_align.trainer",
+    "AttributionSettings": "eagle_align.attribution",
+    "RegionAttribution": "eagle_align.attribution",
     "attribute_sample": "eagle_align.attribution",
     "attribute_samples": "eagle_align.attribution",
     "explain": "eagle_align.attribution",

@@ -18,7 +18,7 @@ def attribution(ranking: list[int], insertion=None, deletion=None) -> Attributio
     scores = [2 * i + (1 - d) for i, d in zip(insertion, deletion)]
     return Attribution(
         ranking=ranking, prefix_scores=scores, insertion_probs=insertion, deletion_probs=deletion,
-        full_prob=0.9, empty_prob=0.05, forwards=0, seconds=0.0, strategy="exact", n_regions=4,
+        full_prob=0.9, empty_prob=0.05, forwards=0, seconds=0.0, search="exact", n_regions=4,
         partition=PARTITION,
     )
 
@@ -179,7 +179,7 @@ def test_single_round_ranking_gives_redundancy_only_where_the_previous_prefix_wa
 def single_round(ranking: list[int], singleton_scores: list[float]) -> Attribution:
     """A single_round attribution (a = 2, b = 1, so Z = 3) with the given singleton scores, best first."""
     att = attribution(ranking)
-    att.strategy, att.singleton_scores = "single_round", singleton_scores
+    att.search, att.singleton_scores = "single_round", singleton_scores
     att.prefix_scores, att.insertion_probs, att.deletion_probs = singleton_scores[:1], [0.9], [0.1]
     return att
 

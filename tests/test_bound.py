@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from eagle_align.attribution import attribute_sample, greedy_search
+from eagle_align.attribution import AttributionSettings, attribute_sample, greedy_search
 from eagle_align.attribution.bound import DEFAULT_TIE_TOLERANCE, build_hierarchy, region_centroids
 from eagle_align.config import PriorAlignedConfig
 
@@ -219,9 +219,8 @@ def _counted_model_and_batch(checkpoint: str, n_samples: int) -> tuple[torch.nn.
 
 def test_attribute_sample_counts_every_forward_of_the_bounded_search(tiny_checkpoints):
     model, batch, rows = _counted_model_and_batch(tiny_checkpoints["qwen3_vl"], 1)
-    result = attribute_sample(model, batch, 0, n_regions=16, strategy="bounded", max_regions=2, batch_size=4,
-                              stop_confidence=None)
-    assert result.strategy == "bounded" and len(result.ranking) == 2 and len(result.prefix_scores) == 2
+    result = attribute_sample(model, batch, 0, AttributionSettings(region_method="grid", max_regions=2), batch_size=4)
+    assert result.search == "bounded" and len(result.ranking) == 2 and len(result.prefix_scores) == 2
     assert result.forwards == sum(rows) > 0
     assert len(set(result.ranking)) == 2 and all(0 <= v < result.partition.n_regions for v in result.ranking)
 
@@ -268,14 +267,14 @@ def test_trainer_logs_the_bounded_search_forwards_it_ran(tiny_checkpoints, tmp_p
     assert log["align/point_game"] == log[f"align/prior_hit@{cfg.prior_hit_k}"]
 
 
-@pytest.mark.parametrize("strategy", ["bounded", "efficient", "single_round"])
-def test_searches_run_side_by_side_each_get_their_own_answers(strategy):
+@pytest.mark.parametrize("search", ["bounded", "efficient", "single_round"])
+def test_searches_run_side_by_side_each_get_their_own_answers(search):
     from eagle_align.attribution import run_searches, search_regions
 
     weights = [OFF_SHORTCUT / OFF_SHORTCUT.sum(), ON_TARGET / ON_TARGET.sum(), torch.linspace(1, 2, N) / 24]
     hierarchy = build_hierarchy(N, on_prior(N, [0, 1, 2, 3]))
     options = dict(max_regions=3, stop_confidence=None, hierarchy=hierarchy)
-    alone = [greedy_search(additive(w), N, strategy, **options) for w in weights]
+    alone = [greedy_search(additive(w), N, search, **options) for w in weights]
     functions = [additive(w) for w in weights]
     rounds = []
 
@@ -283,7 +282,7 @@ def test_searches_run_side_by_side_each_get_their_own_answers(strategy):
         rounds.append([k for k, _ in requests])
         return [functions[k](sets) for k, sets in requests]
 
-    together = run_searches([search_regions(N, strategy, **options) for _ in weights], score)
+    together = run_searches([search_regions(N, search, **options) for _ in weights], score)
     for single, joint, function in zip(alone, together, functions):
         assert joint.ranking == single.ranking and joint.prefix_scores == single.prefix_scores
         assert joint.forwards == single.forwards == function.rows
@@ -293,21 +292,20 @@ def test_searches_run_side_by_side_each_get_their_own_answers(strategy):
 
 
 def test_samples_attributed_together_share_forwards(tiny_checkpoints):
-    from eagle_align.attribution import attribute_samples
+    from eagle_align.attribution import RegionAttribution
 
     model, batch, calls = _counted_model_and_batch(tiny_checkpoints["qwen3_vl"], 3)
     # Rank 1 by exhaustive scoring: its score is the maximum of F, which float rounding cannot reorder.
-    options = dict(n_regions=16, strategy="efficient", max_regions=1, stop_confidence=None, batch_size=64,
-                   baseline="mean")
-    alone = [attribute_sample(model, batch, i, **options) for i in range(3)]
+    settings = AttributionSettings(region_method="grid", search="efficient", baseline="mean", max_regions=1)
+    alone = [attribute_sample(model, batch, i, settings, batch_size=64) for i in range(3)]
     alone_calls, calls[:] = len(calls), []
-    together = attribute_samples(model, batch, [0, 1, 2], **options)
+    together = RegionAttribution(model, settings, batch_size=64).attribute(batch)
     for single, joint in zip(alone, together):
         assert joint.forwards == single.forwards == 2 * 16 + 2 and joint.partition is not None
         assert joint.prefix_scores[0] == pytest.approx(single.prefix_scores[0], abs=1e-5)
     assert sum(calls) == 3 * (2 * 16 + 2) and len(calls) < alone_calls
     calls[:] = []
-    bounded = attribute_samples(model, batch, [0, 1, 2], **{**options, "strategy": "bounded", "batch_size": 8})
+    bounded = RegionAttribution(model, settings.replace(search="bounded"), batch_size=8).attribute(batch, [0, 1, 2])
     assert sum(calls) == sum(a.forwards for a in bounded) and max(calls) <= 8
-    with pytest.raises(ValueError, match="3 samples need as many baselines"):
-        attribute_samples(model, batch, [0, 1, 2], baseline=[torch.zeros(1)] * 2)
+    with pytest.raises(ValueError, match="3 target samples need as many baselines"):
+        RegionAttribution(model, settings).attribute(batch, [0, 1, 2], baselines=[torch.zeros(1)] * 2)

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from eagle_align.actions import get_action_format
+from eagle_align.attribution import AttributionSettings
 from eagle_align.cli import main
 from eagle_align.data import GroundingCollator, GroundingExample, image_for_processor, load_examples
 from eagle_align.eval import read_predictions, summarize
@@ -189,11 +190,15 @@ def test_evaluate_attribution_split_by_correctness(trained, benchmarks, tmp_path
     model, processor, _ = trained
     examples = load_examples(benchmarks["pro"])
     metrics = evaluate(model, processor, examples, batch_size=2, attribution_samples=4, out_dir=tmp_path,
-                       attribution_options={"n_regions": 6, "strategy": "exact"}, progress=False)
+                       attribution={"n_regions": 6, "region_method": "grid", "search": "exact"}, progress=False)
     summary = _check_outputs(tmp_path, len(PRO), attribution=True)["attribution"]
     assert metrics["attribution"] == summary
     assert summary["correct"]["n"] == 2 and summary["incorrect"]["n"] == 2
-    assert summary["settings"]["strategy"] == "exact"
+    # No record on the model: the library defaults, with the two overrides, ranking every region.
+    assert summary["settings"] == {**AttributionSettings().to_dict(), "n_regions": 6, "region_method": "grid",
+                                   "search": "exact", "max_regions": None}
+    assert summary["source"] == "library defaults" and summary["complete_ranking"] is True
+    assert summary["overrides"] == {"n_regions": 6, "region_method": "grid", "search": "exact"}
 
 
 def test_callback_logs_during_training(trained, benchmarks, tmp_path):
@@ -208,7 +213,7 @@ def test_callback_logs_during_training(trained, benchmarks, tmp_path):
     trainer = PriorAlignedTrainer(model=model, args=args, train_dataset=examples, processing_class=processor,
                                   data_collator=GroundingCollator(processor, "qwen2_vl"))
     callback = ClickEvalCallback(examples, processor, "qwen2_vl", limit=4, attribution_samples=1,
-                                 attribution_options={"n_regions": 4}).attach(trainer)
+                                 attribution=AttributionSettings(n_regions=4, region_method="grid")).attach(trainer)
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "eval/click_accuracy" in entry]
     assert [entry["step"] for entry in logged] == [1, 2]

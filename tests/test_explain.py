@@ -77,8 +77,8 @@ def test_explain_generated_answer_and_wrong_format(tiny_checkpoints):
     text, spans = _token_spans(processor.tokenizer, tokens)
     assert "".join(text[s:e] for s, e in spans) == text and len(spans) == len(tokens)
     if get_action_format("qwen3_vl").coordinate_spans(text):
-        result = explain(model, processor, image, "click the red square", max_new_tokens=12, n_regions=8,
-                         progress=False)
+        result = explain(model, processor, image, "click the red square", max_new_tokens=12,
+                         attribution={"n_regions": 8, "region_method": "grid"}, progress=False)
         assert result.answer == text
     else:
         with pytest.raises(ValueError, match="wrong format") as error:
@@ -90,7 +90,7 @@ def test_overlay_draws_heatmap_box_click_and_regions():
     partition = make_partition((4, 4), 4)
     attribution = Attribution(ranking=[3, 0], prefix_scores=[2.4, 2.7], insertion_probs=[0.8, 0.9],
                               deletion_probs=[0.2, 0.1], full_prob=1.0, empty_prob=0.0, forwards=10, seconds=0.1,
-                              strategy="exact", n_regions=4, partition=partition)
+                              search="exact", n_regions=4, partition=partition)
     image = Image.new("RGB", (160, 120), (128, 128, 128))
     out = render_overlay(image, attribution, bbox=(10, 10, 50, 40), click=(120, 90), top_k=1)
     pixels = np.asarray(out)

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from eagle_align.attribution import (
+    AttributionSettings,
     attribute_sample,
     deletion_auc,
     evaluate_prefixes,
@@ -111,7 +112,7 @@ def test_efficient_forward_counts_are_analytic(scope, resort):
 
 
 def test_bad_search_options_are_refused():
-    with pytest.raises(ValueError, match="strategy='beam'"):
+    with pytest.raises(ValueError, match="search='beam'"):
         greedy_search(Additive(), N, "beam")
     with pytest.raises(ValueError, match="search_scope=0"):
         greedy_search(Additive(), N, search_scope=0)
@@ -152,15 +153,14 @@ def test_attribute_sample_on_a_collated_batch(tiny_checkpoints):
                                bbox=(64, 32, 128, 96), id="red")
     batch = GroundingCollator(processor, "qwen3_vl")([example])
     model.train()
-    result = attribute_sample(model, batch, 0, n_regions=6, strategy="exact", max_regions=None,
-                              stop_confidence=None, batch_size=8)
+    result = attribute_sample(model, batch, 0, AttributionSettings(n_regions=6, region_method="grid", search="exact",
+                                                                   insertion_weight=2.0, max_regions=None), 8)
     assert model.training
     assert result.partition.n_regions == 6 and sorted(result.ranking) == list(range(6))
     assert result.forwards == 6 * 7
     assert result.cell_importance().shape == batch["meta"][0].grid_hw
     assert 0.0 <= insertion_auc(result) <= 1.0
     assert isinstance(point_game(result, batch["meta"][0].prior_mask), bool)
-    slic = attribute_sample(model, batch, 0, n_regions=5, region_method="slic", strategy="single_round",
-                            baseline="background", max_regions=3)
+    slic = attribute_sample(model, batch, 0, AttributionSettings(n_regions=5, search="single_round", max_regions=3))
     assert slic.partition.method == "slic" and len(slic.ranking) == 3
     assert slic.forwards == 2 * slic.partition.n_regions + 2

@@ -15,6 +15,7 @@ from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, sc
 from eagle_align.attribution.search import (
     STRATEGIES,
     Attribution,
+    RegionAttribution,
     attribute_sample,
     attribute_samples,
     evaluate_prefixes,
@@ -24,14 +25,21 @@ from eagle_align.attribution.search import (
     search_regions,
     set_prob_for,
 )
+from eagle_align.attribution.settings import (
+    AttributionSettings,
+    recorded_attribution_settings,
+    resolve_attribution_settings,
+)
 
 __all__ = [
     "BASELINES",
     "REGION_METHODS",
     "STRATEGIES",
     "Attribution",
+    "AttributionSettings",
     "DecisionScorer",
     "Explanation",
+    "RegionAttribution",
     "RegionPartition",
     "attribute_sample",
     "attribute_samples",
@@ -47,8 +55,10 @@ __all__ = [
     "mask_image_rows",
     "pixel_values_to_image",
     "point_game",
+    "recorded_attribution_settings",
     "prior_hit_at_k",
     "render_overlay",
+    "resolve_attribution_settings",
     "run_search",
     "run_searches",
     "score_jointly",

@@ -2,7 +2,9 @@
 
 The answer is the model's own greedy answer (or one given by the user); its exact tokens are teacher-forced,
 so the attribution explains what the model said, not a re-rendering of it. Outputs an overlay PNG and a JSON
-with the ranking, the measured curves and the metrics.
+with the ranking, the measured curves, the metrics and the attribution settings used: by default the ones
+the trained folder recorded in eagle_align.json (what its training's point game measured), else the library
+defaults, ranking every region so the curves are complete; flags override single settings.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +22,16 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from eagle_align.attribution.metrics import attribution_metrics
-from eagle_align.attribution.overlay import render_overlay, with_title
-from eagle_align.attribution.regions import REGION_METHODS
+from eagle_align.attribution.overlay import explanation_figure, with_title
 from eagle_align.attribution.scoring import attribution_mode
-from eagle_align.attribution.search import STRATEGIES, Attribution, attribute_sample
+from eagle_align.attribution.search import Attribution, RegionAttribution
+from eagle_align.attribution.settings import (
+    AttributionSettings,
+    add_attribution_arguments,
+    attribution_overrides,
+    check_attribution_flags,
+    resolve_attribution_settings,
+)
 from eagle_align.errors import UsageError
 
 
@@ -99,6 +108,14 @@ def check_bbox(bbox, image_size: tuple[int, int]) -> None:
                               "0 <= Y1 < Y2 <= height")
 
 
+def check_instruction(instruction: str) -> None:
+    """An instruction is one non-empty line: the prompt the model answers, and the figure's title."""
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise UsageError("--instruction is empty", hint='say what to click, e.g. --instruction "click Save"')
+    if "\n" in instruction or "\r" in instruction:
+        raise UsageError("--instruction must be one line", hint="join its lines into one sentence")
+
+
 def explain(
     model: torch.nn.Module,
     processor,
@@ -108,32 +125,32 @@ def explain(
     answer: str | None = None,
     action_format: str | None = None,
     out_dir: str | Path | None = None,
-    n_regions: int = 64,
-    region_method: str = "grid",
-    baseline: str = "black",
-    strategy: str = "efficient",
-    max_regions: int | None = None,
+    attribution: AttributionSettings | Mapping[str, Any] | None = None,
     stop_confidence: float | None = None,
     batch_size: int = 16,
     top_k: int = 3,
-    prior_overlap: float = 0.15,
     system_prompt: str | None = None,
     max_new_tokens: int = 64,
     progress: bool = True,
 ) -> Explanation:
     """Generate (or take) the answer to `instruction` on `image`, attribute its coordinate tokens, and render.
 
-    Defaults rank every region (no early stop) so the insertion / deletion curves are complete. `bbox`
-    (xyxy, original pixels) adds prior metrics and is drawn; files go to `out_dir` when given.
+    `attribution`: the settings to attribute with. None or a mapping of single settings: the ones `model`
+    was trained with (recorded in its eagle_align.json), else `AttributionSettings()`, ranking every region
+    (no early stop, unless the mapping sets max_regions) so the insertion / deletion curves are complete,
+    with the mapping's entries overriding; complete `AttributionSettings` are used as given. `bbox` (xyxy,
+    original pixels) adds box metrics and is drawn; files go to `out_dir` when given.
     """
     from eagle_align.actions import get_action_format
     from eagle_align.data.collator import GroundingCollator
     from eagle_align.data.schema import GroundingExample
     from eagle_align.models.space import model_action_format, model_system_prompt
 
+    check_instruction(instruction)
+    settings, settings_record = resolve_attribution_settings(model, attribution)
     if isinstance(image, (str, Path)):
         if not Path(image).is_file():
-            raise FileNotFoundError(f"explain: image file not found: {image}")
+            raise FileNotFoundError(f"image file not found: {image}")
         image = Image.open(image)
     image = image.convert("RGB")
     if bbox is not None:
@@ -156,7 +173,7 @@ def explain(
     coordinate_spans = fmt.coordinate_spans(text)
     if not coordinate_spans:
         expected = fmt.template.format(x="X", y="Y")
-        raise UsageError(f"explain: the answer {text!r} is in the wrong format for action format {fmt.name!r} "
+        raise UsageError(f"the answer {text!r} is in the wrong format for action format {fmt.name!r} "
                          f"(no coordinates to attribute); expected an answer like {expected}",
                          hint="pass --answer in that form, or --action-format for the format the answer is in")
     batch = teacher_forced_batch(prompt, tokens, spans, coordinate_spans)
@@ -164,28 +181,25 @@ def explain(
     device = _device(model)
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     with tqdm(desc="attribution", unit="fwd", disable=not progress, dynamic_ncols=True) as bar:
-        attribution = attribute_sample(
-            model, batch, 0, n_regions=n_regions, region_method=region_method, baseline=baseline,
-            strategy=strategy, batch_size=batch_size, max_regions=max_regions, stop_confidence=stop_confidence,
-            progress=bar.update,
-        )
-    metrics = attribution_metrics(attribution, meta.prior_mask if bbox else None, prior_overlap, top_k)
+        result = RegionAttribution(model, settings, batch_size).attribute(
+            batch, [0], stop_confidence=stop_confidence, progress=bar.update
+        )[0]
+    metrics = attribution_metrics(result, meta.prior_mask if bbox else None, settings.box_overlap, top_k)
     if bbox and click is not None:
         metrics["click_in_box"] = bool(bbox[0] <= click[0] <= bbox[2] and bbox[1] <= click[1] <= bbox[3])
     in_box = {True: "yes", False: "no"}.get(metrics.get("click_in_box"), "no box given" if not bbox else "no click")
     title = [f"instruction: {instruction}", f"answer: {text}",
-             f"P(x) = {attribution.full_prob:.4f}   click in box: {in_box}"]
-    overlay = with_title(render_overlay(image, attribution, bbox=bbox, click=click, top_k=top_k), title)
+             f"P(x) = {result.full_prob:.4f}   click in box: {in_box}"]
+    overlay = with_title(explanation_figure(image, result, bbox=bbox, click=click, top_k=top_k), title)
     record = {
         "title": title,
         "instruction": instruction, "answer": text, "click": list(click) if click else None,
         "bbox": list(bbox) if bbox else None, "image_size": list(image.size),
         "resized_size": list(meta.resized_size), "action_format": fmt.name,
         "decision_tokens": [tokenizer.decode([t]) for t in batch["meta"][0].decision_token_ids.tolist()],
-        "settings": {"n_regions": n_regions, "region_method": region_method, "baseline": baseline,
-                     "strategy": strategy, "max_regions": max_regions, "stop_confidence": stop_confidence,
-                     "prior_overlap": prior_overlap, "top_k": top_k},
-        "metrics": metrics, "attribution": attribution.to_dict(),
+        "attribution_settings": settings_record,
+        "settings": {"stop_confidence": stop_confidence, "top_k": top_k, "batch_size": batch_size},
+        "metrics": metrics, "attribution": result.to_dict(),
     }
     paths = {}
     if out_dir is not None:
@@ -194,7 +208,7 @@ def explain(
         paths = {"overlay": str(out / "explanation.png"), "json": str(out / "explanation.json")}
         overlay.save(paths["overlay"])
         Path(paths["json"]).write_text(json.dumps(record, indent=2))
-    return Explanation(text, click, attribution, metrics, overlay, record, paths)
+    return Explanation(text, click, result, metrics, overlay, record, paths)
 
 
 def explain_arguments(parser: argparse.ArgumentParser) -> None:
@@ -208,11 +222,7 @@ def explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="explain_out", help="output directory (default: explain_out)")
     parser.add_argument("--action-format", help="answer format (default: the adapter's recorded one, else the "
                         "model family's own)")
-    parser.add_argument("--n-regions", type=int, default=64)
-    parser.add_argument("--region-method", choices=REGION_METHODS, default="grid")
-    parser.add_argument("--baseline", choices=("black", "mean", "background"), default="black")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="efficient")
-    parser.add_argument("--max-regions", type=int, help="stop after this many regions (default: rank all)")
+    add_attribution_arguments(parser)
     parser.add_argument("--stop-confidence", type=float, help="stop once P(x_S) reaches this (default: never)")
     parser.add_argument("--batch-size", type=int, default=16, help="masked variants per forward")
     parser.add_argument("--top-k", type=int, default=3, help="regions outlined and used for prior-hit@k")
@@ -232,6 +242,7 @@ def explain_command(args: argparse.Namespace) -> int:
     from eagle_align.models import load_model_and_processor
     from eagle_align.models.space import read_coordinate_space, settle
 
+    check_instruction(args.instruction)
     if not Path(args.image).is_file():
         raise UsageError(f"--image {args.image}: "
                          + ("a directory, not an image file" if Path(args.image).is_dir() else "no such file"))
@@ -240,18 +251,20 @@ def explain_command(args: argparse.Namespace) -> int:
             check_bbox(args.bbox, screenshot.size)
     # The trained folder's record (eagle_align.json) decides answer syntax, prompt and pixel limits.
     source = args.adapter or args.model
-    prompt = settle(read_coordinate_space(source), source, args.force_coordinate_space,
+    space = read_coordinate_space(source)
+    prompt = settle(space, source, args.force_coordinate_space,
                     action_format=args.action_format, system_prompt=args.system_prompt)
     if prompt["action_format"] is not None:
         get_action_format(prompt["action_format"])  # before any weights load
+    overrides = attribution_overrides(args)
+    check_attribution_flags(space, overrides)  # the model's record is read again from the loaded model
     model, processor = load_model_and_processor(args.model, dtype=args.dtype, min_pixels=args.min_pixels,
                                                 max_pixels=args.max_pixels, adapter=args.adapter,
                                                 force_coordinate_space=args.force_coordinate_space)
     result = explain(  # a wrong-format answer is a UsageError: the CLI prints it with the expected template
         model, processor, args.image, args.instruction, bbox=args.bbox, answer=args.answer,
-        action_format=prompt["action_format"], out_dir=args.out, n_regions=args.n_regions,
-        region_method=args.region_method, baseline=args.baseline, strategy=args.strategy,
-        max_regions=args.max_regions, stop_confidence=args.stop_confidence, batch_size=args.batch_size,
+        action_format=prompt["action_format"], out_dir=args.out, attribution=overrides,
+        stop_confidence=args.stop_confidence, batch_size=args.batch_size,
         top_k=args.top_k, system_prompt=prompt["system_prompt"], max_new_tokens=args.max_new_tokens,
     )
     attribution = result.attribution
@@ -260,5 +273,8 @@ def explain_command(args: argparse.Namespace) -> int:
           f"forwards={attribution.forwards}  {attribution.seconds:.1f}s")
     print("metrics: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                   for k, v in result.metrics.items()))
+    used = result.record["attribution_settings"]
+    changed = ", ".join(f"{k}={v}" for k, v in used["overrides"].items())
+    print(f"attribution settings: {used['source']}" + (f" (flags: {changed})" if changed else ""))
     print(f"wrote {result.paths['overlay']} and {result.paths['json']}")
     return 0

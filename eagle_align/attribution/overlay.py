@@ -1,7 +1,8 @@
 """Heatmap overlay of an attribution on its screenshot (used by explain, eval reports and the demo).
 
 The heatmap is drawn per merged cell (nearest-neighbour, no smoothing), because cells are what the search
-actually ranked; blurring would suggest a resolution the method does not have.
+actually ranked; blurring would suggest a resolution the method does not have. `explanation_figure` is the
+saved form: upscaled to a readable width, with a colour bar that says what the colours mean.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ from eagle_align.attribution.search import Attribution
 BOX_COLOUR = (40, 220, 60)
 CLICK_COLOUR = (255, 40, 200)
 REGION_COLOUR = (0, 200, 255)
+COLOUR_MAP = "inferno"
+# Screenshots the model saw are often only a few hundred pixels wide; figures are drawn at least this wide.
+MIN_FIGURE_WIDTH = 768
+
+
+def _importance_range(attribution: Attribution) -> tuple[float, float]:
+    """The (floor, peak) of the cells' importance that the heatmap's 0 and 1 stand for."""
+    cells = attribution.cell_importance().clamp_min(0)
+    return float(cells.min()), float(cells.max())
 
 
 def _heat(attribution: Attribution, size: tuple[int, int]) -> np.ndarray:
@@ -62,10 +72,10 @@ def render_overlay(
     from matplotlib import colormaps
 
     if attribution.partition is None:
-        raise ValueError("render_overlay needs the attribution's partition (use attribute_sample)")
+        raise ValueError("render_overlay needs the attribution's partition (use RegionAttribution)")
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     heat = _heat(attribution, image.size)
-    colours = colormaps["inferno"](heat)[..., :3] * 255
+    colours = colormaps[COLOUR_MAP](heat)[..., :3] * 255
     weight = (alpha * heat)[..., None]
     out = Image.fromarray((base * (1 - weight) + colours * weight).round().clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
@@ -115,3 +125,52 @@ def with_title(image: Image.Image, lines: list[str], background=(255, 255, 255),
     for i, text in enumerate(wrapped):
         draw.text((margin, margin + i * line_height), text, fill=colour, font=font)
     return out
+
+
+def with_colour_bar(image: Image.Image, attribution: Attribution, background=(255, 255, 255),
+                    colour=(20, 20, 20)) -> Image.Image:
+    """`image` above a labelled colour bar: what the heatmap's colours stand for, from the least important
+    region's normalised gain (left) to the most important one's (right)."""
+    from matplotlib import colormaps
+    from PIL import ImageFont
+
+    size = max(11, min(18, image.width // 48))
+    font = ImageFont.load_default(size=size)
+    margin, bar_height = size, max(10, size)
+    width = image.width - 2 * margin
+    gradient = colormaps[COLOUR_MAP](np.linspace(0.0, 1.0, max(width, 2)))[None, :, :3] * 255
+    bar = Image.fromarray(np.repeat(gradient, bar_height, axis=0).round().astype(np.uint8))
+    line_height = round(size * 1.3)
+    band = margin + bar_height + line_height + margin // 2 + line_height + margin // 2
+    out = Image.new("RGB", (image.width, image.height + band), background)
+    out.paste(image.convert("RGB"), (0, 0))
+    out.paste(bar, (margin, image.height + margin))
+    draw = ImageDraw.Draw(out)
+    floor, peak = _importance_range(attribution)
+    ticks_y = image.height + margin + bar_height + 2
+    draw.text((margin, ticks_y), f"{floor:.3g}", fill=colour, font=font)
+    right = f"{peak:.3g}"
+    draw.text((margin + width - draw.textlength(right, font=font), ticks_y), right, fill=colour, font=font)
+    label = ("region importance (normalised gain of F(S) when the region joins the ranking)"
+             if attribution.singleton_scores is None else "region importance (normalised singleton score F({v}))")
+    label_x = margin + max(0.0, (width - draw.textlength(label, font=font)) / 2)
+    draw.text((label_x, ticks_y + line_height), label, fill=colour, font=font)
+    return out
+
+
+def explanation_figure(
+    image: Image.Image,
+    attribution: Attribution,
+    bbox: tuple[float, float, float, float] | None = None,
+    click: tuple[float, float] | None = None,
+    top_k: int = 3,
+    min_width: int = MIN_FIGURE_WIDTH,
+) -> Image.Image:
+    """The overlay of `render_overlay` drawn at least `min_width` pixels wide (the screenshot upscaled, box
+    and click scaled with it), with a colour bar for region importance below it."""
+    scale = max(1.0, min_width / image.width)
+    if scale > 1.0:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+        bbox = tuple(v * scale for v in bbox) if bbox is not None else None
+        click = (click[0] * scale, click[1] * scale) if click is not None else None
+    return with_colour_bar(render_overlay(image, attribution, bbox=bbox, click=click, top_k=top_k), attribution)

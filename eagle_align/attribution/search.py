@@ -1,8 +1,10 @@
-"""Greedy subset-selection ranking of screenshot regions (EAGLE), plus the one-call `attribute_sample(s)`.
+"""Greedy subset-selection ranking of screenshot regions (EAGLE), and `RegionAttribution`, the one call that
+partitions, masks, scores and searches for a batch of samples.
 
 F(S) = a·P(x_S) + b·(1 − P(x_¬S)) rewards regions that suffice for the answer (insertion) and whose removal
 destroys it (deletion). The greedy search picks, step by step, the region that maximises F of the growing
-set; `exact`, `efficient` and `single_round` differ only in which candidates they pay to score (docs/method.md).
+set; the searches `exact`, `efficient` and `single_round` differ only in which candidates they pay to score
+(docs/method.md).
 `bounded` makes exact's choice at every step but scores groups of candidates first and skips every group that
 provably holds no better one when the model is monotone in the kept set (`eagle_align.attribution.bound`).
 """
@@ -12,7 +14,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import EllipsisType
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,13 +32,19 @@ from eagle_align.attribution.bound import (
 from eagle_align.attribution.regions import RegionPartition, make_partition
 from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, score_jointly, slice_sample
 
+if TYPE_CHECKING:
+    from eagle_align.attribution.settings import AttributionSettings
+
+# The searches (AttributionSettings.search).
 STRATEGIES = ("efficient", "exact", "single_round", "bounded")
-# Chosen by benchmarks/attribution_bench.py on full N=64 rankings (3 screenshots, trained tiny Qwen3-VL):
-# re-sorting buys far more insertion AUC than a wider scope does. Scope 1 / re-sort every 21 steps costs 380
-# of exact's 4,160 forwards (9.1 %) and kept 0.989 of its AUC; scope 1 / every 32: 0.974 at 7.6 %; scope 2 /
-# never: 0.940 at 9.1 %; single_round: 0.938 at 3.1 %; EAGLE's scope 10 / every 5: 1.001 at 44 %.
-DEFAULT_SEARCH_SCOPE = 1
-DEFAULT_RESORT_EVERY: int | None = 21
+# `efficient` is EAGLE's search: between full re-sorts every 5 steps it scores the best 10 of the last sort.
+# On full N=64 rankings (benchmarks/attribution_bench.py, 3 screenshots, trained tiny Qwen3-VL) that kept 1.001
+# of exact's insertion AUC at 44 % of its forwards; cheaper tunings are keyword arguments of the search
+# functions (scope 1 / re-sort every 21: 0.989 at 9.1 %; single_round: 0.938 at 3.1 %).
+DEFAULT_SEARCH_SCOPE = 10
+DEFAULT_RESORT_EVERY: int | None = 5
+# Where the greedy search stops on its own when asked to (None: never; training passes its own threshold).
+DEFAULT_STOP_CONFIDENCE: float | None = None
 
 SetProb = Callable[[torch.Tensor], torch.Tensor]
 # A search coroutine: yields Bool[B, R] region sets, is sent P(x_S) for them (float [B]), returns its Attribution.
@@ -48,7 +57,8 @@ class Attribution:
 
     `prefix_scores[r]`, `insertion_probs[r]`, `deletion_probs[r]` are F(S), P(x_S), P(x_¬S) for the prefix
     S of the first r+1 ranked regions. Greedy strategies measure every prefix of `ranking`; `single_round`
-    measures only the first and ranks the rest by their singleton scores F({v}) (`singleton_scores`).
+    measures only the first and ranks the rest by their singleton scores F({v}) (`singleton_scores`). `search`
+    names the search that made it.
     """
 
     ranking: list[int]
@@ -59,7 +69,7 @@ class Attribution:
     empty_prob: float
     forwards: int
     seconds: float
-    strategy: str
+    search: str
     n_regions: int
     insertion_weight: float = 2.0
     deletion_weight: float = 1.0
@@ -88,7 +98,7 @@ class Attribution:
     def cell_importance(self) -> torch.Tensor:
         """float [rows, cols]: the importance of the region each merged cell belongs to."""
         if self.partition is None:
-            raise ValueError("cell_importance needs the attribution's partition (use attribute_sample)")
+            raise ValueError("cell_importance needs the attribution's partition (use RegionAttribution)")
         return self.region_importance()[self.partition.region_of_cell]
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,7 +106,7 @@ class Attribution:
         data = {
             key: getattr(self, key)
             for key in (
-                "strategy", "n_regions", "ranking", "prefix_scores", "insertion_probs", "deletion_probs",
+                "search", "n_regions", "ranking", "prefix_scores", "insertion_probs", "deletion_probs",
                 "full_prob", "empty_prob", "forwards", "seconds", "insertion_weight", "deletion_weight",
                 "singleton_scores",
             )
@@ -170,30 +180,30 @@ def run_searches(
     return results
 
 
-def greedy_search(set_prob: SetProb, n_regions: int, strategy: str = "efficient", **settings: Any) -> Attribution:
+def greedy_search(set_prob: SetProb, n_regions: int, search: str = "efficient", **settings: Any) -> Attribution:
     """Rank regions by greedy maximisation of F; `set_prob(Bool[B, R]) -> P(x_S)` is the only model access.
 
     `exact` scores every remaining region at every step; `efficient` scores all of them at step 1 and every
     `resort_every` steps (None: only at step 1) and in between only the best `search_scope` of the last
-    sort; `single_round` ranks by singleton scores F({v}) in one batch of 2N. Greedy strategies stop after
+    sort; `single_round` ranks by singleton scores F({v}) in one batch of 2N. Greedy searches stop after
     `max_regions` (None: all) or once P(x_{S_r}) ≥ `stop_confidence` (None: never). P(x) and P(x_∅) come
     from the last step of a complete ranking, else cost one forward each unless given.
 
     `bounded` makes each greedy step's choice by branch-and-bound over `hierarchy`'s region groups (default:
-    index halves; `attribute_sample` groups the on-prior regions and halves the off-prior ones), with at most
+    index halves; `RegionAttribution` groups the on-box regions and halves the others), with at most
     `step_budget` forwards per step before it scores the open groups flat, and without separating regions on
     the same side of the prior whose scores lie within `tie_tolerance`·(a + b) of each other
     (`eagle_align.attribution.bound`). It never asks for a set twice, so P(x) and P(x_∅) are free when a step
     already scored them. `settings` are `search_regions`'s (max_regions, stop_confidence, ...).
     """
-    return run_search(search_regions(n_regions, strategy, **settings), set_prob)
+    return run_search(search_regions(n_regions, search, **settings), set_prob)
 
 
 def search_regions(
     n_regions: int,
-    strategy: str = "efficient",
+    search: str = "efficient",
     max_regions: int | None = 10,
-    stop_confidence: float | None = 0.8,
+    stop_confidence: float | None = DEFAULT_STOP_CONFIDENCE,
     search_scope: int = DEFAULT_SEARCH_SCOPE,
     resort_every: int | None = DEFAULT_RESORT_EVERY,
     insertion_weight: float = 2.0,
@@ -212,8 +222,8 @@ def search_regions(
     documents them. `measure_ends=False` leaves P(x) and P(x_∅) NaN unless given or found on the way, saving
     up to two forwards where nothing reads them (the trainer's losses other than adaptive_log).
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy={strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if search not in STRATEGIES:
+        raise ValueError(f"search={search!r}; choose one of {', '.join(STRATEGIES)}")
     if n_regions < 1:
         raise ValueError(f"n_regions={n_regions} must be at least 1")
     if max_regions is not None and max_regions < 1:
@@ -222,30 +232,30 @@ def search_regions(
         raise ValueError(f"search_scope={search_scope} must be at least 1")
     if resort_every is not None and resort_every < 1:
         raise ValueError(f"resort_every={resort_every} must be at least 1 (or None: sort only at step 1)")
-    if strategy == "bounded":
+    if search == "bounded":
         hierarchy = hierarchy or build_hierarchy(n_regions)
         if sorted(hierarchy.members) != list(range(n_regions)):
             raise ValueError(f"the region hierarchy covers {len(hierarchy.members)} regions, not {n_regions}")
-    return _search(n_regions, strategy, max_regions, stop_confidence, search_scope, resort_every,
+    return _search(n_regions, search, max_regions, stop_confidence, search_scope, resort_every,
                    float(insertion_weight), float(deletion_weight), full_prob, empty_prob, progress, hierarchy,
                    step_budget, tie_tolerance, measure_ends)
 
 
 def _search(
-    n_regions, strategy, max_regions, stop_confidence, search_scope, resort_every, a, b, full_prob, empty_prob,
+    n_regions, search, max_regions, stop_confidence, search_scope, resort_every, a, b, full_prob, empty_prob,
     progress, hierarchy, step_budget, tie_tolerance, measure_ends,
 ) -> Search:
     """The body of `search_regions` (settings already checked)."""
     limit = n_regions if max_regions is None else min(max_regions, n_regions)
     prob = _Ask(progress)
-    if strategy == "bounded":
+    if search == "bounded":
         prob = MemoProb(prob)
     start = time.perf_counter()
     selected = torch.zeros(n_regions, dtype=torch.bool)
     ranking, scores, insertions, deletions = [], [], [], []
     singleton_scores = None
 
-    if strategy == "single_round":
+    if search == "single_round":
         values, insertion, deletion = yield from _score_candidates(prob, selected, list(range(n_regions)), a, b)
         order = torch.argsort(values, descending=True, stable=True)[:limit].tolist()
         ranking, singleton_scores = order, [float(values[v]) for v in order]
@@ -254,11 +264,11 @@ def _search(
         sorted_candidates: list[int] = []
         while len(ranking) < limit:
             step = len(ranking)
-            if strategy == "bounded":
+            if search == "bounded":
                 found = yield from bounded_best(prob, selected, hierarchy, a, b, step_budget, tie_tolerance)
                 region, value, p_insert, p_delete = found.region, found.score, found.insertion, found.deletion
             else:
-                resort = strategy == "exact" or step == 0 or (resort_every is not None and step % resort_every == 0)
+                resort = search == "exact" or step == 0 or (resort_every is not None and step % resort_every == 0)
                 if resort:
                     candidates = [v for v in range(n_regions) if not selected[v]]
                 else:
@@ -276,7 +286,7 @@ def _search(
             if stop_confidence is not None and insertions[-1] >= stop_confidence:
                 break
 
-    if len(ranking) == n_regions and strategy != "single_round":
+    if len(ranking) == n_regions and search != "single_round":
         full_prob = insertions[-1] if full_prob is None else full_prob
         empty_prob = deletions[-1] if empty_prob is None else empty_prob
     missing = [full_prob is None, empty_prob is None]
@@ -293,7 +303,7 @@ def _search(
     return Attribution(
         ranking=ranking, prefix_scores=scores, insertion_probs=insertions, deletion_probs=deletions,
         full_prob=float(full_prob), empty_prob=float(empty_prob), forwards=prob.forwards,
-        seconds=time.perf_counter() - start, strategy=strategy, n_regions=n_regions,
+        seconds=time.perf_counter() - start, search=search, n_regions=n_regions,
         insertion_weight=a, deletion_weight=b, singleton_scores=singleton_scores,
     )
 
@@ -326,81 +336,149 @@ def set_prob_for(scorer: DecisionScorer, partition: RegionPartition) -> SetProb:
     return lambda region_sets: scorer.score(partition.cells_of(region_sets))
 
 
-def attribute_sample(model: torch.nn.Module, batch: dict[str, Any], index: int, **options: Any) -> Attribution:
-    """Attribute sample `index` of a collated batch (with its `meta`): partition, scorer, search, in one call.
+class RegionAttribution:
+    """Attribution of click answers to screenshot regions, shaped like Captum's attribution classes.
 
-    `options` are `attribute_samples`'s (n_regions, region_method, baseline, strategy, ...); `full_prob`, if
-    given, is this sample's P(x).
+    `RegionAttribution(model, settings).attribute(inputs, target)` partitions each target sample's screenshot,
+    masks regions with the baseline, scores the decision tokens and runs the search that `settings` name;
+    training, `eagle-align eval --attribution-samples`, `explain` and users all attribute through it, so their
+    point games measure the same thing. `settings` default to `AttributionSettings()` (the training defaults);
+    `batch_size` is how many masked inputs share one forward (throughput only, never the result).
     """
-    full_prob = options.pop("full_prob", None)
-    return attribute_samples(model, batch, [index], full_probs=[full_prob], **options)[0]
+
+    def __init__(
+        self, model: torch.nn.Module, settings: AttributionSettings | None = None, batch_size: int = 16
+    ) -> None:
+        from eagle_align.attribution.settings import AttributionSettings
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be at least 1")
+        self.model = model
+        self.settings = settings if settings is not None else AttributionSettings()
+        self.batch_size = batch_size
+
+    def attribute(
+        self,
+        inputs: dict[str, Any],
+        target: int | Sequence[int] | None = None,
+        feature_mask: Sequence[RegionPartition] | None = None,
+        baselines: str | torch.Tensor | Sequence[str | torch.Tensor] | None = None,
+        *,
+        max_regions: int | None | EllipsisType = ...,
+        full_probs: Sequence[float | None] | None = None,
+        progress: Callable[[int], Any] | None = None,
+        leaf_size: int = DEFAULT_LEAF_SIZE,
+        **search_options: Any,
+    ) -> list[Attribution]:
+        """One Attribution (with its partition) per target sample of `inputs`.
+
+        `inputs` is a collated batch with `meta` (GroundingCollator output): each meta's decision tokens are
+        the tokens attributed, its prior mask the target box. `target` picks the samples (None: all).
+        `feature_mask` gives each target sample's RegionPartition (None: cut by the settings' region_method
+        and n_regions). `baselines` is a baseline name, one ready row for all samples, or one name or row per
+        sample (None: the settings' baseline). `max_regions` (default: the settings') caps the ranking, e.g.
+        at what a loss reads; `full_probs` holds each sample's P(x) where known (None: measured);
+        `progress(n)` hears of every n masked forwards. For `bounded`, the regions the box covers by at least
+        `box_overlap` form one group and region centroids halve each side down to `leaf_size` regions.
+        `search_options` go to `search_regions` (stop_confidence, search_scope, resort_every, measure_ends).
+
+        Each sample gets its own partition, scorer and search, as if attributed alone; the searches run side
+        by side (`run_searches`) and the region sets they ask for in a round share forwards of up to
+        `batch_size` masked inputs (`score_jointly`). Runs in eval mode without gradient on whatever weights
+        the model holds (LoRA included) and restores its train/eval mode; each `seconds` is the wall time while
+        its search ran, shared with the searches beside it.
+        """
+        from eagle_align.attribution.masking import pixel_values_to_image
+
+        if "meta" not in inputs:
+            raise ValueError("RegionAttribution needs a collated batch with 'meta' (GroundingCollator output)")
+        settings = self.settings
+        indices = _targets(target, len(inputs["meta"]))
+        rows = _per_sample(baselines if baselines is not None else settings.baseline, len(indices), "baselines")
+        full_probs = list(full_probs) if full_probs is not None else [None] * len(indices)
+        partitions = list(feature_mask) if feature_mask is not None else [None] * len(indices)
+        for name, values in (("full_probs", full_probs), ("feature_mask", partitions)):
+            if len(values) != len(indices):
+                raise ValueError(f"{len(indices)} target samples need as many {name}, got {len(values)}")
+        limit = settings.max_regions if max_regions is ... else max_regions
+        scorers, searches = [], []
+        with attribution_mode(self.model):
+            for k, (index, row, full_prob) in enumerate(zip(indices, rows, full_probs)):
+                meta = inputs["meta"][index]
+                sample = slice_sample(inputs, index)
+                if partitions[k] is None:
+                    image = None
+                    if settings.region_method == "slic":
+                        image = pixel_values_to_image(self.model, sample["pixel_values"], sample["image_grid_thw"][0])
+                    partitions[k] = make_partition(meta.grid_hw, settings.n_regions, settings.region_method,
+                                                   image=image)
+                elif tuple(partitions[k].grid_hw) != tuple(meta.grid_hw):
+                    raise ValueError(f"feature_mask[{k}] cuts a {tuple(partitions[k].grid_hw)} grid, but sample "
+                                     f"{index}'s image has {tuple(meta.grid_hw)} merged cells")
+                partition = partitions[k]
+                options = dict(search_options, max_regions=limit, full_prob=full_prob, progress=progress,
+                               insertion_weight=settings.insertion_weight, deletion_weight=settings.deletion_weight)
+                if settings.search == "bounded":
+                    on_box = partition.on_prior(meta.prior_mask, settings.box_overlap).tolist()
+                    options["hierarchy"] = build_hierarchy(
+                        partition.n_regions, on_box, region_centroids(partition.cell_masks), leaf_size
+                    )
+                scorers.append(DecisionScorer(self.model, sample, meta, baseline=row, batch_size=self.batch_size,
+                                              reduction=settings.score_reduction))
+                searches.append(search_regions(partition.n_regions, settings.search, **options))
+
+            def score(requests: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
+                pairs = [(scorers[k], partitions[k].cells_of(sets)) for k, sets in requests]
+                return score_jointly(pairs, self.batch_size)
+
+            attributions = run_searches(searches, score)
+        for attribution, partition in zip(attributions, partitions):
+            attribution.partition = partition
+        return attributions
+
+
+def _targets(target: int | Sequence[int] | None, n_samples: int) -> list[int]:
+    """The sample indices `target` names (None: every sample of the batch)."""
+    if target is None:
+        return list(range(n_samples))
+    indices = [int(target)] if isinstance(target, int) else [int(i) for i in target]
+    for index in indices:
+        if not 0 <= index < n_samples:
+            raise IndexError(f"target sample {index} out of range for a batch of {n_samples}")
+    return indices
+
+
+def _per_sample(value, n: int, name: str) -> list:
+    """One value per target sample: a list / tuple is per sample already; anything else is shared."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{n} target samples need as many {name}, got {len(value)}")
+        return list(value)
+    return [value] * n
 
 
 def attribute_samples(
     model: torch.nn.Module,
     batch: dict[str, Any],
-    indices: Sequence[int],
-    n_regions: int = 64,
-    region_method: str = "grid",
-    baseline: str | torch.Tensor | Sequence[torch.Tensor] = "black",
-    strategy: str = "efficient",
+    indices: Sequence[int] | None = None,
+    settings: AttributionSettings | None = None,
     batch_size: int = 16,
-    reduction: str = "mean",
-    prior_overlap: float = 0.15,
-    leaf_size: int = DEFAULT_LEAF_SIZE,
-    full_probs: Sequence[float | None] | None = None,
-    **search_kwargs: Any,
+    **options: Any,
 ) -> list[Attribution]:
-    """Attribute samples `indices` of a collated batch (with its `meta`) together, one Attribution each.
+    """`RegionAttribution(model, settings, batch_size).attribute(batch, indices, **options)` as one function
+    (the form the trainer calls); `options` are `RegionAttribution.attribute`'s keyword arguments."""
+    return RegionAttribution(model, settings, batch_size).attribute(batch, indices, **options)
 
-    Each sample gets its own partition, scorer and search, as if attributed alone; the searches run side by
-    side (`run_searches`), and the region sets all of them ask for in a round are scored in shared forwards of
-    up to `batch_size` masked inputs (`score_jointly`). A search that asks for two sets at a time then fills
-    a forward with the sets of several samples, which is what a GPU (and, up to a point, a CPU) runs
-    efficiently. Runs in eval mode without gradient on whatever weights `model` holds (LoRA included) and
-    restores the previous train/eval mode.
 
-    `baseline` is one setting for all samples or one ready row per sample; `full_probs` holds each sample's
-    P(x) if known (None: measured). `search_kwargs` go to `search_regions` (max_regions, stop_confidence, ...).
-    For `bounded`, each sample's prior mask and `prior_overlap` split on-prior from off-prior regions first,
-    and region centroids halve each side down to `leaf_size` regions. `seconds` of each attribution is the
-    wall time while its search ran, shared with the searches beside it.
-    """
-    from eagle_align.attribution.masking import pixel_values_to_image
-
-    if "meta" not in batch:
-        raise ValueError("attribute_samples needs a collated batch with 'meta' (GroundingCollator output)")
-    indices = list(indices)
-    baselines = list(baseline) if isinstance(baseline, (list, tuple)) else [baseline] * len(indices)
-    full_probs = list(full_probs) if full_probs is not None else [None] * len(indices)
-    if len(baselines) != len(indices) or len(full_probs) != len(indices):
-        raise ValueError(f"{len(indices)} samples need as many baselines and full_probs, "
-                         f"got {len(baselines)} and {len(full_probs)}")
-    partitions, scorers, searches = [], [], []
-    with attribution_mode(model):
-        for index, row, full_prob in zip(indices, baselines, full_probs):
-            meta = batch["meta"][index]
-            sample = slice_sample(batch, index)
-            image = None
-            if region_method == "slic":
-                image = pixel_values_to_image(model, sample["pixel_values"], sample["image_grid_thw"][0])
-            partition = make_partition(meta.grid_hw, n_regions, region_method, image=image)
-            settings = dict(search_kwargs, full_prob=full_prob)
-            if strategy == "bounded":
-                on_prior = partition.on_prior(meta.prior_mask, prior_overlap).tolist()
-                settings["hierarchy"] = build_hierarchy(
-                    partition.n_regions, on_prior, region_centroids(partition.cell_masks), leaf_size
-                )
-            partitions.append(partition)
-            scorers.append(DecisionScorer(model, sample, meta, baseline=row, batch_size=batch_size,
-                                          reduction=reduction))
-            searches.append(search_regions(partition.n_regions, strategy, **settings))
-
-        def score(requests: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
-            pairs = [(scorers[k], partitions[k].cells_of(sets)) for k, sets in requests]
-            return score_jointly(pairs, batch_size)
-
-        attributions = run_searches(searches, score)
-    for attribution, partition in zip(attributions, partitions):
-        attribution.partition = partition
-    return attributions
+def attribute_sample(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    index: int,
+    settings: AttributionSettings | None = None,
+    batch_size: int = 16,
+    full_prob: float | None = None,
+    **options: Any,
+) -> Attribution:
+    """Attribute sample `index` of a collated batch (with its `meta`) alone: `attribute_samples` for one
+    sample, with its P(x) as `full_prob` if known."""
+    return attribute_samples(model, batch, [index], settings, batch_size, full_probs=[full_prob], **options)[0]

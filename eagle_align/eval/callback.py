@@ -2,7 +2,9 @@
 
 The Trainer's own evaluation only measures loss on the eval set; what GUI-agent users watch is click accuracy
 and whether the evidence lies in the box. This callback runs the eval harness every `eval_steps` optimizer
-steps and logs `eval/click_accuracy` (and `eval/point_game` when attribution samples are asked for).
+steps and logs `eval/click_accuracy` (and `eval/point_game` when attribution samples are asked for). Its
+attribution uses the trainer's own attribution settings (ranking every region, for complete AUCs), so
+`eval/point_game` measures what `align/point_game` does.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from eagle_align.attribution.settings import AttributionSettings, resolve_attribution_settings
 from eagle_align.eval.harness import (
-    DEFAULT_ATTRIBUTION,
     attribute_predictions,
     predict,
     summarize_attribution,
@@ -71,7 +73,7 @@ class ClickEvalCallback(TrainerCallback):
         attribution_samples: int = 0,
         system_prompt: str | None = None,
         max_new_tokens: int = 64,
-        attribution_options: dict | None = None,
+        attribution: AttributionSettings | None = None,
         out_dir: str | Path | None = None,
     ) -> None:
         if eval_steps is not None and eval_steps < 1:
@@ -88,7 +90,7 @@ class ClickEvalCallback(TrainerCallback):
         self.attribution_samples = attribution_samples
         self.system_prompt = system_prompt
         self.max_new_tokens = max_new_tokens
-        self.attribution_options = {**DEFAULT_ATTRIBUTION, **(attribution_options or {})}
+        self.attribution = attribution
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.trainer = None
         self.history: list[dict] = []
@@ -114,10 +116,24 @@ class ClickEvalCallback(TrainerCallback):
 
         return is_deepspeed_zero3_enabled() or bool(getattr(args, "fsdp", None))
 
+    def attribution_settings(self, args=None, model=None) -> tuple[AttributionSettings, dict]:
+        """The settings to attribute with and where they came from: the ones given to the callback, else the
+        training arguments' own (PriorAlignedConfig carries every AttributionSettings field), else what
+        `model` recorded or the library defaults. Trainer settings rank every region (complete AUCs)."""
+        if self.attribution is not None:
+            return resolve_attribution_settings(None, self.attribution)
+        names = AttributionSettings.field_names()
+        if args is not None and all(hasattr(args, name) for name in names):
+            settings = AttributionSettings(**{name: getattr(args, name) for name in names}).replace(max_regions=None)
+            return settings, {"settings": settings.to_dict(), "source": "the trainer's settings", "overrides": {},
+                              "complete_ranking": True}
+        return resolve_attribution_settings(model)
+
     def run(
-        self, model: torch.nn.Module, processor, sharded_parameters: bool = False
+        self, model: torch.nn.Module, processor, sharded_parameters: bool = False, args=None
     ) -> tuple[dict[str, float], dict, list[dict]]:
-        """Evaluate `model` now: (values to log, full metrics, per-sample records); the same on every rank."""
+        """Evaluate `model` now: (values to log, full metrics, per-sample records); the same on every rank.
+        `args` are the training arguments whose attribution settings apply (see `attribution_settings`)."""
         from eagle_align.actions import get_action_format
         from eagle_align.models.space import model_action_format
 
@@ -133,11 +149,11 @@ class ClickEvalCallback(TrainerCallback):
             logs["eval/mean_distance"] = metrics["mean_distance"]
         if self.attribution_samples > 0 and not (world > 1 and sharded_parameters):
             wanted = -(-self.attribution_samples // world)
+            settings, record = self.attribution_settings(args, model)
             rows, _ = attribute_predictions(model, processor, share[:real], records[:real], fmt, wanted,
-                                            self.system_prompt, progress=rank == 0, **self.attribution_options)
+                                            self.system_prompt, progress=rank == 0, settings=settings)
             rows = _gather(rows, world)
-            metrics["attribution"] = summarize_attribution(rows, min(wanted * world, len(all_records)),
-                                                           self.attribution_options)
+            metrics["attribution"] = summarize_attribution(rows, min(wanted * world, len(all_records)), record)
             if metrics["attribution"]["overall"]["point_game"] is not None:
                 logs["eval/point_game"] = metrics["attribution"]["overall"]["point_game"]
                 logs["eval/prior_hit@k"] = metrics["attribution"]["overall"]["prior_hit@k"]
@@ -151,7 +167,7 @@ class ClickEvalCallback(TrainerCallback):
         processor = self.processor or processing_class
         if model is None or processor is None:
             raise ValueError("ClickEvalCallback needs the model and a processor (pass processor=...)")
-        logs, metrics, records = self.run(model, processor, self._sharded_parameters(args))
+        logs, metrics, records = self.run(model, processor, self._sharded_parameters(args), args)
         self.history.append({"step": state.global_step, **logs})
         if self.out_dir is not None and state.is_world_process_zero:
             from eagle_align.eval.report import versions, write_report

@@ -9,20 +9,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
 from eagle_align.eval.scoring import score_sample, summarize
 
-# Attribution settings for evaluation: a complete ranking (no early stop) so insertion / deletion AUCs compare
-# whole curves across models; the efficient search keeps that affordable.
-# `prior_overlap` and `top_k` define the on-prior rule and k of prior-hit@k; the rest go to attribute_sample.
-DEFAULT_ATTRIBUTION = {"n_regions": 64, "region_method": "grid", "baseline": "black", "strategy": "efficient",
-                       "max_regions": None, "stop_confidence": None, "prior_overlap": 0.15, "top_k": 3}
+if TYPE_CHECKING:
+    from eagle_align.attribution.settings import AttributionSettings
+
 ATTRIBUTION_KEYS = ("point_game", "prior_hit@k", "insertion_auc", "deletion_auc")
 
 
@@ -128,15 +126,19 @@ def _aggregate(rows: Sequence[dict]) -> dict:
     return summary
 
 
-def summarize_attribution(rows: Sequence[dict], requested: int, settings: dict | None = None) -> dict:
-    """Attribution metrics overall and split by correct / incorrect clicks (means over attributed samples)."""
+def summarize_attribution(rows: Sequence[dict], requested: int, settings_record: dict | None = None,
+                          top_k: int = 3) -> dict:
+    """Attribution metrics overall and split by correct / incorrect clicks (means over attributed samples),
+    with the settings used and where they came from (`resolve_attribution_settings`'s record: `settings`,
+    `source`, `overrides`, `complete_ranking`) and the k of prior-hit@k."""
     return {
         "overall": _aggregate(rows),
         "correct": _aggregate([r for r in rows if r["hit"]]),
         "incorrect": _aggregate([r for r in rows if not r["hit"]]),
         "requested": requested,
         "skipped_wrong_format": requested - len(rows),
-        "settings": settings or {},
+        **(settings_record or {}),
+        "top_k": top_k,
     }
 
 
@@ -149,16 +151,22 @@ def attribute_predictions(
     n_samples: int,
     system_prompt: str | None = None,
     progress: bool = True,
-    **attribution_options,
+    settings: AttributionSettings | None = None,
+    top_k: int = 3,
+    batch_size: int = 16,
 ) -> tuple[list[dict], dict[int, Any]]:
     """Attribute the first `n_samples` answers, with the model's own answer as target.
 
     The target is the model's predicted click rendered in the action format (so its decision tokens are the
     coordinates the model chose); the prior is the ground-truth box. Wrong-format answers have no click to
-    explain and are skipped. Returns one metrics row per attributed sample and its `Attribution` by index.
+    explain and are skipped. `settings` are the attribution settings (None: `AttributionSettings()`; see
+    `resolve_attribution_settings` for a trained model's own), `top_k` the k of prior-hit@k, `batch_size`
+    the masked inputs per forward. Returns one metrics row per attributed sample and its `Attribution` by
+    index.
     """
     from eagle_align.attribution import (
-        attribute_sample,
+        AttributionSettings,
+        RegionAttribution,
         deletion_auc,
         insertion_auc,
         point_game,
@@ -166,8 +174,9 @@ def attribute_predictions(
     )
     from eagle_align.data import GroundingCollator
 
-    options = {**DEFAULT_ATTRIBUTION, **attribution_options}
-    prior_overlap, top_k = options.pop("prior_overlap"), options.pop("top_k")
+    settings = settings if settings is not None else AttributionSettings()
+    attributor = RegionAttribution(model, settings, batch_size)
+    box_overlap = settings.box_overlap
     collator = GroundingCollator(processor, action_format, system_prompt=system_prompt)
     device = _device(model)
     rows, attributions = [], {}
@@ -178,13 +187,13 @@ def attribute_predictions(
         mask = batch["meta"][0].prior_mask
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         started = time.perf_counter()
-        attribution = attribute_sample(model, batch, 0, **options)
+        attribution = attributor.attribute(batch, [0])[0]
         rows.append({
             "index": index,
             "id": records[index]["id"],
             "hit": bool(records[index]["hit"]),
-            "point_game": bool(point_game(attribution, mask, prior_overlap=prior_overlap)),
-            "prior_hit@k": float(prior_hit_at_k(attribution, mask, k=top_k, prior_overlap=prior_overlap)),
+            "point_game": bool(point_game(attribution, mask, prior_overlap=box_overlap)),
+            "prior_hit@k": float(prior_hit_at_k(attribution, mask, k=top_k, prior_overlap=box_overlap)),
             "insertion_auc": float(insertion_auc(attribution)),
             "deletion_auc": float(deletion_auc(attribution)),
             "forwards": int(attribution.forwards),
@@ -205,15 +214,24 @@ def evaluate(
     out_dir: str | Path | None = None,
     system_prompt: str | None = None,
     max_new_tokens: int = 64,
-    attribution_options: dict | None = None,
+    attribution: AttributionSettings | Mapping[str, Any] | None = None,
     settings: dict | None = None,
     plots: bool = True,
     progress: bool = True,
+    top_k: int = 3,
 ) -> dict:
     """Evaluate `model` on `examples`: click metrics, optional attribution metrics, and (with `out_dir`) the
     metrics.json / predictions.jsonl / report.md / PNG outputs. Returns the metrics dict.
+
+    `attribution` decides how the first `attribution_samples` answers are attributed. None or a mapping of
+    single settings: the settings `model` was trained with (recorded in its eagle_align.json, so the point
+    game measures what training's `align/point_game` measured), else `AttributionSettings()`, with the
+    mapping's entries overriding. Either way every region is ranked (max_regions None, unless the mapping
+    sets it): insertion / deletion AUCs compare whole curves across models. Complete `AttributionSettings`
+    are used as given. metrics["attribution"] records the settings, their source and the overrides.
     """
     from eagle_align.actions import get_action_format
+    from eagle_align.attribution.settings import resolve_attribution_settings
     from eagle_align.eval.report import versions, write_report
     from eagle_align.models import pixel_limits
     from eagle_align.models.space import model_action_format, model_system_prompt
@@ -231,11 +249,13 @@ def evaluate(
     metrics = summarize(records)
     attributions: dict[int, Any] = {}
     if attribution_samples > 0:
-        options = {**DEFAULT_ATTRIBUTION, **(attribution_options or {})}
+        chosen, settings_record = resolve_attribution_settings(model, attribution)
         rows, attributions = attribute_predictions(
-            model, processor, examples, records, fmt, attribution_samples, system_prompt, progress=progress, **options
+            model, processor, examples, records, fmt, attribution_samples, system_prompt, progress=progress,
+            settings=chosen, top_k=top_k,
         )
-        metrics["attribution"] = summarize_attribution(rows, min(attribution_samples, len(records)), options)
+        metrics["attribution"] = summarize_attribution(rows, min(attribution_samples, len(records)),
+                                                       settings_record, top_k)
     min_pixels, max_pixels = pixel_limits(processor)
     metrics["settings"] = {
         "action_format": fmt.name,

@@ -5,13 +5,15 @@ limits the screenshot was resized into (Qwen2.5-VL answers in pixels of that res
 Training writes them into the adapter (and every checkpoint), merge copies them into the merged folder, and
 loading an adapter or a trained folder reads them back, so eval, explain and merge see the clicks in the
 space they were trained in. An explicit setting that contradicts the record is refused unless forced.
+The record also holds the attribution settings training used (`attribution`), so eval and explain measure
+the point game the way training did (`eagle_align.attribution.settings`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,10 @@ class CoordinateSpace:
     base_model_id: str | None = None
     finetuning: str = "lora"  # lora | qlora | full
     merged_from: str | None = None  # the adapter merged into these weights (set by merge)
+    # AttributionSettings.to_dict() of training (None: not recorded, e.g. files written before it was).
+    attribution: dict | None = None
+    # Where this record was read from (not saved): eval / explain name it as their settings' source.
+    origin: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_adapter(self) -> bool:
@@ -48,7 +54,8 @@ class CoordinateSpace:
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / COORDINATE_SPACE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        record = {k: v for k, v in asdict(self).items() if k != "origin"}
+        path.write_text(json.dumps(record, indent=2) + "\n")
         return path
 
     @classmethod
@@ -61,8 +68,8 @@ class CoordinateSpace:
         missing = [name for name in required if name not in record] if isinstance(record, dict) else list(required)
         if missing:
             raise UsageError(f"{path}: not an eagle-align coordinate space (missing {', '.join(missing)})")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in record.items() if k in known})
+        known = {f.name for f in fields(cls)} - {"origin"}
+        return cls(**{k: v for k, v in record.items() if k in known}, origin=str(path))
 
 
 def read_coordinate_space(source: str | Path) -> CoordinateSpace | None:
