@@ -151,7 +151,7 @@ def attribute_predictions(
     n_samples: int,
     system_prompt: str | None = None,
     progress: bool = True,
-    settings: AttributionSettings | None = None,
+    settings: AttributionSettings | Mapping[str, Any] | None = None,
     top_k: int = 3,
     batch_size: int = 16,
 ) -> tuple[list[dict], dict[int, Any]]:
@@ -159,22 +159,22 @@ def attribute_predictions(
 
     The target is the model's predicted click rendered in the action format (so its decision tokens are the
     coordinates the model chose); the prior is the ground-truth box. Wrong-format answers have no click to
-    explain and are skipped. `settings` are the attribution settings (None: `AttributionSettings()`; see
-    `resolve_attribution_settings` for a trained model's own), `top_k` the k of prior-hit@k, `batch_size`
-    the masked inputs per forward. Returns one metrics row per attributed sample and its `Attribution` by
-    index.
+    explain and are skipped. `settings` are the attribution settings, chosen as `evaluate` chooses them
+    (None or a mapping of overrides: what `model` recorded, else the library defaults, ranking every region;
+    complete `AttributionSettings` as given), `top_k` the k of prior-hit@k, `batch_size` the masked inputs
+    per forward. Returns one metrics row per attributed sample and its `Attribution` by index.
     """
     from eagle_align.attribution import (
-        AttributionSettings,
         RegionAttribution,
         deletion_auc,
         insertion_auc,
         point_game,
         prior_hit_at_k,
     )
+    from eagle_align.attribution.settings import resolve_attribution_settings
     from eagle_align.data import GroundingCollator
 
-    settings = settings if settings is not None else AttributionSettings()
+    settings = resolve_attribution_settings(model, settings)[0]
     attributor = RegionAttribution(model, settings, batch_size)
     box_overlap = settings.box_overlap
     collator = GroundingCollator(processor, action_format, system_prompt=system_prompt)
