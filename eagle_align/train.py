@@ -62,6 +62,13 @@ class ModelArguments:
             raise UsageError("quantization needs finetuning=lora (QLoRA); full fine-tuning of 4/8-bit weights is "
                              "not possible")
         resolve_dtype(self.dtype)
+        for name in ("min_pixels", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"{name}={value} must be a positive number of pixels")
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise UsageError(f"min_pixels={self.min_pixels} exceeds max_pixels={self.max_pixels}",
+                             hint="set min_pixels ≤ max_pixels")
 
 
 @dataclass
@@ -71,8 +78,27 @@ class LoraArguments:
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_targets: str = field(
         default="language",
-        metadata={"help": "Preset (language, language+merger, all) or comma-separated module regexes."},
+        metadata={"help": "Preset (language, language+merger, all) or comma-separated layer names or name endings "
+                  "(e.g. q_proj,v_proj), matched as PEFT matches target_modules."},
     )
+
+    def __post_init__(self) -> None:
+        if self.lora_r < 1:
+            raise UsageError(f"lora_r={self.lora_r} must be a rank of at least 1")
+        if self.lora_alpha <= 0:
+            raise UsageError(f"lora_alpha={self.lora_alpha} must be positive")
+        if not 0 <= self.lora_dropout < 1:
+            raise UsageError(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
+        if not str(self.lora_targets).strip(" ,"):
+            raise UsageError("lora_targets is empty; use a preset (language, language+merger, all) or layer names")
+
+    def target_list(self) -> str | list[str]:
+        """A preset name as it is, anything else as the list of layer names it lists."""
+        from eagle_align.models.lora import LORA_TARGET_PRESETS
+
+        if self.lora_targets in LORA_TARGET_PRESETS:
+            return self.lora_targets
+        return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
 
 
 @dataclass
@@ -285,6 +311,8 @@ def _check_value_types(config: dict[str, Any]) -> None:
             value, kinds = config.get(f.name), _scalar_types(hints.get(f.name))
             if value is None or kinds is None:
                 continue
+            if f.name == "resume_from_checkpoint":
+                kinds = (*kinds, bool)  # true: the latest checkpoint in output_dir (parse_config finds it)
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 names = " or ".join(dict.fromkeys(t.__name__ for t in kinds if t is not os.PathLike))
                 raise UsageError(f"{f.name}={value!r} must be {names}")
@@ -305,11 +333,58 @@ def parse_config(config: dict[str, Any]):
     config.setdefault("output_dir", "outputs/run")
     _check_value_types(config)
     try:
-        return parser.parse_dict(config, allow_extra_keys=False)
+        parsed = parser.parse_dict(config, allow_extra_keys=False)
     except UsageError:
         raise
     except ValueError as error:  # the argument classes' own checks, e.g. TrainingArguments' value rules
         raise UsageError(f"training config: {' '.join(str(error).split())}") from None
+    _check_training_arguments(parsed[-1], config)
+    return parsed
+
+
+def _check_training_arguments(training_args, config: dict[str, Any]) -> None:
+    """Trainer settings that TrainingArguments accepts but that would fail late or do something else than
+    asked (`max_steps: -3` trains by epochs); `resume_from_checkpoint: true` becomes the checkpoint it means."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        value = getattr(training_args, name)
+        if value < 1:
+            raise UsageError(f"{name}={value} must be at least 1")
+    if training_args.max_steps == 0 or training_args.max_steps < -1:
+        raise UsageError(f"max_steps={training_args.max_steps} must be a positive number of steps, or -1 to train "
+                         "for num_train_epochs")
+    resume = training_args.resume_from_checkpoint
+    if resume is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        output_dir = Path(training_args.output_dir)
+        latest = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if latest is None:
+            raise UsageError(f"resume_from_checkpoint: true, but {output_dir} has no checkpoint-* folder to resume "
+                             "from", hint="give a checkpoint folder, or train without resume_from_checkpoint")
+        training_args.resume_from_checkpoint = latest
+    elif resume is False:
+        training_args.resume_from_checkpoint = None
+    elif resume is not None and not Path(resume).expanduser().is_dir():
+        raise UsageError(f"resume_from_checkpoint={str(resume)!r}: no such checkpoint folder")
+    if "dataloader_pin_memory" not in config:
+        import torch
+
+        # Pinned memory only helps host-to-accelerator copies; without an accelerator torch warns on every loader.
+        if not torch.accelerator.is_available():
+            training_args.dataloader_pin_memory = False
+
+
+def check_model_options(model_args: ModelArguments, lora_args: LoraArguments) -> None:
+    """Options whose validity depends on the checkpoint's family and layers, checked from its config before
+    any weights load: LoRA targets must match layers of the model (pixel limits are checked where the
+    processor loads, in `load_model_and_processor`)."""
+    if model_args.finetuning != "lora":
+        return
+    targets = lora_args.target_list()
+    if isinstance(targets, list):
+        from eagle_align.models.loading import check_lora_targets, meta_model
+
+        check_lora_targets(meta_model(model_args.model_name_or_path), targets)
 
 
 def load_training_data(data_args: DataArguments):
@@ -361,7 +436,7 @@ def check_recipe_paths(config: dict[str, Any], recipe: Path) -> None:
 
 def _prepare_model(model_args: ModelArguments, lora_args: LoraArguments, training_args):
     from eagle_align.models import load_model_and_processor
-    from eagle_align.models.lora import LORA_TARGET_PRESETS, apply_lora
+    from eagle_align.models.lora import apply_lora
 
     model, processor = load_model_and_processor(
         model_args.model_name_or_path,
@@ -383,9 +458,7 @@ def _prepare_model(model_args: ModelArguments, lora_args: LoraArguments, trainin
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=training_args.gradient_checkpointing
         )
-    targets = lora_args.lora_targets
-    if targets not in LORA_TARGET_PRESETS:
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    targets = lora_args.target_list()
     model = apply_lora(
         model,
         r=lora_args.lora_r,
@@ -455,6 +528,7 @@ def run_training(config: dict[str, Any]):
         # eagle_align.hub; the Trainer's own pushes of intermediate checkpoints are switched off.
         training_args.push_to_hub = False
     train_set, eval_set = load_training_data(data_args)  # bad data fails before any weights load
+    check_model_options(model_args, lora_args)  # LoRA targets against the checkpoint's layers, before weights load
     set_seed(training_args.seed)
     model, processor = _prepare_model(model_args, lora_args, training_args)
     family = family_of(model)
@@ -501,6 +575,8 @@ def run_training(config: dict[str, Any]):
     if trainer.is_world_process_zero():
         print(_startup_summary(model, model_args, data_args, training_args, train_set, eval_set, collator, family))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if eval_set is not None and training_args.eval_strategy == "no":
+        _evaluate_at_end(trainer)  # eval data without an eval_strategy: evaluated once rather than never
     trainer.save_model()
     trainer.save_state()  # trainer_state.json (log history) and alignment_state.json beside the weights
     skipped_in_training = _count_skipped(trainer)
@@ -535,6 +611,18 @@ def run_training(config: dict[str, Any]):
         )
         print(f"pushed {training_args.output_dir} to {training_args.hub_model_id}: {url}")
     return trainer
+
+
+def _evaluate_at_end(trainer) -> dict[str, float]:
+    """One evaluate() after training, for a recipe that gives eval data but no eval_strategy (the Trainer would
+    load the eval set and never use it); says so, and how to evaluate during training instead."""
+    metrics = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        loss = metrics.get("eval_loss")
+        result = f" (eval_loss {loss:.4f})" if loss is not None else ""
+        print(f"evaluated the eval data once, after training{result}: the recipe sets no eval_strategy; set "
+              "eval_strategy: steps and eval_steps to evaluate during training")
+    return metrics
 
 
 def _count_skipped(trainer) -> int:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import torch
 
 from eagle_align.errors import UsageError
@@ -50,8 +54,34 @@ def set_pixel_limits(processor, min_pixels: int | None = None, max_pixels: int |
     if max_pixels is not None:
         size["longest_edge"] = int(max_pixels)
     if size["shortest_edge"] > size["longest_edge"]:
-        raise ValueError(f"min_pixels={size['shortest_edge']} exceeds max_pixels={size['longest_edge']}")
+        given = " and ".join(f"{n}={v}" for n, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v)
+        raise UsageError(f"min_pixels={size['shortest_edge']} exceeds max_pixels={size['longest_edge']}"
+                         + (f" (given: {given}; the other is the checkpoint's)" if given else ""),
+                         hint="set min_pixels ≤ max_pixels")
     processor.image_processor.size = size
+
+
+def min_max_pixels(family: ModelFamily) -> int:
+    """The smallest max_pixels that keeps every side of a screenshot up to 4:1 at least one merged cell long.
+
+    Below it the resize rounds a side down to 0 px and every image fails to load, which would be blamed on the
+    images (and, under on_error: skip, drop the whole dataset).
+    """
+    return 4 * family.factor * family.factor
+
+
+def check_pixel_limits(family: ModelFamily, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Fail with one line for pixel limits no screenshot can be resized into (before any weights load)."""
+    for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"{name}={value!r} must be a positive number of pixels")
+    if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
+        raise UsageError(f"min_pixels={min_pixels} exceeds max_pixels={max_pixels}", hint="set min_pixels ≤ max_pixels")
+    lowest = min_max_pixels(family)
+    if max_pixels is not None and max_pixels < lowest:
+        raise UsageError(f"max_pixels={max_pixels} is below {lowest}: {family.name} resizes screenshots into cells of "
+                         f"{family.factor}×{family.factor} px, and a screenshot needs at least 2×2 of them",
+                         hint=f"use max_pixels ≥ {lowest} (the family's default is {family.default_max_pixels})")
 
 
 def pixel_limits(processor) -> tuple[int, int]:
@@ -105,6 +135,13 @@ def load_model_and_processor(
                          hint="pass the folder as the model, without an adapter")
     settled = settle(space, source, force_coordinate_space, min_pixels=min_pixels, max_pixels=max_pixels)
     min_pixels, max_pixels = settled["min_pixels"], settled["max_pixels"]
+    check_pixel_limits(family, min_pixels, max_pixels)
+    # Processor and adapter first: limits that contradict the checkpoint's, or an adapter that does not fit
+    # this base, fail here in one line instead of after (or inside) loading the weights.
+    processor = load_processor(path_or_id, min_pixels, max_pixels)
+    check_pixel_limits(family, *pixel_limits(processor))
+    if adapter is not None:
+        check_adapter(adapter, path_or_id)
     torch_dtype = resolve_dtype(dtype)
     compute_dtype = torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.bfloat16
     kwargs = {"dtype": torch_dtype}
@@ -115,7 +152,6 @@ def load_model_and_processor(
     if device_map is not None:
         kwargs["device_map"] = device_map
     model = AutoModelForImageTextToText.from_pretrained(path_or_id, **kwargs)
-    processor = load_processor(path_or_id, min_pixels, max_pixels)
     if adapter is not None:
         from peft import PeftModel
 
@@ -128,3 +164,94 @@ def family_of(model) -> ModelFamily:
     """Family of a loaded (possibly PEFT-wrapped) model."""
     config = getattr(model, "config", None)
     return detect_family(config)
+
+
+def meta_model(path_or_id: str) -> torch.nn.Module:
+    """The checkpoint's architecture on the meta device: every module name and shape, no weights read."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(path_or_id)
+    with torch.device("meta"):
+        return AutoModelForImageTextToText.from_config(config)
+
+
+# Module types PEFT's LoRA can wrap.
+_LORA_LAYER_TYPES = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+def check_lora_targets(model: torch.nn.Module, targets: str | list[str]) -> None:
+    """Fail with one line when LoRA targets match no layer of `model`, matched the way PEFT matches them.
+
+    A preset (a regex string) must fully match at least one layer name; each name of a list must be a layer's
+    name or the end of one (`q_proj` matches `...self_attn.q_proj`), and a layer LoRA can wrap.
+    """
+    from eagle_align.models.lora import LORA_TARGET_PRESETS
+
+    modules = dict(model.named_modules())
+    if isinstance(targets, str):
+        pattern = LORA_TARGET_PRESETS.get(targets, targets)
+        if not any(re.fullmatch(pattern, name) for name in modules):
+            raise UsageError(f"lora_targets={targets!r} matches no layer of the model")
+        return
+    if not targets:
+        raise UsageError("lora_targets is empty", hint=f"use a preset ({', '.join(LORA_TARGET_PRESETS)}) or layer names")
+    examples = sorted({name.rsplit(".", 1)[-1] for name, module in modules.items()
+                       if isinstance(module, torch.nn.Linear) and ".layers." in name})
+    for target in targets:
+        matched = [m for name, m in modules.items() if name == target or name.endswith(f".{target}")]
+        if not any(isinstance(m, _LORA_LAYER_TYPES) for m in matched):
+            what = "matches no layer" if not matched else "matches only modules LoRA cannot wrap"
+            raise UsageError(f"lora_targets: {target!r} {what} of the model",
+                             hint=f"use a preset ({', '.join(LORA_TARGET_PRESETS)}) or comma-separated layer names "
+                             f"such as {', '.join(examples[:7])}")
+
+
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
+
+
+def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor shapes from a safetensors file's header, without reading the tensors."""
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+    return {name: list(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
+
+
+def check_adapter(adapter: str, base: str) -> None:
+    """Fail with one line, before any weights load, when a local `adapter` folder is not a LoRA adapter or
+    was trained on a base of another size (its LoRA shapes, read from the safetensors header, must fit the
+    base's layers)."""
+    folder = Path(adapter).expanduser()
+    if not folder.is_dir():
+        return  # a Hub id: PEFT fetches and checks it
+    if not (folder / "adapter_config.json").is_file():
+        hint = ("it holds a model (config.json): pass it as the model, without an adapter"
+                if (folder / "config.json").is_file() else "pass the folder `eagle-align train` wrote "
+                "(with adapter_config.json and adapter_model.safetensors)")
+        raise UsageError(f"adapter {adapter}: the folder has no adapter_config.json, so it is not a LoRA adapter",
+                         hint=hint)
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        return
+    try:
+        shapes = _safetensors_shapes(weights)
+    except (OSError, ValueError, KeyError) as error:
+        raise UsageError(f"adapter {adapter}: {weights.name} is not a readable safetensors file ({error})") from None
+    layers = dict(meta_model(base).named_modules())
+    recorded = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    hint = f"load it on the base it was trained on{f' ({recorded})' if recorded else ''}"
+    for key, shape in sorted(shapes.items()):
+        match = _LORA_KEY.match(key)
+        if match is None:
+            continue
+        name = match["module"]
+        layer = layers.get(name)
+        if layer is None:
+            raise UsageError(f"adapter {adapter} does not fit {base}: it has LoRA weights for {name}, a layer the "
+                             "base does not have", hint=hint)
+        size = getattr(layer, "in_features", None) if match["part"] == "A" else getattr(layer, "out_features", None)
+        got = shape[-1] if match["part"] == "A" else shape[0]
+        if size is not None and got != size:
+            side = "input" if match["part"] == "A" else "output"
+            raise UsageError(f"adapter {adapter} does not fit {base}: {name} has {side} size {size} in the base, "
+                             f"{got} in the adapter (a base of another size?)", hint=hint)
