@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Torch first, then the package with the extras the tests use, both at the versions the data card measured
+# Torch first, then the package with the extras the tests use, both at the versions method_comparison/ measures with
 # (constraints.txt: results are deterministic for fixed versions only).
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -c constraints.txt torch torchvision

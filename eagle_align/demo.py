@@ -9,14 +9,11 @@ inside the target box?) on the shifted one.
 
 The model is a tiny random Qwen3-VL (default), Qwen2.5-VL (`--family qwen2_5_vl`) or Qwen2-VL (`--family
 qwen2_vl`) built from scratch, fully fine-tuned (a random model has nothing for LoRA to adapt). Each family has
-its own entry in `FAMILIES` (pixel limits and how salient the cue is). The benchmark's setting was chosen by
-SFT-only measurement: with orange distractors Qwen3-VL's SFT follows the cue on every seed 0-4. The tiny Qwen2-VL
-takes it on every seed 0-2 once the cue is the more reliable evidence (`unmarked_train_fraction` 0.4: training
-targets drawn like the distractors) and it trains 600 steps; aligned, every seed clicks the target on shifted
-screens more often than SFT, but seeds 0 and 1 find it by elimination (data_cards/synthetic.md, with the other
-benchmarks measured: `--benchmark KEY=VALUE ...` replaces any of a family's benchmark settings). The tiny
-Qwen2.5-VL took the cue on at most one seed in every setting tried (unmarked targets included), so its demo runs
-the pipeline without a shortcut to remove.
+its own entry in `FAMILIES` (pixel limits and how salient the cue is), chosen so that plain SFT takes the cue:
+orange distractors for Qwen3-VL; for Qwen2-VL also training targets drawn like the distractors
+(`unmarked_train_fraction` 0.4), so that the cue is the more reliable evidence. The tiny Qwen2.5-VL rarely takes
+the cue in any setting, so its demo runs the pipeline without a shortcut to remove. `--benchmark KEY=VALUE ...`
+replaces any of a family's benchmark settings; method_comparison/ compares method settings on this benchmark.
 """
 
 from __future__ import annotations
@@ -32,13 +29,11 @@ FAMILY = "qwen3_vl"
 # Qwen2.5-VL) and the cue (synthetic `shortcut` options). Magenta, not the preset's white: tiny models never
 # learn a white cue here (so SFT would have no shortcut to take). Orange distractors, not blue: the red target
 # stands out less, so SFT leans on the cue (Qwen3-VL seed 1: shifted 68.0 % with blue, 32.0 % with orange).
-# unmarked_train_fraction: share of training targets drawn like the distractors (0: none; data card for why);
-# empty_train_slot_fraction and decoy_train_fraction (empty distractor slots, second red squares) were measured
-# as Qwen2-VL benchmarks and left at 0 (data card: "Elimination, empty slots and look-alike decoys").
+# unmarked_train_fraction: share of training targets drawn like the distractors (0: none);
+# empty_train_slot_fraction and decoy_train_fraction (empty distractor slots, second red squares): 0 by default.
 # full_run_schedule: recipe keys a full run overrides for this family (the recipe's own: 600 steps). The tiny
-# Qwen2-VL's SFT loss sits on a plateau (one coordinate still guessed) until step 130-290 on seeds 0-2, so it
-# trains 600 steps even under an experiment recipe that keeps the 300 steps Qwen3-VL was measured with before
-# 2026-12-06 (at 300 steps one Qwen3-VL seed of five kept part of the cue).
+# Qwen2-VL's SFT loss sits on a long plateau (one coordinate still guessed), so it trains 600 steps even under
+# a recipe with fewer.
 FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3_vl": {"pixels": 256 * 256, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
                  "distractor_shape": "square", "square_size": None, "unmarked_train_fraction": 0.0,
@@ -73,7 +68,7 @@ SIZES: dict[str, dict[str, Any]] = {
 # on a grey screen is an artefact these models never saw (with black, SFT models that ignore the cue entirely
 # scored 0 %). `single_round` ranks by singleton scores, whose top-1 is the greedy search's first pick, so the
 # point game equals the harness's default efficient search with the same baseline, at 2N forwards.
-ATTRIBUTION = {"baseline": "background", "strategy": "single_round"}
+ATTRIBUTION = {"baseline": "background", "search": "single_round"}
 FIGURE_SAMPLES = 4
 
 
@@ -159,7 +154,7 @@ def _comparison_figure(models: dict[str, tuple], examples, records: dict[str, li
     fig, axes = plt.subplots(n, len(models), figsize=(3.4 * len(models), 3.5 * n), squeeze=False)
     for col, (name, (model, processor, fmt)) in enumerate(models.items()):
         rows, attributions = attribute_predictions(
-            model, processor, examples, records[name], fmt, n, progress=False, **ATTRIBUTION
+            model, processor, examples, records[name], fmt, n, progress=False, settings=ATTRIBUTION
         )
         on_prior = {row["index"]: row["point_game"] for row in rows}
         for i in range(n):
@@ -217,7 +212,7 @@ def _markdown(report: dict[str, Any]) -> str:
         "follows the cue misses.",
         "- **point game**: the top-1 region of the attribution of the model's own click lies in the target box "
         f"(eval harness: {point['n_regions']}-region {point['region_method']}, baseline `{point['baseline']}`, "
-        f"{point['strategy']} search); alignment attributed over {settings['alignment_regions']}.",
+        f"{point['search']} search); alignment attributed over {settings['alignment_regions']}.",
         f"- Alignment: {aligned.get('alignment_steps', 0)} alignment steps, {aligned.get('selected', 0)} samples "
         f"attributed, {aligned.get('deviation_examples', 0)} deviation terms (top-1 evidence off the target box).",
         f"- Training time: SFT {report['sft']['training_minutes']:.2f} min, prior-aligned "
@@ -241,8 +236,8 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
              benchmark: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the tiny `family` model and its benchmark, train SFT and prior-aligned, evaluate both, write the report.
 
-    `benchmark` replaces some of the family's data settings (`BENCHMARK_KEYS`), so that a table the data card
-    measured under an earlier benchmark reruns with one command. Returns the report dict (also written to
+    `benchmark` replaces some of the family's data settings (`BENCHMARK_KEYS`), so that a result measured under
+    another benchmark reruns with one command. Returns the report dict (also written to
     `out_dir/report.json`).
     """
     from eagle_align.data import load_examples
@@ -306,7 +301,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
             metrics[name, split] = evaluate(
                 model, processor, examples[split], action_format=fmt, batch_size=16,
                 attribution_samples=size["attribution_samples"] if split == "shifted" else 0,
-                attribution_options=ATTRIBUTION, out_dir=out / "eval" / name / split,
+                attribution=ATTRIBUTION, out_dir=out / "eval" / name / split,
             )
         records[name] = read_predictions(out / "eval" / name / "shifted" / "predictions.jsonl")
     figure = _comparison_figure(loaded, examples["shifted"], records, out / "attribution_comparison.png")
@@ -384,13 +379,12 @@ def demo_arguments(parser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="run once per seed into OUT/seed-S and write OUT/summary.json (mean ± std)")
     parser.add_argument("--quick", action="store_true", help="smaller configuration (about 2 minutes)")
-    parser.add_argument("--recipe", default=None, help=f"training recipe (default: {RECIPE.name})")
+    parser.add_argument("--recipe", default=None, help=f"training recipe (default: {RECIPE.name}; e.g. a method_comparison/configs/*.yaml)")
     parser.add_argument("--family", default=FAMILY, choices=list(FAMILIES),
                         help=f"tiny model family, each with its own benchmark settings (default: {FAMILY})")
     parser.add_argument("--benchmark", nargs="+", default=[], metavar="KEY=VALUE",
                         help="replace some of the family's benchmark settings, e.g. unmarked_train_fraction=0.4 "
-                             f"cue_size=16 (keys: {', '.join(BENCHMARK_KEYS)}); reruns a data-card table measured "
-                             "under an earlier benchmark")
+                             f"cue_size=16 (keys: {', '.join(BENCHMARK_KEYS)})")
 
 
 def _benchmark_of(args) -> dict[str, Any]:

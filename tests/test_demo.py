@@ -25,6 +25,7 @@ from eagle_align.demo import (
     run_demo,
     run_overrides,
     summarize_seeds,
+    training_config,
 )
 from eagle_align.models import get_family
 from eagle_align.train import load_config
@@ -50,9 +51,22 @@ def test_table_and_seed_summary():
 def test_full_runs_follow_the_family_schedule_and_quick_runs_do_not():
     assert run_overrides("qwen2_vl", quick=False) == {"max_steps": 600}  # past the SFT loss plateau
     assert run_overrides("qwen3_vl", quick=False) == {}  # the recipe's own steps
-    assert load_config(RECIPE)["max_steps"] == 600  # at 300 one Qwen3-VL seed kept part of the cue (data card)
+    assert load_config(RECIPE)["max_steps"] == 600
     quick = run_overrides("qwen2_vl", quick=True)
     assert quick["max_steps"] == 60 and quick == SIZES["quick"]["overrides"] and quick is not SIZES["quick"]["overrides"]
+
+
+def test_a_method_comparison_config_is_a_demo_recipe(tmp_path):
+    """`eagle-align demo --recipe method_comparison/configs/NAME.yaml` runs that config for both models: the demo
+    sets paths, seed, pixels and alignment, the config everything else (here its 300 steps)."""
+    recipe = Path(__file__).resolve().parents[1] / "method_comparison" / "configs" / "steps_300.yaml"
+    args = build_parser("demo").parse_args(["demo", "--recipe", str(recipe)])
+    assert args.recipe == str(recipe)
+    for aligned in (False, True):
+        config = training_config(Path(args.recipe), tmp_path / "ckpt", tmp_path / "train.jsonl", tmp_path / "out",
+                                 seed=4, alignment=aligned, overrides=run_overrides("qwen3_vl", quick=False))
+        assert config["max_steps"] == 300 and config["seed"] == 4 and config["alignment"] is aligned
+        assert config["model_name_or_path"] == str(tmp_path / "ckpt")
 
 
 def test_unknown_benchmark_setting_is_refused_before_any_work(tmp_path):
