@@ -67,6 +67,20 @@ def _alignment_summary(alignment: dict[str, Any] | None, totals: dict[str, float
             "target element's box.")
 
 
+def _system_prompt_note(space: CoordinateSpace) -> str:
+    """The system prompt, or what the chat template adds when none is given (Qwen2/2.5-VL's add one)."""
+    if space.system_prompt:
+        return f"`{space.system_prompt}`"
+    from eagle_align.models.registry import FAMILIES
+
+    family = FAMILIES.get(space.family)
+    if family is None:
+        return "none"
+    if family.template_system_prompt:
+        return f"none (the chat template's default: {family.template_system_prompt})"
+    return "none (the chat template adds none)"
+
+
 def _table(title: str, section: dict[str, Any] | None, column: str = "setting") -> list[str]:
     if not section:
         return []
@@ -133,7 +147,7 @@ def build_model_card(
         f"- model family: `{space.family}`; action format: `{space.action_format}`",
         f"- min_pixels: {space.min_pixels}, max_pixels: {space.max_pixels} (screenshots are resized into these "
         "limits before the model sees them; absolute-pixel answers refer to the resized image)",
-        f"- system prompt: `{space.system_prompt}`" if space.system_prompt else "- system prompt: none",
+        f"- system prompt: {_system_prompt_note(space)}",
         f"- recorded in `{COORDINATE_SPACE_FILE}`, which `eagle-align eval`, `explain` and `merge` read",
     ]
     if space.merged_from:
@@ -168,14 +182,40 @@ def write_model_card(output_dir: str | Path, space: CoordinateSpace, **sections:
     return path
 
 
-class PushError(RuntimeError):
-    """Upload failed; the local adapter directory is untouched."""
+class PushError(UsageError, RuntimeError):
+    """Upload failed; the local folder is untouched. One line on the command line (exit 2), like bad input:
+    nothing to debug in eagle-align, and the user's next step is to retry once the Hub is reachable."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_hub_reachable(token: str | None = None) -> None:
+    """Fail in one line when the Hub cannot be reached: offline mode (HF_HUB_OFFLINE=1), no connection, or a
+    token the Hub refuses; asks the Hub who the token belongs to, the cheapest authenticated call."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.is_offline_mode():
+        raise UsageError("pushing needs the Hub, but HF_HUB_OFFLINE=1 (offline mode) is set",
+                         hint="unset HF_HUB_OFFLINE to push, or leave push_to_hub out and run `eagle-align push` later")
+    try:
+        HfApi(token=token).whoami()
+    except Exception as error:  # no connection, DNS, proxy, refused token: the message says which
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise UsageError(f"the Hub refused the token ({status}): {_first_line(error)}",
+                             hint="run `hf auth login` or set HF_TOKEN to a token with write access") from None
+        raise UsageError(f"the Hub cannot be reached: {_first_line(error)}",
+                         hint="check the connection (or HF_ENDPOINT), or push later with `eagle-align push`") from None
 
 
 def check_push_ready(repo_id: str | None, token: str | None = None) -> None:
-    """Fail before any work when a push could not start: a valid repo id and a token must be at hand.
+    """Fail before any work when a push could not start: a valid repo id, a token, and a Hub that answers
+    (not offline, reachable, and accepting the token).
 
-    Whether the token may write to the repo only the Hub can say; that is checked when the push starts.
+    Whether the token may write to this repo only the upload itself can tell.
     """
     from huggingface_hub import get_token
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -189,6 +229,7 @@ def check_push_ready(repo_id: str | None, token: str | None = None) -> None:
     if not (token or get_token()):
         raise UsageError(f"pushing to {repo_id} needs a Hub token, and none is set",
                          hint="run `hf auth login`, set HF_TOKEN, or pass hub_token / --token")
+    check_hub_reachable(token)
 
 
 def push_adapter(
@@ -225,7 +266,8 @@ def push_adapter(
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         info = api.create_commit(repo_id, operations=operations, commit_message=commit_message, revision=revision)
     except Exception as err:  # network, auth, quota: the local files stay where they are
-        raise PushError(f"push of {folder} to {repo_id} failed ({err}); the local adapter is intact") from err
+        raise PushError(f"push of {folder} to {repo_id} failed ({_first_line(err)}); the local folder {folder} is "
+                        "intact", hint=f"retry with `eagle-align push {folder} --repo-id {repo_id}`") from err
     return str(getattr(info, "commit_url", info))
 
 

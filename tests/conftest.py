@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import huggingface_hub.constants
 import pytest
 from huggingface_hub import HfApi
 
@@ -41,6 +42,9 @@ class RecordingHub:
         self.repos: list[str] = []
         self.uploaded: dict[str, list[str]] = {}
 
+    def whoami(self, api, **kwargs):
+        return {"name": "recording-user", "type": "user"}
+
     def create_repo(self, api, repo_id, **kwargs):
         self.repos.append(repo_id)
         return f"https://huggingface.co/{repo_id}"
@@ -56,6 +60,8 @@ class RecordingHub:
 def recording_hub(monkeypatch):
     hub = RecordingHub()
     monkeypatch.setenv("HF_TOKEN", "hf_recording_hub")  # a logged-in user, as far as the client can tell offline
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # this stand-in Hub is reachable
+    monkeypatch.setattr(HfApi, "whoami", lambda self, **kw: hub.whoami(self, **kw))
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: hub.create_repo(self, repo_id, **kw))
     monkeypatch.setattr(
         HfApi, "create_commit", lambda self, repo_id, operations, **kw: hub.create_commit(self, repo_id, operations, **kw)

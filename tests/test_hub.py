@@ -95,7 +95,7 @@ def test_failed_push_leaves_adapter_intact(tiny_checkpoints, tmp_path, recording
     adapter = _save_adapter(tiny_checkpoints["qwen3_vl"], tmp_path / "adapter")
     before = {p.name: p.read_bytes() for p in adapter.iterdir() if p.is_file()}
     recording_hub.fail = True
-    with pytest.raises(PushError, match="local adapter is intact"):
+    with pytest.raises(PushError, match=f"the local folder {adapter} is intact"):
         push_adapter(adapter, "me/my-gui-adapter")
     assert {p.name: p.read_bytes() for p in adapter.iterdir() if p.is_file()} == before
 
@@ -179,3 +179,80 @@ def test_push_to_hub_is_checked_before_training(tiny_checkpoints, tmp_path, monk
     with pytest.raises(UsageError, match="needs a Hub token"):
         run_training(config)
     assert not (tmp_path / "out").exists()  # nothing was trained (or written) first
+
+
+def _one_line_exit_2(argv, capsys, *expected) -> str:
+    from eagle_align.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()
+    assert lines[0].startswith(f"eagle-align {argv[0]}: ") and len(lines) <= 2 and "Traceback" not in err, err
+    for words in expected:
+        assert words in err, (words, err)
+    return err
+
+
+def test_push_command_failures_are_one_line_and_keep_the_folder(tiny_checkpoints, tmp_path, monkeypatch, capsys,
+                                                                recording_hub):
+    import huggingface_hub.constants
+    from huggingface_hub import HfApi
+
+    adapter = _save_adapter(tiny_checkpoints["qwen2_vl"], tmp_path / "adapter")
+    before = {p.name: p.read_bytes() for p in adapter.iterdir() if p.is_file()}
+    capsys.readouterr()
+    recording_hub.fail = True  # the upload itself fails (503)
+    _one_line_exit_2(["push", str(adapter), "--repo-id", "me/x"], capsys, "failed (503 Service Unavailable)",
+                     f"the local folder {adapter} is intact", "eagle-align push")
+
+    def unreachable(self, **kwargs):
+        raise ConnectionError("[Errno -3] Temporary failure in name resolution\n(and sixty lines of httpx)")
+
+    monkeypatch.setattr(HfApi, "whoami", unreachable)
+    err = _one_line_exit_2(["push", str(adapter), "--repo-id", "me/x"], capsys, "the Hub cannot be reached",
+                           "name resolution")
+    assert "sixty lines" not in err
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    _one_line_exit_2(["push", str(adapter), "--repo-id", "me/x"], capsys, "HF_HUB_OFFLINE=1")
+    assert recording_hub.repos == ["me/x"]  # only the first try got as far as the Hub
+    assert {p.name: p.read_bytes() for p in adapter.iterdir() if p.is_file()} == before
+
+
+def test_push_to_hub_offline_is_refused_before_training(tiny_checkpoints, tmp_path, monkeypatch, capsys,
+                                                        recording_hub):
+    import huggingface_hub.constants
+    import yaml
+    from transformers import AutoModelForImageTextToText
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were loaded before the push check")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", no_weights)
+    config = _train_config(tiny_checkpoints["qwen3_vl"], tmp_path, push_to_hub=True, hub_model_id="me/x")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(config))
+    _one_line_exit_2(["train", str(recipe)], capsys, "pushing needs the Hub, but HF_HUB_OFFLINE=1")
+    assert not (tmp_path / "out").exists() and recording_hub.repos == []
+
+
+def test_card_names_the_system_prompt_the_chat_template_adds(tiny_checkpoints):
+    from eagle_align.models import FAMILIES, load_processor
+
+    for name, family in FAMILIES.items():
+        # The registry's note agrees with what the family's chat template renders without a system turn.
+        processor = load_processor(tiny_checkpoints[name])
+        text = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                                             tokenize=False)
+        if family.template_system_prompt:
+            assert f"<|im_start|>system\n{family.template_system_prompt}<|im_end|>" in text
+        else:
+            assert "<|im_start|>system" not in text
+        body = build_model_card(CoordinateSpace(name, family.default_action_format, 3136, 65536)).text
+        line = next(line for line in body.splitlines() if line.startswith("- system prompt:"))
+        if family.template_system_prompt:
+            assert line == f"- system prompt: none (the chat template's default: {family.template_system_prompt})"
+        else:
+            assert line == "- system prompt: none (the chat template adds none)"
+    given = build_model_card(CoordinateSpace("qwen2_vl", "qwen2_vl", 3136, 65536, system_prompt="Be brief.")).text
+    assert "- system prompt: `Be brief.`" in given

@@ -19,11 +19,12 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Chat templates written for eagle-align: they render the same prompt layout as each family's published
 # template for the messages a GUI agent uses (optional system, user turns with images and text, assistant
 # text), which is what training and inference must agree on.
+_QWEN2_DEFAULT_SYSTEM = "You are a helpful assistant."
 _QWEN2_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}"
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>system\n" + _QWEN2_DEFAULT_SYSTEM + "<|im_end|>\n"
     "{% endif %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
@@ -41,7 +42,7 @@ _QWEN2_TEMPLATE = (
 # Qwen3-VL: no default system turn.
 _QWEN3_TEMPLATE = _QWEN2_TEMPLATE.replace(
     "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>system\n" + _QWEN2_DEFAULT_SYSTEM + "<|im_end|>\n"
     "{% endif %}",
     "",
 )
@@ -84,6 +85,8 @@ class ModelFamily:
     default_max_pixels: int
     chat_template: str
     special_tokens: tuple[str, ...] = SPECIAL_TOKENS
+    # The system turn the chat template writes when the messages have none (what "no system prompt" means).
+    template_system_prompt: str | None = None
 
     @property
     def factor(self) -> int:
@@ -113,6 +116,7 @@ FAMILIES: dict[str, ModelFamily] = {
         default_min_pixels=56 * 56,
         default_max_pixels=28 * 28 * 1280,
         chat_template=_QWEN2_TEMPLATE,
+        template_system_prompt=_QWEN2_DEFAULT_SYSTEM,
     ),
     "qwen2_5_vl": ModelFamily(
         name="qwen2_5_vl",
@@ -130,6 +134,7 @@ FAMILIES: dict[str, ModelFamily] = {
         default_min_pixels=56 * 56,
         default_max_pixels=28 * 28 * 1280,
         chat_template=_QWEN2_TEMPLATE,
+        template_system_prompt=_QWEN2_DEFAULT_SYSTEM,
     ),
     "qwen3_vl": ModelFamily(
         name="qwen3_vl",
