@@ -206,3 +206,19 @@ def test_skip_mode_leaves_out_examples_that_do_not_decode(processors, examples, 
     alone = collator([bad])  # a batch left empty repeats the last good example, so the step still trains
     assert [m.id for m in alone["meta"]] == ["ex1"] and len(alone["skipped"]) == 1
     assert "skipped" not in collator([examples[2]])
+
+
+def test_point_only_example_trains_its_click_with_no_prior_mask(family, processors, examples):
+    """A click with no box: the answer and its coordinate tokens as usual; no box, so no prior mask."""
+    boxed = examples[0]
+    point_only = validate_example(
+        GroundingExample(image=boxed.image, image_size=boxed.image_size, instruction="click it", bbox=None,
+                         point=(85.0, 52.5), id="click-only"), "point-only")
+    assert point_only.bbox is None
+    batch = GroundingCollator(processors[family], default_action_format(family))([boxed, point_only])
+    with_box, without = batch["meta"]
+    assert with_box.prior_mask is not None and with_box.prior_mask.any()
+    assert without.prior_mask is None and without.bbox_resized is None
+    assert without.decision_positions.numel() > 0
+    # Same click, same answer: the box changes nothing the model is taught to write.
+    assert without.answer == with_box.answer

@@ -1,8 +1,10 @@
-"""Grounding data: the example type, loaders for our JSONL / HF datasets / ScreenSpot layouts, image loading,
-synthetic shortcut GUIs and the collator that turns examples into Qwen-VL batches."""
+"""Grounding data: the example type, loaders for our JSONL / HF datasets / ScreenSpot layouts and imported formats
+(LLaMA-Factory / ShareGPT, other column names), the JSONL writer, image loading, synthetic shortcut GUIs and the
+collator that turns examples into Qwen-VL batches."""
 
 from eagle_align.data.collator import IGNORE_INDEX, GroundingCollator, SampleMeta, prior_mask
 from eagle_align.data.images import image_for_processor, load_image
+from eagle_align.data.importers import write_jsonl
 from eagle_align.data.loaders import BBOX_FORMATS, FORMATS, detect_format, load_examples
 from eagle_align.data.schema import DataError, ExampleSet, GroundingExample, read_image_size, validate_example
 from eagle_align.data.synth import PRESETS, SPLITS, generate_synthetic, synth_record
@@ -27,4 +29,5 @@ __all__ = [
     "read_image_size",
     "synth_record",
     "validate_example",
+    "write_jsonl",
 ]
