@@ -349,7 +349,9 @@ def _record_fields(record: dict, folders: list[Path], default_id: str, split: st
 def _read_records(source: Path, options: _Options):
     """Records of JSONL files (one object per line) and JSON files (a list of objects)."""
     suffixes = (".jsonl",) if options.fmt == "jsonl" else (".jsonl", ".json")
-    files = sorted(p for p in source.iterdir() if p.suffix in suffixes) if source.is_dir() else [source]
+    # LLaMA-Factory keeps its dataset registry (a mapping, not records) beside the data.
+    files = sorted(p for p in source.iterdir() if p.suffix in suffixes and p.name != "dataset_info.json"
+                   ) if source.is_dir() else [source]
     chosen = options.choose([path.stem for path in files])
     for path in (p for p in files if p.stem in chosen):
         folders = [options.root] if options.root else [path.parent]
