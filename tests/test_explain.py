@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from eagle_align.actions import get_action_format
-from eagle_align.attribution import explain, make_partition, render_overlay
+from eagle_align.attribution import AttributionSettings, explain, make_partition, render_overlay
 from eagle_align.attribution.explain import _generate, _token_spans
-from eagle_align.attribution.overlay import BOX_COLOUR, CLICK_COLOUR, REGION_COLOUR
+from eagle_align.attribution.overlay import BOX_COLOUR, CLICK_COLOUR, REGION_COLOUR, explanation_figure
 from eagle_align.attribution.search import Attribution
 from eagle_align.cli import main
 from eagle_align.errors import UsageError
@@ -41,13 +41,13 @@ def test_explain_cli_with_adapter_writes_png_and_json(tiny_checkpoints, tmp_path
         "explain", "--model", tiny_checkpoints["qwen3_vl"], "--adapter", str(tmp_path / "adapter"),
         "--image", str(tmp_path / "screen.png"), "--instruction", "click the red square",
         "--bbox", "48", "64", "112", "112", "--answer", ANSWER, "--out", str(tmp_path / "out"),
-        "--n-regions", "16", "--dtype", "float32", "--batch-size", "8",
+        "--n-regions", "16", "--region-method", "grid", "--dtype", "float32", "--batch-size", "8",
     ])
     assert code == 0
     overlay = Image.open(tmp_path / "out" / "explanation.png")
     record = json.loads((tmp_path / "out" / "explanation.json").read_text())
-    # The screenshot under a title band saying what is explained.
-    assert overlay.width == 256 and overlay.height > 192
+    # The screenshot, upscaled to a readable width, under a title band saying what is explained.
+    assert overlay.width == 768 and overlay.height > 3 * 192
     assert record["title"][0] == "instruction: click the red square" and record["title"][1] == f"answer: {ANSWER}"
     assert record["title"][2].startswith("P(x) = ") and record["title"][2].endswith("click in box: yes")
     assert f"{record['attribution']['full_prob']:.4f}" in record["title"][2]
@@ -106,6 +106,15 @@ def test_overlay_draws_heatmap_box_click_and_regions():
         render_overlay(image, Attribution([0], [1.0], [0.5], [0.5], 1.0, 0.0, 2, 0.0, "exact", 4), top_k=1)
     assert torch.equal(attribution.cell_importance()[3, 3], attribution.cell_importance()[2, 2])
 
+    # The saved figure: upscaled to 768 px (box and click with it), a colour bar from dark to bright below.
+    figure = np.asarray(explanation_figure(image, attribution, bbox=(10, 10, 50, 40), click=(120, 90), top_k=1))
+    assert figure.shape[1] == 768 and figure.shape[0] > 576
+    assert tuple(figure[int(25 * 4.8), int(10 * 4.8)]) == BOX_COLOUR
+    margin = 16  # the bar's inset at this width
+    bar = figure[576 + margin + 2]
+    assert bar[margin + 1].sum() < 60 and bar[768 - margin - 2][0] > 200 and bar[768 - margin - 2][1] > 200
+    assert (np.diff(bar[margin + 1 : 768 - margin - 1].astype(int).sum(-1)) >= -3).all()  # dark to bright
+
 
 @pytest.mark.parametrize("bbox", [(48, 64, 300, 112), (112, 64, 48, 112), (-1, 0, 10, 10), (0, 0, 10, 193)])
 def test_explain_refuses_a_box_outside_the_image(tiny_checkpoints, tmp_path, capsys, bbox):
@@ -125,5 +134,52 @@ def test_explain_cli_wrong_format_answer_shows_the_expected_template(tiny_checkp
                  "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert "'the red square' is in the wrong format for action format 'qwen3_vl'" in err
+    assert ("\neagle-align explain: the answer 'the red square' is in the wrong format for action format "
+            "'qwen3_vl'") in "\n" + err and "explain: explain:" not in err
     assert 'expected an answer like {"action": "click", "coordinate": [X, Y]}' in err and "hint:" in err
+
+
+@pytest.mark.parametrize("instruction", ["", "   ", "click\nthe red square"])
+def test_explain_refuses_an_empty_or_multiline_instruction_before_loading(tmp_path, capsys, instruction):
+    _screenshot(tmp_path / "screen.png")
+    # A model that does not exist: the instruction is refused before anything tries to load it.
+    code = main(["explain", "--model", str(tmp_path / "no-model"), "--image", str(tmp_path / "screen.png"),
+                 "--instruction", instruction, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "no-model" not in err
+    assert err.startswith("eagle-align explain: --instruction ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_explain_uses_the_adapters_recorded_settings_and_a_flag_overrides_one(tiny_checkpoints, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from eagle_align.models import pixel_limits
+    from eagle_align.models.space import COORDINATE_SPACE_FILE, CoordinateSpace
+
+    model, processor = load_model_and_processor(tiny_checkpoints["qwen3_vl"], dtype="float32")
+    adapter = tmp_path / "adapter"
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    recorded = AttributionSettings(n_regions=4, region_method="grid", baseline="black", search="exact")
+    CoordinateSpace("qwen3_vl", "qwen3_vl", *pixel_limits(processor), attribution=recorded.to_dict()).save(adapter)
+    _screenshot(tmp_path / "screen.png")
+    common = ["explain", "--model", tiny_checkpoints["qwen3_vl"], "--adapter", str(adapter), "--image",
+              str(tmp_path / "screen.png"), "--instruction", "click the red square", "--answer", ANSWER,
+              "--bbox", "48", "64", "112", "112", "--dtype", "float32"]
+
+    assert main([*common, "--out", str(tmp_path / "recorded")]) == 0
+    record = json.loads((tmp_path / "recorded" / "explanation.json").read_text())
+    used = record["attribution_settings"]
+    # What training recorded, ranking every region so the curves are complete.
+    assert used["settings"] == {**recorded.to_dict(), "max_regions": None}
+    assert used["source"] == f"recorded in {adapter / COORDINATE_SPACE_FILE}" and used["overrides"] == {}
+    attribution = record["attribution"]
+    assert attribution["n_regions"] == 4 and attribution["region_method"] == "grid"
+    assert len({cell for row in attribution["region_of_cell"] for cell in row}) == 4
+    assert sorted(attribution["ranking"]) == [0, 1, 2, 3] and attribution["search"] == "exact"
+    assert attribution["forwards"] == 2 * (4 + 3 + 2 + 1)  # exact, complete: P(x), P(x_∅) from the last step
+
+    assert main([*common, "--out", str(tmp_path / "flag"), "--search", "single_round"]) == 0
+    used = json.loads((tmp_path / "flag" / "explanation.json").read_text())["attribution_settings"]
+    assert used["overrides"] == {"search": "single_round"}
+    assert used["settings"] == {**recorded.to_dict(), "max_regions": None, "search": "single_round"}
