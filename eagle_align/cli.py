@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -69,11 +70,45 @@ def describe_error(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+# Logger name -> start of the one notice dropped from it; the logger's other messages stay.
+LIBRARY_NOTICES = {
+    # DeepSpeed, imported lazily by accelerate / transformers on a machine without a GPU, even when no
+    # recipe asks for DeepSpeed (printed to stdout by its own handler).
+    "DeepSpeed": "Setting accelerator to CPU",
+    # bitsandbytes, imported with peft, looks for an optional 4-bit CPU kernel on the Hub; without it the
+    # plain CPU path runs, and LoRA training never uses it.
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",
+    "kernels._internals.hf_hub": "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'",
+}
+
+
+class _DropNotice(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def quiet_library_notices() -> None:
+    """Drop the library notices in LIBRARY_NOTICES, printed by every command though none concerns it.
+
+    Filters on the named loggers survive the libraries configuring those loggers when they are imported.
+    """
+    for name, prefix in LIBRARY_NOTICES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotice) for f in logger.filters):
+            logger.addFilter(_DropNotice(prefix))
+
+
 def run_reporting_errors(command: str, run: Callable[[], int | None], debug: bool = False) -> int:
     """Run one command; a user error becomes `eagle-align <command>: <message>` on stderr and exit status 2.
 
-    With `debug` (or EAGLE_ALIGN_DEBUG=1) the error propagates with its traceback.
+    With `debug` (or EAGLE_ALIGN_DEBUG=1) the error propagates with its traceback. Every command (also
+    `python -m eagle_align.train` under accelerate) runs through here, so library notices are quieted here.
     """
+    quiet_library_notices()
     debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(run() or 0)

@@ -171,3 +171,109 @@ def test_error_reraised_by_a_dataloader_worker_is_one_line():
     assert describe_error(info.value) == "example 'cut-1': cannot load image 'cut.png': image file is truncated"
     hinted = UsageError("unknown config key 'x'", hint="did you mean y?")
     assert describe_error(hinted) == "unknown config key 'x'\n  hint: did you mean y?"
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Loading any model weights fails the test: the checks under test must come first."""
+    from transformers import AutoModelForImageTextToText
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("model weights were loaded before the bad input was reported")
+
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", refuse)
+
+
+def _train_recipe(path: Path, model: str, synth: Path, out: Path, **keys) -> Path:
+    return _recipe(path, model_name_or_path=model, train_data=str(synth), report_to="none", output_dir=str(out),
+                   **keys)
+
+
+@pytest.mark.parametrize("override, words", [
+    (["--lora_r", "0"], "lora_r=0 must be a rank of at least 1"),
+    (["--lora_alpha", "0"], "lora_alpha=0 must be positive"),
+    (["--lora_dropout", "1.5"], "lora_dropout=1.5 must be in [0, 1)"),
+    (["--per_device_train_batch_size", "0"], "per_device_train_batch_size=0 must be at least 1"),
+    (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps=0 must be at least 1"),
+    (["--max_steps", "-3"], "max_steps=-3 must be a positive number of steps, or -1"),
+    (["--max_steps", "0"], "max_steps=0 must be a positive number of steps"),
+    (["--min_pixels", "65536", "--max_pixels", "3136"], "min_pixels=65536 exceeds max_pixels=3136"),
+    (["--max_pixels", "-5"], "max_pixels=-5 must be a positive number of pixels"),
+    (["--loss_chunk_size", "3"], "loss_chunk_size=3"),
+    (["--resume_from_checkpoint", "true"], "resume_from_checkpoint: true, but"),
+    (["--resume_from_checkpoint", "{dir}/nowhere"], "resume_from_checkpoint='{dir}/nowhere': no such checkpoint"),
+], ids=lambda v: v[0] if isinstance(v, list) else None)
+def test_train_options_fail_on_their_value_alone(override, words, synth, tmp_path, capsys):
+    # The model folder is empty: these must be reported before anything tries to read it.
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    recipe = _train_recipe(tmp_path / "r.yaml", str(empty), synth, tmp_path / "out")
+    override = [v.replace("{dir}", str(tmp_path)) for v in override]
+    _fails(["train", str(recipe), *override], capsys, words.replace("{dir}", str(tmp_path)))
+
+
+@pytest.mark.parametrize("override, words", [
+    (["--lora_targets", "vision_tower"], "lora_targets: 'vision_tower' matches no layer of the model"),
+    (["--lora_targets", "q_proj,layers"], "lora_targets: 'layers' matches only modules LoRA cannot wrap"),
+    (["--min_pixels", "100", "--max_pixels", "200"], "max_pixels=200 is below 3136"),
+    (["--max_pixels", "2000"], "max_pixels=2000 is below 3136"),
+], ids=["targets", "targets-not-layers", "pixels-below-a-cell", "max-below-the-checkpoint-min"])
+def test_train_options_checked_against_the_family_before_weights_load(override, words, synth, tiny_checkpoints,
+                                                                      tmp_path, capsys, no_weights):
+    recipe = _train_recipe(tmp_path / "r.yaml", tiny_checkpoints["qwen2_vl"], synth, tmp_path / "out")
+    err = _fails(["train", str(recipe), *override], capsys, words)
+    assert "height and width" not in err and "cannot load image" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_true_is_accepted_and_means_the_latest_checkpoint(synth, tmp_path):
+    from eagle_align.train import parse_config
+
+    out = tmp_path / "out"
+    for step in (5, 20, 10):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+    config = dict(model_name_or_path="m", train_data=str(synth), output_dir=str(out), report_to="none",
+                  resume_from_checkpoint=True)
+    training_args = parse_config(config)[-1]
+    assert training_args.resume_from_checkpoint == str(out / "checkpoint-20")
+    assert parse_config({**config, "resume_from_checkpoint": False})[-1].resume_from_checkpoint is None
+
+
+def test_eval_pixel_limits_fail_before_data_or_weights(synth, tiny_checkpoints, tmp_path, capsys, no_weights):
+    base = ["eval", "--data", str(synth), "--out", str(tmp_path / "e")]
+    _fails([*base, "--model", str(tmp_path / "no-model"), "--min-pixels", "65536", "--max-pixels", "3136"], capsys,
+           "--min-pixels 65536 exceeds --max-pixels 3136")
+    _fails([*base, "--model", tiny_checkpoints["qwen3_vl"], "--min-pixels", "100", "--max-pixels", "200"], capsys,
+           "max_pixels=200 is below 4096", "32×32")
+
+
+@pytest.fixture(scope="module")
+def adapter_of_the_tiny_qwen2(tiny_checkpoints, tmp_path_factory) -> Path:
+    from eagle_align.models import load_model_and_processor
+    from eagle_align.models.lora import apply_lora
+
+    model, _ = load_model_and_processor(tiny_checkpoints["qwen2_vl"], dtype="float32")
+    out = tmp_path_factory.mktemp("adapter")
+    apply_lora(model, r=4, alpha=8, dropout=0.0).save_pretrained(out)
+    return out
+
+
+def test_adapter_folder_and_its_base_are_checked_before_loading(adapter_of_the_tiny_qwen2, tiny_checkpoints, synth,
+                                                               tmp_path, capsys, no_weights):
+    from eagle_align.models import build_tiny_checkpoint
+
+    base = tiny_checkpoints["qwen2_vl"]
+    run = ["eval", "--data", str(synth), "--out", str(tmp_path / "e")]
+    # A model folder given as the adapter: it has config.json, not adapter_config.json.
+    _fails([*run, "--model", base, "--adapter", base], capsys, "has no adapter_config.json, so it is not a LoRA "
+           "adapter", "pass it as the model")
+    (tmp_path / "stray").mkdir()
+    _fails([*run, "--model", base, "--adapter", str(tmp_path / "stray")], capsys, "not a LoRA adapter")
+    # The same family at another size: the adapter's LoRA shapes do not fit (no wall of size mismatches).
+    wider = build_tiny_checkpoint("qwen2_vl", tmp_path / "wider", seed=0, hidden_size=192)
+    err = _fails([*run, "--model", str(wider), "--adapter", str(adapter_of_the_tiny_qwen2)], capsys,
+                 f"adapter {adapter_of_the_tiny_qwen2} does not fit {wider}", "size 384 in the base, 256 in the adapter",
+                 "a base of another size")
+    assert "size mismatch" not in err
+    merge = ["merge", "--base", str(wider), "--adapter", str(adapter_of_the_tiny_qwen2), "--out", str(tmp_path / "m")]
+    _fails(merge, capsys, "does not fit")

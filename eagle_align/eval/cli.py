@@ -210,6 +210,8 @@ def eval_command(args: argparse.Namespace) -> int:
         value = getattr(args, option)
         if value is not None and value < 1:
             raise UsageError(f"--{option.replace('_', '-')} must be positive, got {value}")
+    if args.min_pixels is not None and args.max_pixels is not None and args.min_pixels > args.max_pixels:
+        raise UsageError(f"--min-pixels {args.min_pixels} exceeds --max-pixels {args.max_pixels}")
     if args.attribution_samples < 0:
         raise UsageError(f"--attribution-samples must be ≥ 0, got {args.attribution_samples}")
     if args.action_format is not None:
