@@ -34,6 +34,13 @@ def point_in_image(point_xy: tuple[float, float], image_size: Size) -> bool:
     return 0.0 <= x <= float(image_size[0]) and 0.0 <= y <= float(image_size[1])
 
 
+def format_point(point_xy: tuple[float, float] | None, decimals: int = 1) -> str:
+    """A click for the console, `(286.8, 140.2)`: pixels to a tenth, not float noise like 286.75324675324674."""
+    if point_xy is None:
+        return "none"
+    return "(" + ", ".join(f"{float(v):.{decimals}f}" for v in point_xy) + ")"
+
+
 @dataclass(frozen=True)
 class ActionFormat:
     """One answer syntax plus its coordinate space.

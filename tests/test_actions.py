@@ -126,3 +126,10 @@ def test_parse_tolerates_decoding_and_boxes():
     assert qwen25.parse(wrapped, image, resized) == pytest.approx((500.0, 400.0), abs=1e-9)
     assert qwen25.parse('{"bbox_2d": [0, 0, 1008, 812]}', image, resized) == pytest.approx((500.0, 400.0))
     assert get_action_format("pyautogui").parse("pyautogui.click(0.25, 0.5)", image, resized) == (250.0, 400.0)
+
+
+def test_console_points_are_pixels_to_a_tenth():
+    from eagle_align.actions import format_point
+
+    assert format_point((286.75324675324674, 140.0)) == "(286.8, 140.0)"
+    assert format_point(None) == "none"

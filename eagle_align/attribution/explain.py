@@ -238,7 +238,7 @@ def explain_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def explain_command(args: argparse.Namespace) -> int:
-    from eagle_align.actions import get_action_format
+    from eagle_align.actions import format_point, get_action_format
     from eagle_align.models import load_model_and_processor
     from eagle_align.models.space import read_coordinate_space, settle
 
@@ -268,7 +268,7 @@ def explain_command(args: argparse.Namespace) -> int:
         top_k=args.top_k, system_prompt=prompt["system_prompt"], max_new_tokens=args.max_new_tokens,
     )
     attribution = result.attribution
-    print(f"answer: {result.answer!r}  click: {result.click}")
+    print(f"answer: {result.answer!r}  click: {format_point(result.click)}")
     print(f"top regions: {attribution.ranking[: args.top_k]}  P(x)={attribution.full_prob:.4f}  "
           f"forwards={attribution.forwards}  {attribution.seconds:.1f}s")
     print("metrics: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
