@@ -245,3 +245,38 @@ def test_cli_loads_adapter(trained, benchmarks, tmp_path):
     records = read_predictions(out / "predictions.jsonl")
     assert [r["answer"] for r in records] == [r["answer"] for r in expected]
     assert json.loads((out / "metrics.json").read_text())["settings"]["adapter"] == str(tmp_path / "adapter")
+
+
+def test_cli_attributes_with_the_adapters_recorded_settings_and_a_flag_overrides_one(trained, benchmarks, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from eagle_align.models import pixel_limits
+    from eagle_align.models.space import COORDINATE_SPACE_FILE, CoordinateSpace
+
+    base, processor, model_dir = trained
+    adapter = tmp_path / "adapter"
+    get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    recorded = AttributionSettings(n_regions=4, region_method="grid", baseline="black", search="exact")
+    CoordinateSpace("qwen2_vl", "qwen2_vl", *pixel_limits(processor), attribution=recorded.to_dict()).save(adapter)
+    common = ["eval", "--model", str(model_dir), "--adapter", str(adapter), "--data", str(benchmarks["screenspot"]),
+              "--limit", "2", "--attribution-samples", "2", "--dtype", "float32", "--no-plots"]
+
+    assert main([*common, "--out", str(tmp_path / "recorded")]) == 0
+    summary = json.loads((tmp_path / "recorded" / "metrics.json").read_text())["attribution"]
+    assert summary["settings"] == {**recorded.to_dict(), "max_regions": None}  # every region ranked
+    assert summary["source"] == f"recorded in {adapter / COORDINATE_SPACE_FILE}" and summary["overrides"] == {}
+    # Exact search over 4 regions, complete: 2·(4 + 3 + 2 + 1) forwards per sample.
+    assert summary["overall"]["n"] == 2 and summary["overall"]["forwards"] == 20
+
+    assert main([*common, "--out", str(tmp_path / "flag"), "--n-regions", "2"]) == 0
+    summary = json.loads((tmp_path / "flag" / "metrics.json").read_text())["attribution"]
+    assert summary["overrides"] == {"n_regions": 2}
+    assert summary["settings"] == {**recorded.to_dict(), "max_regions": None, "n_regions": 2}
+    assert summary["overall"]["forwards"] == 2 * (2 + 1)
+
+
+def test_cli_names_an_invalid_attribution_flag_before_loading(benchmarks, tmp_path, capsys):
+    code = main(["eval", "--model", str(tmp_path / "no-model"), "--data", str(benchmarks["screenspot"]),
+                 "--out", str(tmp_path / "out"), "--attribution-samples", "1", "--box-overlap", "1.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--box-overlap: box_overlap=1.5 must lie in [0, 1]" in err and "Traceback" not in err
