@@ -13,8 +13,8 @@ any one cell of the target on every screen measured, see benchmarks/README.md). 
 confident-correct training screens (argmax right at every decision token and P(x) >= min_confidence, the
 trainer's own selection), at N = 16 SLIC and N = 64 grid regions, with the demo recipe's baseline and weights.
 
-Every strategy runs with the arguments the trainer passes it (max_regions 10, stop_confidence, search_scope,
-resort_every, P(x) from the selection): its forwards, seconds, rank-1 region and gate are what training pays
+Every strategy runs with the arguments the trainer passes it (max_regions 10, the trainer's stop_confidence,
+the search's own tuning constants, P(x) from the selection): its forwards, seconds, rank-1 region and gate are what training pays
 and decides. max_regions 10 is enough: the gate and the top-1 need rank 1 only, and the AUC compares the top
 10. For the top-10 insertion AUC, a ranking that stopped early at stop_confidence is ranked again without the
 stop (not counted in its forwards), and prefixes the search did not score are scored apart; the curve runs over
@@ -163,9 +163,10 @@ def confident_correct(model, processor, config, train_data: str, limit: int) -> 
 
 def search_kwargs(config) -> dict:
     """What the trainer passes the search besides the model and sample (settings of the recipe)."""
+    from eagle_align.trainer import TRAINING_STOP_CONFIDENCE
+
     return dict(baseline=config.baseline, batch_size=config.attribution_batch_size, reduction=config.score_reduction,
-                max_regions=config.ranked_regions, stop_confidence=config.stop_confidence,
-                search_scope=config.search_scope, resort_every=config.resort_every,
+                max_regions=config.ranked_regions, stop_confidence=TRAINING_STOP_CONFIDENCE,
                 insertion_weight=config.insertion_weight, deletion_weight=config.deletion_weight)
 
 
@@ -235,8 +236,10 @@ def run_strategy(view: SampleLayout, config, full_prob: float, top10: bool) -> d
     def attribute(**changes):
         settings = {**kwargs, **changes}
         if not memo:
-            return attribute_sample(view.model, view.batch, 0, n_regions=n_regions, region_method=method,
-                                    strategy=config.search, prior_overlap=config.prior_overlap, **settings)
+            chosen = config.attribution_settings().replace(n_regions=n_regions, region_method=method,
+                                                           max_regions=settings["max_regions"])
+            return attribute_sample(view.model, view.batch, 0, chosen, settings["batch_size"],
+                                    full_prob=settings["full_prob"], stop_confidence=settings["stop_confidence"])
         for key in ("baseline", "batch_size", "reduction"):  # the scorer's settings, already in the memo
             settings.pop(key)
         with attribution_mode(view.model):
@@ -248,7 +251,7 @@ def run_strategy(view: SampleLayout, config, full_prob: float, top10: bool) -> d
     attribution = attribute()
     seconds = attribution.forwards * view.seconds_per_set() if memo else time.perf_counter() - start
     decided = {"forwards": attribution.forwards, "seconds": seconds, "rank1": attribution.ranking[0],
-               "off_prior": not point_game(attribution, view.meta.prior_mask, config.prior_overlap),
+               "off_prior": not point_game(attribution, view.meta.prior_mask, config.box_overlap),
                # F({rank 1}) / (a + b): how much worse than exact's choice a different top-1 is
                "rank1_gain": attribution.prefix_scores[0] / (config.insertion_weight + config.deletion_weight)}
     if not top10:
@@ -305,7 +308,7 @@ def measure(root: Path, models: list[dict], samples: int, strategies: tuple[str,
 
     configs = {strategy: recipe_config(root / "trainer", strategy) for strategy in strategies}
     config = configs["exact"]
-    settings = {**search_kwargs(config), "prior_overlap": config.prior_overlap, "pixels": PIXELS,
+    settings = {**search_kwargs(config), "box_overlap": config.box_overlap, "pixels": PIXELS,
                 "benchmark": models[0]["benchmark"] if models else None,
                 "min_confidence": config.min_confidence, "layouts": {k: list(v) for k, v in LAYOUTS.items()}}
     cache_path = root / "results.json"
