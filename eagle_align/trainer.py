@@ -2,8 +2,9 @@
 
 Every optimizer step trains the answer tokens (plain SFT). On alignment steps the trainer also picks the
 samples the model already gets right with confidence, asks the attribution engine which screenshot regions
-the answer relies on, and for off-prior evidence adds the deviation / redundancy losses, back-propagated in
-small chunks so that memory stays near an SFT step. All data-dependent counts are agreed across ranks.
+the answer relies on, and hands each attributed sample to the config's gates and loss terms
+(`eagle_align.alignment.policies`), back-propagating their losses in small chunks so that memory stays near an
+SFT step. The trainer keeps the schedule, the counts agreed across ranks and the backward.
 """
 
 from __future__ import annotations
@@ -16,43 +17,33 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate.utils import DistributedType
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from eagle_align import distributed
-from eagle_align.alignment import (
-    AlignmentExample,
-    AlignmentExamples,
-    build_alignment_examples,
-    deviation_loss,
-    gate_samples,
-    necessity_loss,
-    redundancy_loss,
-    step_gate_totals,
-)
+from eagle_align.alignment.examples import AlignmentExample, AlignmentExamples, build_alignment_examples
+from eagle_align.alignment.policies import AlignmentPolicies, ChunkProbs
 from eagle_align.attribution.masking import baseline_row
 from eagle_align.attribution.metrics import point_game, prior_hit_at_k
 from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, score_jointly, slice_sample
-from eagle_align.attribution.search import (
-    Attribution,
-    attribute_samples,
-    evaluate_prefixes,
-    set_prob_for,
-)
+from eagle_align.attribution.search import Attribution, RegionAttribution, evaluate_prefixes, set_prob_for
 from eagle_align.config import PriorAlignedConfig
 from eagle_align.models.space import CoordinateSpace
 
 ALIGNMENT_STATE_FILE = "alignment_state.json"
+BOX_HIT_K = 3  # k of the logged align/box_hit@k
+# Where a training search stops ranking once the kept regions alone give the click (EAGLE's and the paper's 0.8).
+TRAINING_STOP_CONFIDENCE = 0.8
 logger = logging.get_logger(__name__)
 _MODEL_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
 _PLAN_KEY = "alignment_plan"  # set on a micro-batch by get_batch_samples, popped by compute_loss
 _NEEDS_META = "alignment=True needs batches with 'meta' (use eagle_align.data.GroundingCollator)"
-LOSS_KINDS = ("deviation", "redundancy", "necessity")  # each weighs lambda_<kind> / (its count in the step)
 
 
 @contextlib.contextmanager
@@ -77,15 +68,93 @@ def dropout_off(module: torch.nn.Module) -> Iterator[None]:
             sub.training = True
 
 
+@dataclass
+class AlignmentStats:
+    """One micro-batch's alignment counts and sums: summed over ranks, logged as `align/<name>`, and the counts
+    kept cumulatively in `alignment_state.json`."""
+
+    selected: float = 0.0
+    attributed: float = 0.0
+    no_box: float = 0.0  # point-only samples: nothing to align to
+    attribution_forwards: float = 0.0
+    loss_forwards: float = 0.0
+    nonfinite_terms: float = 0.0
+    padded_passes: float = 0.0
+    point_hits: float = 0.0
+    box_hits: float = 0.0
+    attribution_seconds: float = 0.0
+    loss_seconds: float = 0.0
+    examples: dict[str, float] = field(default_factory=dict)  # per loss kind
+    loss_sums: dict[str, float] = field(default_factory=dict)  # per loss kind
+    gates: dict[str, float] = field(default_factory=dict)  # per gate metric (dropped or flagged samples)
+    shares: dict[str, float] = field(default_factory=dict)  # the step's gate shares, already global
+
+    _SCALARS = ("selected", "attributed", "no_box", "attribution_forwards", "loss_forwards", "nonfinite_terms",
+                "padded_passes", "point_hits", "box_hits", "attribution_seconds", "loss_seconds")
+    _COUNTED = ("selected", "no_box", "attribution_forwards", "loss_forwards", "nonfinite_terms", "padded_passes")
+
+    @classmethod
+    def for_policies(cls, policies: AlignmentPolicies) -> AlignmentStats:
+        gates = {}
+        for gate in policies.gates:
+            gates[gate.dropped_metric] = 0.0
+            if gate.flagged_metric:
+                gates[gate.flagged_metric] = 0.0
+        return cls(examples=dict.fromkeys(policies.kinds, 0.0), loss_sums=dict.fromkeys(policies.kinds, 0.0),
+                   gates=gates)
+
+    def summed_over_ranks(self, device: torch.device) -> AlignmentStats:
+        keyed = [("examples", k) for k in self.examples] + [("loss_sums", k) for k in self.loss_sums] + [
+            ("gates", k) for k in self.gates]
+        values = [getattr(self, name) for name in self._SCALARS] + [getattr(self, d)[k] for d, k in keyed]
+        total = distributed.all_reduce_sum(values, device)
+        out = AlignmentStats(shares=dict(self.shares))
+        for name, value in zip(self._SCALARS, total):
+            setattr(out, name, value)
+        for (d, k), value in zip(keyed, total[len(self._SCALARS):]):
+            getattr(out, d)[k] = value
+        return out
+
+    def metrics(self, ranks: int) -> dict[str, float]:
+        """The `align/*` log entries (seconds are per rank)."""
+        metrics = {f"align/{name}": getattr(self, name) for name in self._COUNTED}
+        metrics.update({f"align/{kind}_examples": n for kind, n in self.examples.items()})
+        metrics.update({f"align/{name}": n for name, n in self.gates.items()})
+        metrics["align/attribution_seconds"] = self.attribution_seconds / ranks
+        metrics["align/loss_seconds"] = self.loss_seconds / ranks
+        for kind, n in self.examples.items():
+            if n:
+                metrics[f"align/loss_{kind}"] = self.loss_sums[kind] / n
+        metrics.update({f"align/{name}": value for name, value in self.shares.items()})
+        if self.attributed:
+            metrics["align/point_game"] = self.point_hits / self.attributed
+            metrics[f"align/box_hit@{BOX_HIT_K}"] = self.box_hits / self.attributed
+        return metrics
+
+    def counts(self) -> dict[str, float]:
+        """What `alignment_state.json` accumulates."""
+        return {**{name: getattr(self, name) for name in self._COUNTED},
+                **{f"{kind}_examples": n for kind, n in self.examples.items()}, **self.gates}
+
+
 class PriorAlignedTrainer(Trainer):
     """Drop-in `Trainer` for GUI grounding SFT with prior alignment.
 
-    Use with a PEFT model, a `PriorAlignedConfig`, an `ExampleSet` and a `GroundingCollator` (its batches
-    carry a `"meta"` list that `compute_loss` pops). Alignment metrics (`align/...`) are averaged over the
-    aligned micro-steps of each logging window.
+    Use with a `PriorAlignedConfig`, a dataset of grounding examples and a `GroundingCollator` (its batches
+    carry a `"meta"` list that `compute_loss` pops). Pass a PEFT `LoraConfig` as ``peft_config`` to train
+    LoRA adapters on a plain model, as `SFTTrainer` does. Every save (`save_model()` and each checkpoint)
+    writes what `eagle-align train` writes: `eagle_align.json` (the coordinate space the clicks are in and the
+    attribution settings), the model card and `alignment_state.json`. Alignment metrics (`align/...`) are
+    averaged over the aligned micro-steps of each logging window.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, peft_config: Any = None, base_model_id: str | None = None,
+                 **kwargs: Any) -> None:
+        if peft_config is not None:
+            if "model" in kwargs or not args:
+                kwargs["model"] = _with_adapter(kwargs.get("model"), peft_config)
+            else:
+                args = (_with_adapter(args[0], peft_config), *args[1:])
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, PriorAlignedConfig):
             raise ValueError(f"args must be a PriorAlignedConfig, got {type(self.args).__name__}")
@@ -94,50 +163,84 @@ class PriorAlignedTrainer(Trainer):
             # forward (attribution runs in eval mode); later gradient forwards then fail. Keep the trainable layout.
             if getattr(module, "support_avx512bf16_for_cpu", False) and self.args.device.type == "cpu":
                 module.support_avx512bf16_for_cpu = False
+        self.policies = self.args.policies()
+        self.attribution_settings = self.args.attribution_settings()
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._last_aligned_step = -1
         # Cumulative counts, saved with every checkpoint (alignment_state.json) and restored on resume;
         # wall-clock totals are kept apart (not state: they differ from run to run).
         self.alignment_state: dict[str, float] = defaultdict(float)
         self.alignment_seconds: dict[str, float] = defaultdict(float)
-        # Set by `eagle_align.train`: the coordinate space (family, action format, pixel limits, prompt, base id),
-        # written as eagle_align.json with every save, and the training settings for the model card.
-        self.coordinate_space: CoordinateSpace | None = None
-        self.model_card_fields: dict[str, Any] = {}
+        # The coordinate space the clicks are in (eagle_align.json), from the model, processor and collator.
+        self.coordinate_space: CoordinateSpace | None = self._coordinate_space(base_model_id)
         # Examples the collator left out under on_error="skip" (message -> times), on this process.
         self.skipped_examples: dict[str, int] = defaultdict(int)
 
-    def create_model_card(self, **kwargs: Any) -> None:
-        """eagle-align's card: the real base id, coordinate space, alignment settings and totals, last click eval.
+    # ------------------------------------------------------------------------------ what a save records
+    def _coordinate_space(self, base_model_id: str | None) -> CoordinateSpace | None:
+        """What defines this model's clicks, read off the model, its processor and the collator's format."""
+        from eagle_align.hub import resolve_base_model_id
+        from eagle_align.models.loading import family_of, pixel_limits
 
-        The Trainer's default card records a local base path and none of what reproduces the clicks.
-        """
+        collator, processor = self.data_collator, self.processing_class
+        if not hasattr(collator, "action_format") or not hasattr(processor, "image_processor"):
+            logger.warning("no GroundingCollator / Qwen-VL processor: eagle_align.json (the coordinate space of the "
+                           "clicks) will not be written")
+            return None
+        family = family_of(self.model)
+        min_pixels, max_pixels = pixel_limits(processor)
+        peft_config = next(iter(getattr(self.model, "peft_config", {}).values()), None)
+        name = (getattr(peft_config, "base_model_name_or_path", None)
+                or getattr(self.accelerator.unwrap_model(self.model).config, "_name_or_path", "") or "")
+        quantized = getattr(self.accelerator.unwrap_model(self.model), "is_quantized", False)
+        return CoordinateSpace(
+            family=family.name,
+            action_format=collator.action_format.name,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            system_prompt=collator.system_prompt,
+            base_model_id=resolve_base_model_id(name, base_model_id) if name or base_model_id else None,
+            finetuning=("qlora" if quantized else "lora") if peft_config is not None else "full",
+            attribution=self.attribution_settings.to_dict(),
+        )
+
+    def _training_section(self) -> dict[str, Any]:
+        """The card's training table: how the weights were trained."""
+        peft_config = next(iter(getattr(self.model, "peft_config", {}).values()), None)
+        section: dict[str, Any] = {"finetuning": self.coordinate_space.finetuning}
+        if peft_config is not None:
+            targets = peft_config.target_modules
+            section.update(lora_r=peft_config.r, lora_alpha=peft_config.lora_alpha,
+                           lora_targets=targets if isinstance(targets, str) else sorted(targets))
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        section["freeze_vision"] = not any(p.requires_grad for n, p in unwrapped.named_parameters() if ".visual." in n)
+        section.update(learning_rate=self.args.learning_rate, max_steps=self.args.max_steps,
+                       num_train_epochs=self.args.num_train_epochs)
+        if self.train_dataset is not None and hasattr(self.train_dataset, "__len__"):
+            section["train_examples"] = len(self.train_dataset)
+        return section
+
+    def create_model_card(self, output_dir: str | None = None, **kwargs: Any) -> None:
+        """eagle-align's card: the base id, coordinate space, every alignment setting and what alignment did,
+        the last click eval. The Trainer's default card records a local base path and none of that."""
         if self.coordinate_space is None:
             return super().create_model_card(**kwargs)
         if not self.is_world_process_zero():
             return None
         from eagle_align.hub import write_model_card
 
-        alignment_keys = (
-            "alignment", "align_every", "align_start_step", "lambda_deviation", "lambda_redundancy", "lambda_necessity",
-            "necessity_floor", "necessity_gate", "necessity_removes", "loss_variant",
-            "deviation_margin", "min_box_sufficiency", "max_blank_share", "box_gate_scope",
-            "blank_gate_scope",
-            "insertion_weight", "deletion_weight", "selection", "min_confidence", "prior_overlap", "n_regions",
-            "region_method", "search", "max_regions", "baseline", "score_reduction",
-        )
         evaluation = next(
             ({k: v for k, v in entry.items() if k.startswith("eval/")}
              for entry in reversed(self.state.log_history) if any(k.startswith("eval/") for k in entry)),
             None,
         )
         write_model_card(
-            self.args.output_dir,
+            output_dir or self.args.output_dir,
             self.coordinate_space,
-            alignment={"preset": self.args.preset_description(), **{k: getattr(self.args, k) for k in alignment_keys}},
+            training=self._training_section(),
+            alignment={"preset": self.args.preset_description(), **self.args.method_settings()},
             alignment_totals=dict(self.alignment_state),
             evaluation=evaluation,
-            **self.model_card_fields,
         )
         return None
 
@@ -178,22 +281,23 @@ class PriorAlignedTrainer(Trainer):
 
     # ---------------------------------------------------------------------------------------- selection
     def _select(self, model: torch.nn.Module, inputs: dict, metas: list) -> tuple[list[int], dict[int, float]]:
-        """Indices of confidently-correct samples (and their P(x)), capped at max_aligned_per_step.
+        """Indices of confidently-correct samples with a box (and their P(x)), capped at max_aligned_per_step.
 
         One eval-mode forward of the batch with the LM head only at decision positions.
         """
+        boxed = [i for i, m in enumerate(metas) if m.prior_mask is not None]
         cap = self.args.max_aligned_per_step or len(metas)
-        if self.args.selection == "all":
-            return list(range(len(metas)))[:cap], {}
+        if getattr(self.args, "selection", "confident_correct") == "all" or not boxed:
+            return boxed[:cap], {}
         device = inputs["input_ids"].device
         positions = [torch.as_tensor(m.decision_positions).long().view(-1) - 1 for m in metas]
         union = torch.unique(torch.cat(positions))
         logits = model(**{k: inputs[k] for k in _MODEL_KEYS}, logits_to_keep=union.to(device), use_cache=False).logits
         log_probs = logits.float().log_softmax(-1).cpu()
         chosen, full_probs = [], {}
-        for i, meta in enumerate(metas):
+        for i in boxed:
             rows = log_probs[i, torch.searchsorted(union, positions[i])]
-            targets = torch.as_tensor(meta.decision_token_ids).long().view(-1)
+            targets = torch.as_tensor(metas[i].decision_token_ids).long().view(-1)
             token_log_probs = rows.gather(-1, targets[:, None]).squeeze(-1)
             prob = token_log_probs.exp().mean() if self.args.score_reduction == "mean" else token_log_probs.mean().exp()
             if bool((rows.argmax(-1) == targets).all()) and float(prob) >= self.args.min_confidence:
@@ -212,58 +316,72 @@ class PriorAlignedTrainer(Trainer):
         The loss is λ·mean over every example of the step's global batch, so each term weighs
         λ·world_size / (count of its kind over all micro-batches and ranks); world_size undoes the gradient
         averaging over ranks. Every rank plans the same micro-batches, so its Lockstep forwards pair up. The
-        gates' step tests (`box_gate_scope` / `blank_gate_scope`) sum their probabilities over the same batch.
+        gates' step tests sum their probabilities over the same batch.
         """
-        args = self.args
         unwrapped = self.accelerator.unwrap_model(model)
-        per_chunk = args.loss_chunk_size // 2
+        per_chunk = self.args.loss_chunk_size // 2
+        policies = self.policies
         measured_batches = []
         for batch in batches:
             if batch.get("meta") is None:
                 raise ValueError(_NEEDS_META)
-            samples = _BatchSamples(batch, unwrapped, args)
-            stats = dict.fromkeys(("point_hits", "prior_hits", "attribution_forwards", *LOSS_KINDS,
-                                   "nonfinite", "loss_forwards", "padded", "insufficient_boxes",
-                                   "blank_clicks", "shortcut_boxes"), 0.0)
+            samples = _BatchSamples(batch, unwrapped, self.args)
+            stats = AlignmentStats.for_policies(policies)
             start = time.perf_counter()
             lockstep = distributed.Lockstep(unwrapped, lambda s=samples: s.dummy_pass(unwrapped, grad=False),
                                             self.accelerator.device)
             with attribution_mode(unwrapped), lockstep:
                 selected, full_probs = self._select(unwrapped, batch, batch["meta"])
                 measured = self._attribute(unwrapped, samples, selected, full_probs, stats)
-            stats["padded"] += lockstep.padded
-            measured_batches.append((samples, len(selected), measured, stats, time.perf_counter() - start))
-        step_totals, shares = None, {}
-        if args.min_box_sufficiency is not None or args.max_blank_share is not None:
-            # The step scopes test these sums; both scopes log the step's shares (align/box_share, blank_share).
-            step = [m for _, _, measured, _, _ in measured_batches for m in measured]
-            local = step_gate_totals([m.full_prob for m in step], [m.box_prob for m in step],
-                                     [m.blank_prob for m in step])
-            step_totals = tuple(distributed.all_reduce_sum(local, self.accelerator.device))
-            full, box, blank = step_totals
-            if full > 0 and args.min_box_sufficiency is not None:
-                shares["box_share"] = box / full
-            if full > 0 and args.max_blank_share is not None:
-                shares["blank_share"] = blank / full
+            stats.selected, stats.attributed = len(selected), len(measured)
+            stats.no_box = sum(m.prior_mask is None for m in batch["meta"])
+            stats.padded_passes += lockstep.padded
+            stats.attribution_seconds = time.perf_counter() - start
+            measured_batches.append((samples, measured, stats))
+        step = [m for _, measured, _ in measured_batches for m in measured]
+        # The gates' step sums over every micro-batch and rank: ΣP(x), then Σ of each gate's probability.
+        local = [sum(m.full_prob for m in step)] + [sum(m.probs[g.measures] for m in step) for g in policies.gates]
+        step_full, *step_gated = distributed.all_reduce_sum(local, self.accelerator.device) if policies.gates else local
         plans, local_counts = [], []
-        for samples, n_selected, measured, stats, seconds in measured_batches:
-            stats.update(shares)  # already global: logged as they are, not summed over ranks
-            built = self._build_examples(samples, measured, step_totals, stats)
+        for samples, measured, stats in measured_batches:
+            keep = [True] * len(measured)
+            for gate, step_measured in zip(policies.gates, step_gated):
+                verdicts = gate.verdicts([m.full_prob for m in measured], [m.probs[gate.measures] for m in measured],
+                                         step_full, step_measured)
+                stats.gates[gate.dropped_metric] += sum(not k for k in verdicts.keep)
+                if gate.flagged_metric:
+                    stats.gates[gate.flagged_metric] += sum(verdicts.flagged)
+                if step_full > 0:
+                    stats.shares[gate.share_metric] = step_measured / step_full
+                keep = [a and b for a, b in zip(keep, verdicts.keep)]
+            built = [(m.index, self._examples(samples, m)) for m, kept in zip(measured, keep)]
+            for (_, examples), kept in zip(built, keep):
+                if not kept:
+                    examples.examples = []
             chunks = [(i, ex, ex.examples[k : k + per_chunk])
                       for i, ex in built for k in range(0, len(ex.examples), per_chunk)]
-            kinds = [sum(len(getattr(ex, kind)) for _, ex in built) for kind in LOSS_KINDS]
-            plans.append(_AlignmentPlan(samples, chunks, (n_selected, len(built), *kinds), stats, seconds))
+            kinds = [sum(len(ex.of_kind(kind)) for _, ex in built) for kind in policies.kinds]
+            stats.examples = dict(zip(policies.kinds, map(float, kinds)))
+            plans.append(_AlignmentPlan(samples, chunks, stats))
             local_counts += [len(chunks), *kinds]
         # [ranks, micro-batches, (chunks, one count per loss kind)], one collective for the whole step.
         counts = distributed.gather_counts(local_counts, self.accelerator.device).view(
-            -1, len(batches), 1 + len(LOSS_KINDS))
+            -1, len(batches), 1 + len(policies.kinds))
         weights = {}
-        for column, kind in enumerate(LOSS_KINDS, start=1):
+        for column, term in enumerate(policies.terms, start=1):
             total = float(counts[..., column].sum())
-            weights[kind] = getattr(args, f"lambda_{kind}") * distributed.world_size() / total if total else 0.0
+            weights[term.kind] = term.weight * distributed.world_size() / total if total else 0.0
         for k, plan in enumerate(plans):
             plan.agreed_chunks, plan.weights = int(counts[:, k, 0].max()), weights
         return plans
+
+    def _examples(self, samples: _BatchSamples, m: _MeasuredSample) -> AlignmentExamples:
+        settings = self.attribution_settings
+        return build_alignment_examples(
+            m.attribution, samples.batch["meta"][m.index].prior_mask, self.policies.terms, settings.box_overlap,
+            settings.insertion_weight, settings.deletion_weight, full_prob=m.full_prob,
+            box_prob=m.probs.get("box"), blank_prob=m.probs.get("blank"),
+        )
 
     def _align_backward(self, model: torch.nn.Module, plan: _AlignmentPlan) -> None:
         """Back-propagate one micro-batch's alignment chunks, each with its own backward, and log the step.
@@ -277,140 +395,100 @@ class PriorAlignedTrainer(Trainer):
             with dropout_off(self.accelerator.unwrap_model(model)):
                 for i, examples, chunk in plan.chunks:
                     self._loss_chunk(plan.samples.scorer(model, i), examples, chunk, plan.weights, stats)
-                stats["padded"] += distributed.pad_passes(
+                stats.padded_passes += distributed.pad_passes(
                     len(plan.chunks), plan.agreed_chunks,
                     lambda: self._backward(plan.samples.dummy_pass(model, grad=True)),
                 )
-        self._record(*plan.counts, stats, plan.attribution_seconds, time.perf_counter() - start)
+        stats.loss_seconds = time.perf_counter() - start
+        self._record(stats)
 
     def _attribute(
         self, model: torch.nn.Module, samples: _BatchSamples, selected: list[int], full_probs: dict[int, float],
-        stats: dict,
+        stats: AlignmentStats,
     ) -> list[_MeasuredSample]:
         """Attribution of the selected samples with the current weights (their searches share forwards), their
-        prior metrics, and what the gates and the necessity floor read."""
-        args = self.args
-        attributions = attribute_samples(
-            model, samples.batch, selected, n_regions=args.n_regions, region_method=args.region_method,
-            baseline=[samples.row(i) for i in selected], strategy=args.search,
-            batch_size=args.attribution_batch_size, reduction=args.score_reduction,
-            full_probs=[full_probs.get(i) for i in selected], prior_overlap=args.prior_overlap,
-            max_regions=args.ranked_regions, stop_confidence=args.stop_confidence, search_scope=args.search_scope,
-            resort_every=args.resort_every, insertion_weight=args.insertion_weight,
-            deletion_weight=args.deletion_weight, measure_ends=args.loss_variant == "adaptive_log",  # reads P(x)
+        box metrics, and the masked probabilities the gates and terms read (`measures`)."""
+        args, measures = self.args, self.policies.measures
+        attribution = RegionAttribution(model, self.attribution_settings, batch_size=args.attribution_batch_size)
+        attributions = attribution.attribute(
+            samples.batch, target=selected, baselines=[samples.row(i) for i in selected],
+            max_regions=args.ranked_regions, full_probs=[full_probs.get(i) for i in selected],
+            stop_confidence=TRAINING_STOP_CONFIDENCE,
+            measure_ends="ends" in measures,
         )
-        box_probs, full = [None] * len(selected), [full_probs.get(i) for i in selected]
-        blank_probs = [None] * len(selected)
-        gate = args.min_box_sufficiency is not None  # also box_evidence's P(x_B) (config requires it then)
-        blank = args.max_blank_share is not None or (
-            args.lambda_necessity > 0 and (args.necessity_floor == "blank" or args.necessity_gate == "box_evidence"))
-        if (gate or blank) and selected:
-            # In shared no-grad forwards: the sufficiency gate's P(x_B), P(x) where selection did not measure
-            # it, and P(x_∅) for the blank gate and the necessity floor.
+        # In shared no-grad forwards: P(x_B) (box alone), P(x) where selection did not measure it, P(x_∅) (blank).
+        extra = [name for name in ("box", "blank") if name in measures]
+        full = [full_probs.get(i) for i in selected]
+        probs: list[dict[str, float]] = [{} for _ in selected]
+        if extra and selected:
             masks = []
             for i, p in zip(selected, full):
                 box = samples.batch["meta"][i].prior_mask.bool()
-                masks.append(torch.stack(([box] if gate else []) + ([torch.ones_like(box)] if p is None else [])
-                                         + ([torch.zeros_like(box)] if blank else [])))
-            probs = score_jointly([(samples.scorer(model, i), m) for i, m in zip(selected, masks)],
-                                  args.attribution_batch_size)
-            if gate:
-                box_probs = [float(q[0]) for q in probs]
-            full = [p if p is not None else float(q[int(gate)]) for p, q in zip(full, probs)]
-            if blank:
-                blank_probs = [float(q[-1]) for q in probs]
-            stats["attribution_forwards"] += sum(len(m) for m in masks)
+                # Order: box alone, the whole screen (if unmeasured), blank.
+                rows = ([box] if "box" in extra else []) + ([torch.ones_like(box)] if p is None else []) + (
+                    [torch.zeros_like(box)] if "blank" in extra else [])
+                masks.append(torch.stack(rows))
+            scored = score_jointly([(samples.scorer(model, i), m) for i, m in zip(selected, masks)],
+                                   args.attribution_batch_size)
+            for k, q in enumerate(scored):
+                if "box" in extra:
+                    probs[k]["box"] = float(q[0])
+                if "blank" in extra:
+                    probs[k]["blank"] = float(q[-1])
+                if full[k] is None:
+                    full[k] = float(q[int("box" in extra)])
+            stats.attribution_forwards += sum(len(m) for m in masks)
         measured = []
-        for i, attribution, box_prob, full_prob, blank_prob in zip(selected, attributions, box_probs, full,
-                                                                   blank_probs):
-            if args.search == "single_round" and args.lambda_redundancy > 0:
+        for k, (i, attribution) in enumerate(zip(selected, attributions)):
+            if "prefixes" in measures and self.attribution_settings.search == "single_round":
                 # Redundancy needs F(S_{r-1}) of every prefix; single_round measured only S_1.
                 evaluate_prefixes(attribution, set_prob_for(samples.scorer(model, i), attribution.partition))
-            prior = samples.batch["meta"][i].prior_mask
-            stats["attribution_forwards"] += attribution.forwards
-            stats["point_hits"] += float(point_game(attribution, prior, args.prior_overlap))
-            stats["prior_hits"] += prior_hit_at_k(attribution, prior, k=args.prior_hit_k,
-                                                  prior_overlap=args.prior_overlap)
-            full_prob = float(attribution.full_prob if full_prob is None else full_prob)
-            measured.append(_MeasuredSample(i, attribution, full_prob, box_prob, blank_prob))
+            box = samples.batch["meta"][i].prior_mask
+            overlap = self.attribution_settings.box_overlap
+            stats.attribution_forwards += attribution.forwards
+            stats.point_hits += float(point_game(attribution, box, overlap))
+            stats.box_hits += prior_hit_at_k(attribution, box, k=BOX_HIT_K, prior_overlap=overlap)
+            full_prob = float(attribution.full_prob if full[k] is None else full[k])
+            measured.append(_MeasuredSample(i, attribution, full_prob, probs[k]))
         return measured
 
-    def _build_examples(
-        self, samples: _BatchSamples, measured: list[_MeasuredSample], step_totals: tuple | None, stats: dict
-    ) -> list[tuple[int, AlignmentExamples]]:
-        """The gates' verdicts and each sample's alignment examples (a term with weight 0 gives none)."""
-        args = self.args
-        weight = {kind: getattr(args, f"lambda_{kind}") for kind in LOSS_KINDS}
-        verdicts = gate_samples([m.full_prob for m in measured], [m.box_prob for m in measured],
-                                [m.blank_prob for m in measured], args.min_box_sufficiency, args.max_blank_share,
-                                box_scope=args.box_gate_scope, blank_scope=args.blank_gate_scope,
-                                step_totals=step_totals)
-        built = []
-        for m, verdict in zip(measured, verdicts):
-            examples = build_alignment_examples(m.attribution, samples.batch["meta"][m.index].prior_mask,
-                                                args.prior_overlap, args.insertion_weight, args.deletion_weight,
-                                                deviation_margin=args.deviation_margin,
-                                                necessity=args.lambda_necessity > 0,
-                                                necessity_gate=args.necessity_gate,
-                                                necessity_removes=args.necessity_removes,
-                                                box_evidence_share=args.min_box_sufficiency or 0.0,
-                                                full_prob=m.full_prob, box_prob=m.box_prob,
-                                                blank_prob=m.blank_prob, box_sufficient=verdict.box_sufficient,
-                                                screen_used=verdict.screen_used)
-            stats["insufficient_boxes"] += float(not verdict.box_sufficient)
-            stats["blank_clicks"] += float(not verdict.screen_used)
-            stats["shortcut_boxes"] += float(verdict.shortcut_box)
-            examples.examples = [e for e in examples.examples if weight[e.kind] > 0]
-            built.append((m.index, examples))
-        return built
-
     def _loss_chunk(
-        self, scorer: DecisionScorer, examples: AlignmentExamples, chunk: list, weights: dict, stats: dict
+        self, scorer: DecisionScorer, examples: AlignmentExamples, chunk: list, weights: dict, stats: AlignmentStats
     ) -> None:
-        """One gradient forward over the chunk's deletion inputs and the insertions its losses read, weighted,
-        back-propagated now.
-
-        Insertions are only scored where they carry weight: not for necessity examples, and for none when a = 0
-        (their P(x_S) would enter every loss multiplied by 0).
+        """One gradient forward over the chunk's deletion inputs and the insertions its terms read, weighted,
+        back-propagated now. Insertions are scored only where they carry weight (a > 0 and a term reading them).
         """
-        args = self.args
+        settings = self.attribution_settings
+        terms = {term.kind: term for term in self.policies.terms}
         insert_cells, delete_cells = examples.keep_cells(chunk)
-        reads_insert = [i for i, e in enumerate(chunk) if e.kind != "necessity" and args.insertion_weight > 0]
+        reads_insert = [i for i, e in enumerate(chunk)
+                        if terms[e.kind].reads_insertion and settings.insertion_weight > 0]
         probs = scorer.score(torch.cat([insert_cells[reads_insert], delete_cells]), grad=True)
-        stats["loss_forwards"] += probs.numel()
+        stats.loss_forwards += probs.numel()
         p_delete = probs[len(reads_insert) :]
         p_insert = p_delete.new_zeros(len(chunk)).index_copy(
             0, torch.tensor(reads_insert, dtype=torch.long, device=probs.device), probs[: len(reads_insert)])
-        common = dict(
-            variant=args.loss_variant, insertion_weight=args.insertion_weight, deletion_weight=args.deletion_weight,
-            best_on_prior=examples.best_on_prior_gain, full_prob=examples.full_prob, beta=args.adaptive_beta,
-        )
-        is_dev = torch.tensor([e.kind == "deviation" for e in chunk], device=probs.device)
-        is_nec = torch.tensor([e.kind == "necessity" for e in chunk], device=probs.device)
-        prev_insert = torch.tensor([e.prev_p_insert or 0.0 for e in chunk], device=probs.device)
-        prev_delete = torch.tensor([e.prev_p_delete or 0.0 for e in chunk], device=probs.device)
-        floor = torch.tensor([e.reference_prob for e in chunk], device=probs.device)
-        terms = torch.where(
-            is_nec,
-            necessity_loss(p_delete, args.loss_variant, reference=floor),
-            torch.where(
-                is_dev,
-                deviation_loss(p_insert, p_delete, **common),
-                redundancy_loss(p_insert, p_delete, prev_insert, prev_delete, **common),
-            ),
-        )
-        finite = torch.isfinite(terms)
+        inputs = ChunkProbs(p_insert, p_delete, chunk, examples, settings.insertion_weight, settings.deletion_weight)
+        of_kind = {kind: torch.tensor([e.kind == kind for e in chunk], device=probs.device) for kind in terms}
+        values = weight = None
+        # Each term's loss over the whole chunk, kept where the example is of its kind (later kinds win ties).
+        for kind, term in terms.items():
+            if not bool(of_kind[kind].any()) and values is not None:
+                continue
+            term_values = term.loss(inputs)
+            values = term_values if values is None else torch.where(of_kind[kind], term_values, values)
+            kind_weight = torch.as_tensor(weights[kind], device=probs.device)
+            weight = kind_weight if weight is None else torch.where(of_kind[kind], kind_weight, weight)
+        finite = torch.isfinite(values)
         if not bool(finite.all()):
             # Never back-propagate through a non-finite forward: a zero-weighted pass keeps ranks in step.
-            stats["nonfinite"] += float((~finite).sum())
-            del probs, terms
+            stats.nonfinite_terms += float((~finite).sum())
+            del probs, values
             self._backward(scorer.score(torch.ones(1, *scorer.grid_hw, dtype=torch.bool), grad=True).sum() * 0.0)
             return
-        weight = torch.where(is_nec, weights["necessity"], torch.where(is_dev, weights["deviation"], weights["redundancy"]))
-        stats["deviation"] += float(terms.detach()[is_dev].sum())
-        stats["redundancy"] += float(terms.detach()[~is_dev & ~is_nec].sum())
-        stats["necessity"] += float(terms.detach()[is_nec].sum())
-        self._backward((terms * weight).sum())
+        for kind in terms:
+            stats.loss_sums[kind] += float(values.detach()[of_kind[kind]].sum())
+        self._backward((values * weight).sum())
 
     def _backward(self, loss: torch.Tensor) -> None:
         """Back-propagate one alignment chunk now (bounded memory), scaled like the Trainer's own backward."""
@@ -421,61 +499,22 @@ class PriorAlignedTrainer(Trainer):
             self.accelerator.backward(loss)
 
     # ------------------------------------------------------------------------------------------ metrics
-    def _record(self, selected, attributed, n_dev, n_red, n_nec, stats, attr_seconds, loss_seconds) -> None:
+    def _record(self, stats: AlignmentStats) -> None:
         """Reduce this micro-step's statistics over ranks and queue them for the next log()."""
-        values = [
-            selected, attributed, n_dev, n_red, n_nec, stats["deviation"], stats["redundancy"], stats["necessity"],
-            stats["nonfinite"], stats["point_hits"], stats["prior_hits"], stats["attribution_forwards"],
-            stats["loss_forwards"], attr_seconds, loss_seconds, stats["padded"], stats["insufficient_boxes"],
-            stats["blank_clicks"], stats["shortcut_boxes"],
-        ]
-        (selected, attributed, n_dev, n_red, n_nec, dev_sum, red_sum, nec_sum, nonfinite, point_hits, prior_hits,
-         forwards, loss_forwards, attr_seconds, loss_seconds, padded, insufficient, blank,
-         shortcut) = distributed.all_reduce_sum(values, self.accelerator.device)
+        total = stats.summed_over_ranks(self.accelerator.device)
         ranks = distributed.world_size()
-        metrics = {
-            "align/selected": selected,
-            "align/deviation_examples": n_dev,
-            "align/redundancy_examples": n_red,
-            "align/necessity_examples": n_nec,
-            "align/attribution_forwards": forwards,
-            "align/attribution_seconds": attr_seconds / ranks,
-            "align/loss_forwards": loss_forwards,
-            "align/loss_seconds": loss_seconds / ranks,
-            "align/nonfinite_terms": nonfinite,
-            "align/padded_passes": padded,
-            "align/insufficient_boxes": insufficient,
-            "align/blank_clicks": blank,
-            "align/shortcut_boxes": shortcut,
-        }
-        if n_dev:
-            metrics["align/loss_deviation"] = dev_sum / n_dev
-        if n_red:
-            metrics["align/loss_redundancy"] = red_sum / n_red
-        if n_nec:
-            metrics["align/loss_necessity"] = nec_sum / n_nec
-        for key in ("box_share", "blank_share"):
-            if key in stats:
-                metrics[f"align/{key}"] = stats[key]
-        if attributed:
-            metrics["align/point_game"] = point_hits / attributed
-            metrics[f"align/prior_hit@{self.args.prior_hit_k}"] = prior_hits / attributed
-        for key, value in metrics.items():
+        for key, value in total.metrics(ranks).items():
             self._metrics[key].append(value)
-        if nonfinite:
-            logger.warning(f"step {self.state.global_step}: skipped {int(nonfinite)} non-finite alignment term(s)")
-        state = self.alignment_state
+        if total.nonfinite_terms:
+            logger.warning(f"step {self.state.global_step}: skipped {int(total.nonfinite_terms)} non-finite "
+                           "alignment term(s)")
         if self._last_aligned_step != self.state.global_step:
             self._last_aligned_step = self.state.global_step
-            state["alignment_steps"] += 1
-        for key, value in (("selected", selected), ("deviation_examples", n_dev), ("redundancy_examples", n_red),
-                           ("necessity_examples", n_nec), ("insufficient_boxes", insufficient),
-                           ("blank_clicks", blank), ("shortcut_boxes", shortcut), ("attribution_forwards", forwards),
-                           ("loss_forwards", loss_forwards),
-                           ("nonfinite_terms", nonfinite), ("padded_passes", padded)):
-            state[key] += value
-        self.alignment_seconds["attribution"] += attr_seconds / ranks
-        self.alignment_seconds["loss"] += loss_seconds / ranks
+            self.alignment_state["alignment_steps"] += 1
+        for key, value in total.counts().items():
+            self.alignment_state[key] += value
+        self.alignment_seconds["attribution"] += total.attribution_seconds / ranks
+        self.alignment_seconds["loss"] += total.loss_seconds / ranks
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         window = {key: sum(values) / len(values) for key, values in self._metrics.items() if values}
@@ -484,22 +523,21 @@ class PriorAlignedTrainer(Trainer):
 
     # --------------------------------------------------------------------------------------- checkpoints
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Trainer._save (weights, processor), plus eagle_align.json: the final folder and every checkpoint
-        carry the coordinate space their clicks are in."""
+        """Trainer._save (weights, processor), plus what makes the folder usable on its own: eagle_align.json
+        (coordinate space, attribution settings), the card and alignment_state.json. `save_model()` and every
+        checkpoint come through here."""
         super()._save(output_dir, state_dict)
+        folder = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save and self.coordinate_space is not None:
-            self.coordinate_space.save(output_dir if output_dir is not None else self.args.output_dir)
+            self.coordinate_space.save(folder)
+            self._write_alignment_state(folder)
+            self.create_model_card(output_dir=folder)
 
     def _write_alignment_state(self, folder: str) -> None:
         state = {**self.alignment_state, "last_aligned_step": self._last_aligned_step}
+        Path(folder).mkdir(parents=True, exist_ok=True)
         with open(os.path.join(folder, ALIGNMENT_STATE_FILE), "w") as handle:
             json.dump(state, handle, indent=2)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            self._write_alignment_state(folder)
 
     def save_state(self) -> None:
         """trainer_state.json (log history) and alignment_state.json into the output directory."""
@@ -508,7 +546,8 @@ class PriorAlignedTrainer(Trainer):
             self._write_alignment_state(self.args.output_dir)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        """Trainer.train, restoring the alignment counters saved with the checkpoint being resumed."""
+        """Trainer.train, restoring the alignment counters saved with the checkpoint being resumed
+        (``True``: the latest checkpoint in output_dir)."""
         checkpoint = resume_from_checkpoint
         if checkpoint is True:
             checkpoint = get_last_checkpoint(self.args.output_dir)
@@ -521,15 +560,25 @@ class PriorAlignedTrainer(Trainer):
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
 
+def _with_adapter(model: Any, peft_config: Any) -> Any:
+    """``model`` wrapped in a PEFT model for ``peft_config`` (as SFTTrainer does), unless it already is one."""
+    from peft import PeftModel, get_peft_model
+
+    if model is None or isinstance(model, str):
+        raise ValueError("peft_config needs a loaded model (eagle_align.load_model_and_processor)")
+    if isinstance(model, PeftModel):
+        raise ValueError("the model already carries adapters; pass peft_config only with a plain model")
+    return get_peft_model(model, peft_config)
+
+
 @dataclass
 class _MeasuredSample:
-    """One selected sample's attribution and the probabilities its gates and necessity floor read."""
+    """One selected sample's attribution and the masked probabilities its gates and terms read."""
 
     index: int  # in the micro-batch
     attribution: Attribution
     full_prob: float  # P(x)
-    box_prob: float | None  # P(x_B), when the box gate is on
-    blank_prob: float | None  # P(x_∅), when the blank gate or the blank necessity floor is on
+    probs: dict[str, float] = field(default_factory=dict)  # "box": P(x_B), "blank": P(x_∅), when measured
 
 
 @dataclass
@@ -538,9 +587,7 @@ class _AlignmentPlan:
 
     samples: _BatchSamples
     chunks: list[tuple[int, AlignmentExamples, list[AlignmentExample]]]
-    counts: tuple[int, ...]  # this rank's selected and attributed samples, then its examples of each LOSS_KINDS
-    stats: dict[str, float]
-    attribution_seconds: float
+    stats: AlignmentStats
     agreed_chunks: int = 0  # gradient passes every rank runs for this micro-batch (the most chunks of any rank)
     weights: dict[str, float] = field(default_factory=dict)  # λ·world_size / global count, per kind
 
@@ -581,3 +628,4 @@ class _BatchSamples:
         """One forward of sample 0, unmasked; with grad, a zero-weighted loss to back-propagate (padding)."""
         scorer = self.scorer(model, 0)
         return scorer.score(torch.ones(1, *scorer.grid_hw, dtype=torch.bool), grad=grad).sum() * 0.0
+

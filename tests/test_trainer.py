@@ -22,13 +22,14 @@ from eagle_align.attribution import (
 )
 from eagle_align.config import PRESETS
 from eagle_align.data.collator import GroundingCollator
+from eagle_align.experimental import ExperimentalAlignmentConfig
 from eagle_align.models import get_family, load_model_and_processor
 from eagle_align.models.lora import apply_lora
 from eagle_align.trainer import ALIGNMENT_STATE_FILE, PriorAlignedConfig, PriorAlignedTrainer, dropout_off
 
 FAMILY = "qwen2_5_vl"
 # The paper's method (both losses, so every code path runs) on 16 regions with a cheap search.
-FAST = dict(preset="paper", n_regions=16, max_regions=3, search_scope=1, resort_every=21, selection="all",
+FAST = dict(preset="paper", n_regions=16, max_regions=3, search="exact", selection="all",
             attribution_batch_size=32, report_to="none", use_cpu=True, save_strategy="no", logging_steps=1,
             learning_rate=1e-3, seed=0)
 
@@ -45,34 +46,58 @@ def lora_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def config(tmp_path, **overrides) -> PriorAlignedConfig:
-    return PriorAlignedConfig(output_dir=str(tmp_path / "run"), **{**FAST, **overrides})
+def config(tmp_path, **overrides) -> ExperimentalAlignmentConfig:
+    """The experimental config (a superset of PriorAlignedConfig), so the experimental terms are tested too."""
+    return ExperimentalAlignmentConfig(output_dir=str(tmp_path / "run"), **{**FAST, **overrides})
 
 
 def test_config_defaults_are_the_settings_measured_best():
-    """The method defaults data_cards/synthetic.md measured best (the demo recipe's), not the paper's."""
+    """The default method (the demo recipe's), not the paper's; the experimental defaults reproduce it."""
     cfg = PriorAlignedConfig(output_dir="unused", report_to="none")
     assert (cfg.loss_variant, cfg.baseline, cfg.region_method, cfg.n_regions) == ("log", "background", "slic", 16)
     assert (cfg.insertion_weight, cfg.deletion_weight, cfg.lambda_deviation, cfg.lambda_redundancy) == (0.0, 1.0, 2.0, 0.0)
-    assert cfg.lambda_necessity == 0.0 and cfg.necessity_gate == "always" and cfg.necessity_removes == "box"  # the term is beyond the paper, and off
-    assert cfg.deviation_margin is None  # the paper's rank-1 gate
-    assert cfg.min_box_sufficiency == 0.5  # beyond the paper (preset paper: None)
-    assert cfg.max_blank_share == 0.95 and cfg.necessity_floor == "blank"  # beyond the paper (paper: None / no term)
-    assert (cfg.box_gate_scope, cfg.blank_gate_scope) == ("step", "step")  # a whole step failing: the model's
+    assert cfg.min_box_sufficiency == 0.5 and cfg.max_blank_share == 0.95  # beyond the paper (paper: None)
     assert cfg.search == "bounded" and cfg.ranked_regions == 1  # deviation only: the gate reads rank 1
-    assert (cfg.align_every, cfg.min_confidence, cfg.prior_overlap, cfg.max_regions) == (5, 0.75, 0.15, 10)
-    assert (cfg.stop_confidence, cfg.score_reduction, cfg.adaptive_beta, cfg.alignment) == (0.8, "mean", 2.0, True)
+    assert (cfg.align_every, cfg.min_confidence, cfg.box_overlap, cfg.max_regions) == (5, 0.75, 0.15, 10)
+    assert (cfg.score_reduction, cfg.alignment) == ("mean", True)
     assert cfg.remove_unused_columns is False and cfg.preset is None
     assert cfg.preset_description() == "none (eagle-align's defaults)"
+    assert [t.kind for t in cfg.policies().terms] == ["deviation", "redundancy"]
+    assert [g.scope for g in cfg.policies().gates] == ["step", "step"]
+    experimental = ExperimentalAlignmentConfig(output_dir="unused", report_to="none")
+    assert [(t.kind, t.weight) for t in experimental.policies().terms] == [(t.kind, t.weight) for t in cfg.policies().terms]
+    assert experimental.method_settings().items() >= cfg.method_settings().items()
+
+
+def test_core_config_holds_only_the_method_core():
+    """Settings beyond the paper that the comparison has not validated are experimental, not core."""
+    core = set(PriorAlignedConfig.method_fields())
+    for name in ("lambda_necessity", "deviation_margin", "box_gate_scope", "selection", "adaptive_beta",
+                 "search_scope", "resort_every", "stop_confidence", "prior_overlap"):
+        assert name not in core
+    assert len(core) == 22
+    with pytest.raises(TypeError):
+        PriorAlignedConfig(output_dir="unused", report_to="none", lambda_necessity=1.0)
+    with pytest.raises(ValueError, match="loss_variant"):
+        PriorAlignedConfig(output_dir="unused", report_to="none", loss_variant="adaptive_log")
+
+
+def test_a_dataclass_subclass_keeps_the_preset():
+    @dataclasses.dataclass
+    class MyConfig(PriorAlignedConfig):
+        my_option: int = 1
+
+    cfg = MyConfig(output_dir="unused", report_to="none", preset="paper", lambda_deviation=3.0)
+    assert (cfg.search, cfg.n_regions, cfg.baseline, cfg.lambda_redundancy) == ("efficient", 64, "black", 0.5)
+    assert cfg.lambda_deviation == 3.0 and cfg.my_option == 1  # explicit settings win
+    assert dataclasses.replace(cfg, learning_rate=0.5).lambda_deviation == 3.0  # copies keep the resolved values
 
 
 # Every method setting of the paper, written out here independently of eagle_align.config.PRESETS.
 PAPER = dict(
-    align_every=5, align_start_step=0, lambda_deviation=0.5, lambda_redundancy=0.5, lambda_necessity=0.0,
-    loss_variant="paper",
-    deviation_margin=None, adaptive_beta=2.0, insertion_weight=2.0, deletion_weight=1.0, selection="confident_correct",
-    min_confidence=0.75, prior_overlap=0.15, n_regions=64, region_method="grid", search="efficient", search_scope=10,
-    resort_every=5, max_regions=10, stop_confidence=0.8, baseline="black", score_reduction="mean",
+    align_every=5, align_start_step=0, lambda_deviation=0.5, lambda_redundancy=0.5, loss_variant="paper",
+    insertion_weight=2.0, deletion_weight=1.0, min_confidence=0.75, box_overlap=0.15, n_regions=64,
+    region_method="grid", search="efficient", max_regions=10, baseline="black", score_reduction="mean",
     min_box_sufficiency=None, max_blank_share=None,
 )
 
@@ -94,7 +119,8 @@ def test_preset_paper_sets_every_paper_value_and_explicit_settings_win():
     "option, value",
     [("loss_variant", "l2"), ("search", "beam"), ("baseline", "white"), ("score_reduction", "max"),
      ("selection", "some"), ("region_method", "voronoi"), ("align_every", 0), ("loss_chunk_size", 1),
-     ("min_confidence", 1.5), ("prior_overlap", -0.1), ("adaptive_beta", 0.0), ("lambda_deviation", -1.0),
+     ("loss_chunk_size", 3), ("min_confidence", 1.5), ("box_overlap", -0.1), ("adaptive_beta", 0.0),
+     ("lambda_deviation", -1.0),
      ("max_aligned_per_step", 0), ("remove_unused_columns", True),
      ("deviation_margin", -0.1), ("deviation_margin", 0.1),  # the second: the default search is not single_round
      ("min_box_sufficiency", -0.1), ("max_blank_share", 0.0), ("necessity_floor", "one"), ("necessity_gate", "later"),
@@ -102,12 +128,12 @@ def test_preset_paper_sets_every_paper_value_and_explicit_settings_win():
 )
 def test_config_rejects_bad_values_naming_the_option(option, value):
     with pytest.raises(ValueError, match=option):
-        PriorAlignedConfig(output_dir="unused", report_to="none", **{option: value})
+        ExperimentalAlignmentConfig(output_dir="unused", report_to="none", **{option: value})
 
 
 def test_box_evidence_necessity_gate_needs_the_box_gates_share():
     with pytest.raises(ValueError, match="necessity_gate=box_evidence .*min_box_sufficiency"):
-        PriorAlignedConfig(output_dir="unused", report_to="none", necessity_gate="box_evidence",
+        ExperimentalAlignmentConfig(output_dir="unused", report_to="none", necessity_gate="box_evidence",
                            min_box_sufficiency=None)
 
 
@@ -128,7 +154,7 @@ def test_alignment_only_on_alignment_steps_and_parameters_move(lora_setup, tmp_p
         assert log["align/selected"] == 2 and log["align/attribution_forwards"] > 0
         assert log["align/deviation_examples"] + log["align/redundancy_examples"] > 0
         assert any(k in log for k in ("align/loss_deviation", "align/loss_redundancy"))
-        assert 0.0 <= log["align/point_game"] <= 1.0 and "align/prior_hit@3" in log
+        assert 0.0 <= log["align/point_game"] <= 1.0 and "align/box_hit@3" in log
     after = lora_state(model)
     assert any(not torch.equal(before[n], after[n]) for n in before)
     assert all(torch.isfinite(p).all() for p in after.values())
@@ -179,14 +205,12 @@ def _manual_alignment_grads(model, batch, cfg, removed: list | None = None) -> d
     for i in range(batch["input_ids"].shape[0]):
         sample = slice_sample(batch, i)
         row = baseline_row(model, cfg.baseline, sample["pixel_values"], sample["image_grid_thw"])
-        att = attribute_sample(model, batch, i, n_regions=cfg.n_regions, region_method=cfg.region_method, baseline=row,
-                               strategy=cfg.search, max_regions=cfg.max_regions, stop_confidence=cfg.stop_confidence,
-                               search_scope=cfg.search_scope, resort_every=cfg.resort_every, **weights)
-        built = build_alignment_examples(att, batch["meta"][i].prior_mask, cfg.prior_overlap, **weights,
-                                         necessity=cfg.lambda_necessity > 0, necessity_gate=cfg.necessity_gate,
-                                         necessity_removes=cfg.necessity_removes)
-        if removed is not None and built.necessity:
-            removed.append((built.keep_cells(built.necessity)[0][0], batch["meta"][i].prior_mask.bool()))
+        att = attribute_sample(model, batch, i, cfg.attribution_settings(), baselines=row,
+                               max_regions=cfg.max_regions, stop_confidence=0.8)
+        built = build_alignment_examples(att, batch["meta"][i].prior_mask, cfg.policies().terms, cfg.box_overlap,
+                                         **weights)
+        if removed is not None and built.of_kind("necessity"):
+            removed.append((built.keep_cells(built.of_kind("necessity"))[0][0], batch["meta"][i].prior_mask.bool()))
         if not built.examples:
             continue
         model.eval()
@@ -303,8 +327,9 @@ def _gate_counts(model, collator, batch, tmp_path, **gates) -> dict[str, float]:
     trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
     model.zero_grad()
     gates_said = ("insufficient_boxes", "blank_clicks", "shortcut_boxes")
-    counts = {k: trainer._metrics[f"align/{k}"][0] for k in (*gates_said, "necessity_examples")}
-    assert {k: trainer.alignment_state[k] for k in gates_said} == {k: counts[k] for k in gates_said}
+    # A gate that is off logs nothing: it left out no sample.
+    counts = {k: trainer._metrics.get(f"align/{k}", [0.0])[0] for k in (*gates_said, "necessity_examples")}
+    assert {k: trainer.alignment_state.get(k, 0.0) for k in gates_said} == {k: counts[k] for k in gates_said}
     return counts
 
 

@@ -1,15 +1,6 @@
-"""Prior alignment: from an attribution and the target box to deviation / redundancy (/ necessity) losses."""
+"""Prior alignment: from an attribution and the target box to the gated deviation / redundancy losses."""
 
-from eagle_align.alignment.examples import (
-    GATE_SCOPES,
-    AlignmentExample,
-    AlignmentExamples,
-    GateVerdict,
-    build_alignment_examples,
-    gate_samples,
-    on_prior_regions,
-    step_gate_totals,
-)
+from eagle_align.alignment.examples import AlignmentExample, AlignmentExamples, build_alignment_examples
 from eagle_align.alignment.losses import (
     LOSS_VARIANTS,
     adaptive_log_penalty,
@@ -21,23 +12,38 @@ from eagle_align.alignment.losses import (
     redundancy_loss,
     set_score,
 )
+from eagle_align.alignment.policies import (
+    AlignmentPolicies,
+    BlankScreenGate,
+    BoxSufficiencyGate,
+    ChunkProbs,
+    DeviationTerm,
+    Gate,
+    GateVerdicts,
+    LossTerm,
+    RedundancyTerm,
+)
 
 __all__ = [
-    "GATE_SCOPES",
     "LOSS_VARIANTS",
     "AlignmentExample",
     "AlignmentExamples",
-    "GateVerdict",
+    "AlignmentPolicies",
+    "BlankScreenGate",
+    "BoxSufficiencyGate",
+    "ChunkProbs",
+    "DeviationTerm",
+    "Gate",
+    "GateVerdicts",
+    "LossTerm",
+    "RedundancyTerm",
     "adaptive_log_penalty",
     "best_on_prior_gain",
     "build_alignment_examples",
     "deviation_loss",
-    "gate_samples",
     "log_set_score",
     "necessity_loss",
     "normalised_gains",
-    "on_prior_regions",
     "redundancy_loss",
     "set_score",
-    "step_gate_totals",
 ]
