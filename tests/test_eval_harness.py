@@ -267,12 +267,16 @@ def test_cli_attributes_with_the_adapters_recorded_settings_and_a_flag_overrides
     assert summary["source"] == f"recorded in {adapter / COORDINATE_SPACE_FILE}" and summary["overrides"] == {}
     # Exact search over 4 regions, complete: 2·(4 + 3 + 2 + 1) forwards per sample.
     assert summary["overall"]["n"] == 2 and summary["overall"]["forwards"] == 20
+    report = (tmp_path / "recorded" / "report.md").read_text()
+    assert "Attribution settings: n_regions=4, region_method=grid, baseline=black, search=exact" in report
+    assert f"(recorded in {adapter / COORDINATE_SPACE_FILE})" in report
 
     assert main([*common, "--out", str(tmp_path / "flag"), "--n-regions", "2"]) == 0
     summary = json.loads((tmp_path / "flag" / "metrics.json").read_text())["attribution"]
     assert summary["overrides"] == {"n_regions": 2}
     assert summary["settings"] == {**recorded.to_dict(), "max_regions": None, "n_regions": 2}
     assert summary["overall"]["forwards"] == 2 * (2 + 1)
+    assert "; overridden: n_regions=2)" in (tmp_path / "flag" / "report.md").read_text()
 
 
 def test_cli_names_an_invalid_attribution_flag_before_loading(benchmarks, tmp_path, capsys):

@@ -79,6 +79,11 @@ def _attribution_lines(attribution: dict) -> list[str]:
         row = attribution.get(subset)
         if row:
             lines.append(f"| {subset} | {row['n']} | " + " | ".join(_num(row.get(k)) for k in names) + " |")
+    if attribution.get("settings"):  # which attribution the point game measured, and where that came from
+        used = ", ".join(f"{k}={v}" for k, v in attribution["settings"].items())
+        overrides = ", ".join(f"{k}={v}" for k, v in (attribution.get("overrides") or {}).items())
+        lines += ["", f"Attribution settings: {used} ({attribution.get('source', 'unknown source')}"
+                  + (f"; overridden: {overrides}" if overrides else "") + ")."]
     return lines
 
 
