@@ -137,7 +137,7 @@ def run_one(name: str, path: Path, seed: int, family: str, quick: bool, prepared
         metrics[split] = evaluate(
             model, processor, load_examples(prepared[split]), action_format=config.get("action_format"),
             batch_size=16, attribution_samples=size["attribution_samples"] if split == "shifted" else 0,
-            attribution_options=demo.ATTRIBUTION, out_dir=out / "eval" / split,
+            attribution=demo.ATTRIBUTION, out_dir=out / "eval" / split,
         )
     del model
     gc.collect()
