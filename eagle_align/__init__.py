@@ -18,6 +18,7 @@ _EXPORTS = {
     "build_tiny_checkpoint": "eagle_align.models",
     "read_coordinate_space": "eagle_align.models",
     "apply_lora": "eagle_align.models.lora",
+    "lora_target_modules": "eagle_align.models.lora",
     "GroundingExample": "eagle_align.data",
     "GroundingCollator": "eagle_align.data",
     "load_examples": "eagle_align.data",
