@@ -32,6 +32,7 @@ from attribution_bench import per_variant_ms  # noqa: E402
 from train_overhead import StepTimer  # noqa: E402
 
 from eagle_align.attribution import (  # noqa: E402
+    AttributionSettings,
     attribute_sample,
 )
 from eagle_align.data import GroundingCollator, GroundingExample  # noqa: E402
@@ -165,7 +166,7 @@ def main() -> None:
     if cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    explanation = attribute_sample(model, batch, 0, n_regions=64, max_regions=10, stop_confidence=None, batch_size=16)
+    explanation = attribute_sample(model, batch, 0, AttributionSettings.PAPER, batch_size=16)
     if cuda:
         torch.cuda.synchronize()
     explain_seconds = time.perf_counter() - start

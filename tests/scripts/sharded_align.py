@@ -22,7 +22,7 @@ from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from eagle_align.attribution import attribute_sample, attribution_mode
+from eagle_align.attribution import AttributionSettings, attribute_sample, attribution_mode
 from eagle_align.data.collator import GroundingCollator
 from eagle_align.distributed import Lockstep, end_run
 from eagle_align.models import get_family, load_model_and_processor
@@ -30,7 +30,8 @@ from eagle_align.models.lora import apply_lora
 from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer
 
 FAMILY = "qwen2_5_vl"
-ATTRIBUTION = dict(n_regions=16, max_regions=3, batch_size=4, strategy="bounded")
+ATTRIBUTION = dict(settings=AttributionSettings(n_regions=16, region_method="grid", baseline="black", search="bounded",
+                                                insertion_weight=2.0, max_regions=3), batch_size=4)
 FSDP_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "accelerate" / "fsdp.yaml"
 
 
