@@ -570,3 +570,23 @@ def test_single_round_measures_prefixes_only_when_redundancy_is_trained(lora_set
     assert trainer._metrics["align/attribution_forwards"] == [sum(2 * n + ends + prefixes for n in regions)]
     if not lambda_redundancy:
         assert trainer._metrics["align/redundancy_examples"] == [0.0]
+
+
+def test_point_only_samples_train_as_sft_and_are_counted_not_aligned(lora_setup, tmp_path):
+    """A record with a click point and no box gives the SFT loss, never an alignment term; align/no_box counts it."""
+    model, processor, collator = lora_setup
+    data = examples(4)
+    for i in (1, 3):
+        x0, y0, x1, y1 = data[i].bbox
+        data[i] = dataclasses.replace(data[i], bbox=None, point=((x0 + x1) / 2, (y0 + y1) / 2))
+    cfg = config(tmp_path, per_device_train_batch_size=4, max_steps=2, align_every=1)
+    trainer = PriorAlignedTrainer(model=model, args=cfg, train_dataset=data, data_collator=collator,
+                                  processing_class=processor)
+    before = lora_state(model)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "align/no_box" in h]
+    assert [h["align/no_box"] for h in logs] == [2.0, 2.0]
+    assert all(h["align/selected"] == 2.0 for h in logs)  # selection "all" takes every sample that has a box
+    assert trainer.alignment_state["no_box"] == 4
+    after = lora_state(model)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
