@@ -284,3 +284,26 @@ def test_cli_names_an_invalid_attribution_flag_before_loading(benchmarks, tmp_pa
                  "--out", str(tmp_path / "out"), "--attribution-samples", "1", "--box-overlap", "1.5"])
     err = capsys.readouterr().err
     assert code == 2 and "--box-overlap: box_overlap=1.5 must lie in [0, 1]" in err and "Traceback" not in err
+
+
+def test_attribution_that_skips_samples_says_why(trained, benchmarks, tmp_path, capsys):
+    _, _, model_dir = trained
+    out = tmp_path / "wrong"
+    # The model answers "(50,70)" (Qwen2-VL syntax); read as pyautogui calls, every answer is in the wrong format.
+    assert main(["eval", "--model", str(model_dir), "--data", str(benchmarks["screenspot"]), "--out", str(out),
+                 "--action-format", "pyautogui", "--attribution-samples", "3", "--n-regions", "8", "--dtype",
+                 "float32", "--no-plots"]) == 0
+    console = capsys.readouterr().out
+    assert "click accuracy 0.00% on 6 samples (6 wrong format)" in console
+    assert "attribution: 0 of 3 samples (3 answers in the wrong format: nothing to attribute)" in console
+    summary = json.loads((out / "metrics.json").read_text())["attribution"]
+    assert (summary["skipped"], summary["skipped_wrong_format"], summary["skipped_out_of_range"]) == (3, 3, 0)
+
+
+def test_attribution_line_names_out_of_range_answers():
+    from eagle_align.eval.cli import attribution_line
+
+    summary = {"requested": 4, "overall": {"n": 1}, "skipped_wrong_format": 1, "skipped_out_of_range": 2}
+    assert attribution_line(summary) == ("attribution: 1 of 4 samples (1 answer in the wrong format, 2 answers out "
+                                         "of range: nothing to attribute)")
+    assert attribution_line({"requested": 2, "overall": {"n": 2}}) == "attribution: 2 of 2 samples"

@@ -229,27 +229,20 @@ def eval_command(args: argparse.Namespace) -> int:
         line += f"; point game {point_game:.3f}"
     print(f"{line} -> {args.out}")
     if metrics.get("attribution"):
-        from eagle_align.eval.report import PREDICTIONS_FILE
-
-        print(attribution_line(metrics, read_predictions(Path(args.out) / PREDICTIONS_FILE)))
+        print(attribution_line(metrics["attribution"]))
     return 0
 
 
-def attribution_line(metrics: dict, records: list[dict]) -> str:
-    """How many samples attribution explained and, for those it skipped, why (they have no click to explain).
-
-    Attribution takes the first `requested` records, so their flags say why any of them was skipped.
-    """
-    attribution = metrics["attribution"]
+def attribution_line(attribution: dict) -> str:
+    """How many samples attribution explained and, for those it skipped, why (they have no click to explain)."""
     requested, done = attribution.get("requested", 0), attribution["overall"]["n"]
     line = f"attribution: {done} of {requested} sample{'' if requested == 1 else 's'}"
-    if done < requested:
-        first = records[:requested]
+    skipped = requested - done
+    if skipped:
         reasons = []
-        for flag, words in (("wrong_format", "in the wrong format"), ("out_of_range", "out of range")):
-            count = sum(bool(r.get(flag)) for r in first)
+        for key, words in (("skipped_wrong_format", "in the wrong format"), ("skipped_out_of_range", "out of range")):
+            count = attribution.get(key, 0)
             if count:
                 reasons.append(f"{count} answer{'' if count == 1 else 's'} {words}")
-        skipped = requested - done
-        line += f" ({', '.join(reasons) or f'{skipped} skipped'}: nothing to attribute)"
+        line += f" ({', '.join(reasons) or f'{skipped} without a click'}: nothing to attribute)"
     return line

@@ -127,19 +127,26 @@ def _aggregate(rows: Sequence[dict]) -> dict:
 
 
 def summarize_attribution(rows: Sequence[dict], requested: int, settings_record: dict | None = None,
-                          top_k: int = 3) -> dict:
+                          top_k: int = 3, records: Sequence[dict] | None = None) -> dict:
     """Attribution metrics overall and split by correct / incorrect clicks (means over attributed samples),
     with the settings used and where they came from (`resolve_attribution_settings`'s record: `settings`,
-    `source`, `overrides`, `complete_ranking`) and the k of prior-hit@k."""
-    return {
+    `source`, `overrides`, `complete_ranking`) and the k of prior-hit@k.
+
+    `skipped` counts the requested samples without a click to explain; with the click `records` attribution
+    chose from, it is split into wrong-format and out-of-range answers.
+    """
+    summary = {
         "overall": _aggregate(rows),
         "correct": _aggregate([r for r in rows if r["hit"]]),
         "incorrect": _aggregate([r for r in rows if not r["hit"]]),
         "requested": requested,
-        "skipped_wrong_format": requested - len(rows),
-        **(settings_record or {}),
-        "top_k": top_k,
+        "skipped": requested - len(rows),
     }
+    if records is not None:
+        first = records[:requested]
+        summary["skipped_wrong_format"] = sum(bool(r.get("wrong_format")) for r in first)
+        summary["skipped_out_of_range"] = sum(bool(r.get("out_of_range")) for r in first)
+    return {**summary, **(settings_record or {}), "top_k": top_k}
 
 
 def attribute_predictions(
@@ -255,7 +262,7 @@ def evaluate(
             settings=chosen, top_k=top_k,
         )
         metrics["attribution"] = summarize_attribution(rows, min(attribution_samples, len(records)),
-                                                       settings_record, top_k)
+                                                       settings_record, top_k, records=records)
     min_pixels, max_pixels = pixel_limits(processor)
     metrics["settings"] = {
         "action_format": fmt.name,
