@@ -8,7 +8,7 @@ import torch
 
 from eagle_align.attribution import AttributionSettings, attribute_sample, greedy_search
 from eagle_align.attribution.bound import DEFAULT_TIE_TOLERANCE, build_hierarchy, region_centroids
-from eagle_align.config import PriorAlignedConfig
+from eagle_align.experimental import ExperimentalAlignmentConfig
 
 
 class SetFunction:
@@ -225,28 +225,18 @@ def test_attribute_sample_counts_every_forward_of_the_bounded_search(tiny_checkp
     assert len(set(result.ranking)) == 2 and all(0 <= v < result.partition.n_regions for v in result.ranking)
 
 
-def test_ranked_regions_asks_bounded_for_what_the_losses_read():
-    def ranked(**options) -> int:
-        return PriorAlignedConfig(output_dir="unused", report_to="none", **options).ranked_regions
-
-    assert ranked(search="bounded", lambda_redundancy=0.0) == 1  # the deviation gate reads rank 1 only
-    assert ranked(search="bounded", lambda_redundancy=0.5) == 10  # redundancy reads every off-prior rank
-    assert ranked(search="bounded", lambda_redundancy=0.0, loss_variant="adaptive_log") == 10
-    assert ranked(search="efficient", lambda_redundancy=0.0) == 10  # the paper's strategies rank max_regions
-
-
 def test_trainer_logs_the_bounded_search_forwards_it_ran(tiny_checkpoints, tmp_path):
     from scripts.ddp_align import examples
 
     from eagle_align.data.collator import GroundingCollator
     from eagle_align.models import get_family, load_model_and_processor
     from eagle_align.models.lora import apply_lora
-    from eagle_align.trainer import PriorAlignedTrainer
+    from eagle_align.trainer import BOX_HIT_K, PriorAlignedTrainer
 
     torch.manual_seed(0)
     model, processor = load_model_and_processor(tiny_checkpoints["qwen2_5_vl"], dtype="float32")
     model = apply_lora(model, r=4, alpha=8, dropout=0.0)
-    cfg = PriorAlignedConfig(
+    cfg = ExperimentalAlignmentConfig(
         output_dir=str(tmp_path), search="bounded", lambda_redundancy=0.0, region_method="grid", n_regions=16,
         selection="all", per_device_train_batch_size=2, max_steps=1, align_every=1, report_to="none", use_cpu=True,
         save_strategy="no", logging_steps=1,
@@ -264,7 +254,7 @@ def test_trainer_logs_the_bounded_search_forwards_it_ran(tiny_checkpoints, tmp_p
     assert log["align/attribution_forwards"] == sum(rows) > 0
     assert log["align/attribution_seconds"] > 0 and log["align/selected"] == 2
     # One ranked region per sample (the deviation gate's), so prior_hit@k is over that rank.
-    assert log["align/point_game"] == log[f"align/prior_hit@{cfg.prior_hit_k}"]
+    assert log["align/point_game"] == log[f"align/box_hit@{BOX_HIT_K}"]
 
 
 @pytest.mark.parametrize("search", ["bounded", "efficient", "single_round"])
