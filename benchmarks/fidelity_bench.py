@@ -61,7 +61,7 @@ Load one model as the trainer sees it:
     model, processor = load_model_and_processor(path, dtype="float32", min_pixels=65536, max_pixels=65536)
     examples = load_examples(train_data)
     batch = GroundingCollator(processor, "qwen3_vl")([examples[i] for i in samples])
-The demo recipe (recipes/train/tiny_synthetic_cpu.yaml) holds the baseline, weights and min_confidence used.
+The demo recipe (tiny_synthetic_cpu) holds the baseline, weights and min_confidence used.
 results.json caches every strategy's results per model, layout and sample (with the settings they were made with;
 strategies other than exact also keyed by a hash of eagle_align/attribution's source).
 Re-measure: .venv/bin/python benchmarks/fidelity_bench.py (the set and the cached results are reused).

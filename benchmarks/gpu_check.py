@@ -60,7 +60,7 @@ TINY_TEXT = dict(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hi
                                                          "mrope_section": [4, 6, 6]})
 TINY_VISION = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=128,
                    fullatt_block_indexes=[1])
-MAX_PIXELS = 1280 * 28 * 28  # the usual Qwen2.5-VL GUI setting (recipes/train/qwen2_5_vl_3b_lora.yaml)
+MAX_PIXELS = 1280 * 28 * 28  # the usual Qwen2.5-VL GUI setting (the qwen2_5_vl_3b_lora recipe)
 
 
 def build_model(tiny: bool, device: torch.device, dtype: torch.dtype, attn_implementation: str = "sdpa"):

@@ -3,7 +3,7 @@
 What it shows: the training screens carry a spurious cue (a magenta marker beside the target), so a model can
 get every training click right by following the marker. The `shifted` test split moves the marker beside a
 distractor. SFT and prior-aligned training run with the same seed, data order, step count and recipe
-(`recipes/train/tiny_synthetic_cpu.yaml`, through the same `run_training` as `eagle-align train`); the eval
+(the shipped recipe `tiny_synthetic_cpu`, through the same `run_training` as `eagle-align train`); the eval
 harness then measures click accuracy on both test splits and the point game (is the top-ranked evidence
 inside the target box?) on the shifted one.
 
@@ -23,6 +23,8 @@ import statistics
 import time
 from pathlib import Path
 from typing import Any
+
+from eagle_align.recipes import recipe_path
 
 FAMILY = "qwen3_vl"
 # Per family: pixel limits (256 x 256 screens -> 8 x 8 merged cells of 32 px for Qwen3-VL, 9 x 9 of 28 px for
@@ -50,7 +52,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
 BENCHMARK_KEYS = ("cue_colour", "cue_size", "distractor_colour", "distractor_shape", "square_size",
                   "unmarked_train_fraction", "empty_train_slot_fraction", "decoy_train_fraction")
 PIXELS = FAMILIES[FAMILY]["pixels"]
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
+RECIPE = recipe_path("tiny_synthetic_cpu", "train")
 SPLITS = ("iid", "shifted")
 MODELS = ("sft", "aligned")
 # Benchmark: the `shortcut` preset at difficulty 1 (one red square in one of four quadrants, the only
@@ -246,7 +248,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
     from eagle_align.train import run_training
 
     start = time.perf_counter()
-    recipe = Path(recipe) if recipe is not None else RECIPE
+    recipe = recipe_path(recipe, "train") if recipe is not None else RECIPE
     if not recipe.is_file():
         raise FileNotFoundError(f"demo recipe {recipe} not found (pass recipe= / --recipe)")
     if family not in FAMILIES:

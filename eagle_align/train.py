@@ -1,7 +1,7 @@
 """Training entry point: one YAML recipe, command-line overrides, the same path under `accelerate launch`.
 
-    eagle-align train recipes/train/tiny_synthetic_cpu.yaml --max_steps 20
-    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m eagle_align.train CONFIG.yaml
+    eagle-align train tiny_synthetic_cpu --max_steps 20
+    accelerate launch --config_file "$(eagle-align recipes path multi_gpu)" -m eagle_align.train CONFIG.yaml
 
 The YAML is flat (like TRL / LLaMA-Factory recipes): model, data, LoRA, alignment and Trainer keys side by side.
 `HfArgumentParser` splits it into the dataclasses below and `PriorAlignedConfig`. `preset: paper` sets every
@@ -253,7 +253,7 @@ def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         where = f" (the base of {seen[-1]})" if seen else ""
         raise UsageError(f"training config {path}{where} " + ("is a directory" if path.is_dir() else "does not exist"),
-                         hint="pass a recipe YAML, e.g. one of recipes/train/")
+                         hint="pass a recipe YAML or a shipped recipe's name (eagle-align recipes)")
     try:
         with open(path, encoding="utf-8") as handle:  # from the file, so YAML errors name it
             config = yaml.load(handle, Loader=RecipeLoader) or {}
@@ -276,6 +276,10 @@ def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 def load_config(config_path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """YAML recipe (over its `base:` recipe, if it names one) merged with overrides; unknown keys fail with the
     closest valid names."""
+    if config_path is not None:
+        from eagle_align.recipes import recipe_path
+
+        config_path = recipe_path(config_path, "train")
     config = _read_recipe(Path(config_path)) if config_path is not None else {}
     if config_path is not None:
         # The recipe's own paths, where no override replaces them.
@@ -289,7 +293,7 @@ def load_config(config_path: str | Path | None, overrides: dict[str, Any] | None
         raise UsageError(
             f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
             hint=" ".join(hints) or "the keys are the fields of ModelArguments, DataArguments, LoraArguments "
-            "(eagle_align.train) and PriorAlignedConfig (TrainingArguments + alignment); see recipes/train/",
+            "(eagle_align.train) and PriorAlignedConfig (TrainingArguments + alignment); see eagle-align recipes",
         )
     return config
 
@@ -641,7 +645,7 @@ def _count_skipped(trainer) -> int:
 def train_arguments(parser) -> None:
     import argparse
 
-    parser.add_argument("config", help="training YAML (see recipes/train/)")
+    parser.add_argument("config", help="training YAML, or a shipped recipe's name (eagle-align recipes)")
     parser.add_argument(
         "overrides", nargs=argparse.REMAINDER, help="--key value pairs overriding any key of the YAML"
     )

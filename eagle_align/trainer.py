@@ -238,7 +238,7 @@ class PriorAlignedTrainer(Trainer):
             output_dir or self.args.output_dir,
             self.coordinate_space,
             training=self._training_section(),
-            alignment={"preset": self.args.preset_description(), **self.args.method_settings()},
+            alignment={**self.args.method_settings(), "preset": self.args.preset_description()},
             alignment_totals=dict(self.alignment_state),
             evaluation=evaluation,
         )

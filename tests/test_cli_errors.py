@@ -142,7 +142,7 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("argv, words", [
     (["train", "{dir}/nowhere.yaml"], "does not exist"),
-    (["train", str(REPO / "recipes" / "train" / "qwen2_vl_2b_lora.yaml"), "--lerning_rate", "1e-3"],
+    (["train", str(REPO / "eagle_align" / "recipes" / "train" / "qwen2_vl_2b_lora.yaml"), "--lerning_rate", "1e-3"],
      "did you mean learning_rate"),
 ], ids=["missing-recipe", "misspelled-key"])
 def test_installed_command_exits_2_with_one_line(argv, words, tmp_path):

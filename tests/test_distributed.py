@@ -21,6 +21,7 @@ from scripts.sharded_align import recipe_wrap_policy
 from eagle_align import distributed
 from eagle_align.models import load_model_and_processor
 from eagle_align.models.lora import apply_lora
+from eagle_align.recipes import RECIPES_DIR, copy_recipe
 
 SCRIPTS = Path(__file__).parent / "scripts"
 REPO = Path(__file__).parent.parent
@@ -105,12 +106,12 @@ def test_two_ranks_with_uneven_selection_stay_in_step(tiny_checkpoints, tmp_path
 
 @pytest.mark.slow
 def test_multi_node_recipe_on_two_local_machines(tiny_checkpoints, tmp_path):
-    """recipes/accelerate/multi_node.yaml as two `accelerate launch` commands (machine ranks 0 and 1)."""
+    """eagle_align/recipes/accelerate/multi_node.yaml as two `accelerate launch` commands (machine ranks 0 and 1)."""
     port = str(free_port())
     launches = [
         subprocess.Popen(
             accelerate_launch(
-                ["--config_file", "recipes/accelerate/multi_node.yaml", "--num_machines", "2", "--num_processes", "2",
+                ["--config_file", str(RECIPES_DIR / "accelerate" / "multi_node.yaml"), "--num_machines", "2", "--num_processes", "2",
                  "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
                  "--mixed_precision", "no"],
                 "ddp_align.py", tiny_checkpoints["qwen2_5_vl"], tmp_path,
@@ -137,7 +138,7 @@ def test_deepspeed_recipe_trains_with_uneven_selection(tiny_checkpoints, tmp_pat
     """The shipped ZeRO recipe, on DeepSpeed's CPU accelerator: the trainer's DeepSpeed backward and, for
     ZeRO-3, attribution forwards that each gather partitioned parameters."""
     pytest.importorskip("deepspeed")
-    config = f"recipes/accelerate/deepspeed_zero{stage}.yaml"
+    config = str(copy_recipe(f"deepspeed_zero{stage}", tmp_path / "recipes")[0])  # the JSON copied beside it
     ranks = launch_two_ranks("ddp_align.py", tiny_checkpoints["qwen2_5_vl"], tmp_path, config_file=config)
     assert ranks[0]["distributed_type"] == "DEEPSPEED" and ranks[0]["zero_stage"] == stage
     if stage == 3:
@@ -147,7 +148,7 @@ def test_deepspeed_recipe_trains_with_uneven_selection(tiny_checkpoints, tmp_pat
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_fsdp_recipe_wraps_every_layer_and_vision_block(tiny_checkpoints, family):
-    """accelerate's own FSDP2 policy for recipes/accelerate/fsdp.yaml, on a LoRA model of each family."""
+    """accelerate's own FSDP2 policy for eagle_align/recipes/accelerate/fsdp.yaml, on a LoRA model of each family."""
     model, _ = load_model_and_processor(tiny_checkpoints[family], dtype="float32")
     model = apply_lora(model, r=4, alpha=8)
     policy, plugin = recipe_wrap_policy(model)

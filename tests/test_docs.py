@@ -36,12 +36,12 @@ def _anchors(markdown: Path) -> set[str]:
 def _doc_pages() -> list[Path]:
     return [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md")),
             *sorted((ROOT / "data_cards").glob("*.md")), *sorted((ROOT / "method_comparison").glob("*.md")),
-            ROOT / "recipes" / "README.md", ROOT / "benchmarks" / "README.md"]
+            ROOT / "eagle_align" / "recipes" / "README.md", ROOT / "benchmarks" / "README.md"]
 
 
 # The product: the package, its recipes, docs and data cards. Dated lab history belongs in
 # method_comparison/history.md (README.md is left out while it is being rewritten).
-_PRODUCT = ("eagle_align/", "docs/", "data_cards/", "recipes/", "benchmarks/", "Makefile", "constraints.txt",
+_PRODUCT = ("eagle_align/", "docs/", "data_cards/", "benchmarks/", "README.md", "Makefile", "constraints.txt",
             "pyproject.toml")
 _DATE = re.compile(r"\b20\d\d-[01]\d-[0-3]\d\b")
 

@@ -18,7 +18,7 @@ from eagle_align.train import load_config, parse_config
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "method_comparison"
 CONFIGS = sorted((FOLDER / "configs").glob("*.yaml"))
-DEMO_RECIPE = REPO / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
+DEMO_RECIPE = REPO / "eagle_align" / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
 
 
 def _script(name: str):
@@ -32,7 +32,7 @@ def test_the_reference_configs_and_the_experiments_are_there():
     names = {path.stem for path in CONFIGS}
     assert {"default", "sft", "paper"} <= names
     assert len(names) >= 38  # the three references and the 35 experiments moved from recipes/experiments
-    assert not (REPO / "recipes" / "experiments").exists()
+    assert not (REPO / "eagle_align" / "recipes" / "experiments").exists()
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)

@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import load_file
 
 from eagle_align.cli import main
-from eagle_align.config import PRESETS
+from eagle_align.config import PRESETS, PriorAlignedConfig
 from eagle_align.data import generate_synthetic, load_examples
 from eagle_align.errors import UsageError
 from eagle_align.hub import read_card_header
@@ -23,7 +23,7 @@ from eagle_align.train import load_config, load_training_data, parse_config, par
 
 REPO = Path(__file__).resolve().parents[1]
 # method_comparison/configs/ are checked in test_method_comparison.py.
-RECIPES = sorted((REPO / "recipes" / "train").glob("*.yaml"))
+RECIPES = sorted((REPO / "eagle_align" / "recipes" / "train").glob("*.yaml"))
 REAL_RECIPES = [p for p in RECIPES if p.parent.name == "train" and p.name != "tiny_synthetic_cpu.yaml"]
 
 
@@ -97,7 +97,7 @@ def test_real_recipe_dry_run_on_a_tiny_checkpoint(recipe, tiny_checkpoints, synt
     # The recipe's real Hub id is not recorded for a local override: the card must not claim a local path.
     assert "base_model" not in header or not Path(str(header["base_model"])).exists()
     assert detect_family(tiny_checkpoints[family]).name == family
-    assert "| preset | paper (changed: " in (out / "README.md").read_text()  # the card records the preset
+    assert "| preset | none (eagle-align's defaults) |" in (out / "README.md").read_text()  # the card says so
     if quantized:
         assert "Linear4bit" in {type(m).__name__ for m in trainer.model.modules()}
 
@@ -108,7 +108,7 @@ def test_adapter_and_processor_reload_with_same_outputs(tiny_checkpoints, synth_
     from eagle_align.data import GroundingCollator
     from eagle_align.models import load_model_and_processor
 
-    recipe = REPO / "recipes" / "train" / "qwen2_5_vl_3b_lora.yaml"
+    recipe = REPO / "eagle_align" / "recipes" / "train" / "qwen2_5_vl_3b_lora.yaml"
     config = load_config(
         recipe,
         _quick(
@@ -144,7 +144,7 @@ def test_adapter_and_processor_reload_with_same_outputs(tiny_checkpoints, synth_
 
 
 def test_push_to_hub_from_the_training_config(tiny_checkpoints, synth_train, tmp_path, recording_hub):
-    recipe = REPO / "recipes" / "train" / "qwen2_vl_2b_lora.yaml"
+    recipe = REPO / "eagle_align" / "recipes" / "train" / "qwen2_vl_2b_lora.yaml"
     out = tmp_path / "out"
     config = _quick(
         model_name_or_path=tiny_checkpoints["qwen2_vl"], base_model_id="Qwen/Qwen2-VL-2B-Instruct",
@@ -164,7 +164,7 @@ def _adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resume_reaches_the_same_adapter(tiny_checkpoints, synth_train, tmp_path):
-    recipe = REPO / "recipes" / "train" / "qwen3_vl_2b_lora.yaml"
+    recipe = REPO / "eagle_align" / "recipes" / "train" / "qwen3_vl_2b_lora.yaml"
     common = _quick(
         model_name_or_path=tiny_checkpoints["qwen3_vl"],
         train_data=synth_train,
@@ -238,7 +238,7 @@ def test_recipe_preset_comes_first_and_the_recipes_keys_and_overrides_win(tmp_pa
     changed = {"n_regions": 16, "loss_variant": "log", "baseline": "mean"}
     for key, value in PRESETS["paper"].items():
         assert getattr(training_args, key) == changed.get(key, value), key
-    assert training_args.preset_description() == "paper (changed: loss_variant=log, n_regions=16, baseline=mean)"
+    assert training_args.preset_description() == "paper (changed: n_regions=16, baseline=mean, loss_variant=log)"
 
 
 def test_recipe_base_is_read_first_relative_to_the_recipe_and_refuses_loops(tmp_path):
@@ -258,9 +258,14 @@ def test_recipe_base_is_read_first_relative_to_the_recipe_and_refuses_loops(tmp_
 
 
 @pytest.mark.parametrize("recipe", REAL_RECIPES, ids=lambda p: p.name)
-def test_real_recipes_are_the_paper_with_a_gui_baseline_and_a_cheaper_search(recipe):
+def test_real_recipes_run_the_default_method(recipe):
+    """The demo's method, not a preset: the recipes set throughput keys only."""
     training_args = parse_config(load_config(recipe, {} if torch.cuda.is_available() else {"bf16": False}))[3]
-    assert training_args.preset_description() == "paper (changed: search_scope=1, resort_every=21, baseline=background)"
+    assert training_args.preset_description() == "none (eagle-align's defaults)"
+    defaults = PriorAlignedConfig(output_dir="unused", report_to="none")
+    throughput = {"max_aligned_per_step", "attribution_batch_size", "loss_chunk_size"}
+    assert {k: v for k, v in training_args.method_settings().items() if k not in throughput} == {
+        k: v for k, v in defaults.method_settings().items() if k not in throughput}
 
 
 def _cli_env() -> dict[str, str]:
@@ -269,7 +274,7 @@ def _cli_env() -> dict[str, str]:
 
 def _tiny_cli_args(tiny_dir: str, train: str, out: Path) -> list[str]:
     return [
-        str(REPO / "recipes" / "train" / "tiny_synthetic_cpu.yaml"),
+        str(REPO / "eagle_align" / "recipes" / "train" / "tiny_synthetic_cpu.yaml"),
         "--model_name_or_path", tiny_dir, "--train_data", train, "--output_dir", str(out),
         "--max_steps", "4", "--per_device_train_batch_size", "2", "--align_start_step", "0", "--align_every", "2",
         "--selection", "all", "--max_aligned_per_step", "1", "--min_pixels", "65536", "--max_pixels", "65536",
@@ -291,7 +296,7 @@ def test_tiny_recipe_through_accelerate_multi_gpu(tiny_checkpoints, synth_train,
     out = tmp_path / "ddp"
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "recipes" / "accelerate" / "multi_gpu.yaml"),
+        "--config_file", str(REPO / "eagle_align" / "recipes" / "accelerate" / "multi_gpu.yaml"),
         "-m", "eagle_align.train", *_tiny_cli_args(tiny_checkpoints["qwen3_vl"], synth_train, out),
     ]
     result = subprocess.run(cmd, env=_cli_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
@@ -310,8 +315,8 @@ def test_lora_recipe_under_deepspeed_zero3_saves_a_trained_adapter(tiny_checkpoi
                    max_steps=3, gradient_checkpointing=True, eval_data="null", search="efficient")
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "recipes" / "accelerate" / "deepspeed_zero3.yaml"), "--num_processes", "2",
-        "-m", "eagle_align.train", str(REPO / "recipes" / "train" / "qwen2_5_vl_3b_lora.yaml"),
+        "--config_file", str(REPO / "eagle_align" / "recipes" / "accelerate" / "deepspeed_zero3.yaml"), "--num_processes", "2",
+        "-m", "eagle_align.train", str(REPO / "eagle_align" / "recipes" / "train" / "qwen2_5_vl_3b_lora.yaml"),
         *[token for key, value in quick.items() for token in (f"--{key}", str(value).lower() if isinstance(value, bool)
                                                              else str(value))],
     ]

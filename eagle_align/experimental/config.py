@@ -90,6 +90,7 @@ class ExperimentalAlignmentConfig(PriorAlignedConfig):
         scopes = {BoxSufficiencyGate: self.box_gate_scope, BlankScreenGate: self.blank_gate_scope}
         policies.gates = [type(gate)(gate.share, scopes[type(gate)]) for gate in policies.gates]
         if self.loss_variant == "adaptive_log":
-            for term in policies.terms:
+            for term in policies.terms:  # h reads P(x), P(x_∅) and every ranked region's gain
                 term.measures = term.measures | {"ends"}
+                term.reads_ranks_beyond_first = True
         return policies

@@ -79,14 +79,14 @@ def main(checkpoint: str, out_dir: str) -> None:
     def count_backward(module, grad_input, grad_output):
         counts["backwards"] += 1
 
-    search = trainer_module.attribute_samples
+    attribute = trainer_module.RegionAttribution.attribute
 
-    def count_search(*args, **kwargs):  # this rank's own attribution forwards (the logs hold the global sum)
-        attributions = search(*args, **kwargs)
+    def count_search(self, *args, **kwargs):  # this rank's own attribution forwards (the logs hold the global sum)
+        attributions = attribute(self, *args, **kwargs)
         counts["attribution_forwards"] += sum(attribution.forwards for attribution in attributions)
         return attributions
 
-    trainer_module.attribute_samples = count_search
+    trainer_module.RegionAttribution.attribute = count_search
     model.get_input_embeddings().register_forward_pre_hook(count_forward)
     model.get_output_embeddings().register_full_backward_hook(count_backward)
     trainer.train()

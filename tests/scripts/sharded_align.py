@@ -1,7 +1,7 @@
 """Two-rank alignment step with FSDP2-sharded parameters (gloo on CPU), for tests/test_distributed.py.
 
 accelerate does not shard on CPU (an FSDP config falls back to multi-CPU DDP there), so this script shards the
-tiny model itself, the way accelerate's FSDP2 set-up would with `recipes/accelerate/fsdp.yaml`: accelerate's
+tiny model itself, the way accelerate's FSDP2 set-up would with `eagle_align/recipes/accelerate/fsdp.yaml`: accelerate's
 own wrap policy for the recipe's settings picks the units, torch's `fully_shard` shards them bottom-up, then
 the root. It then runs the trainer's alignment step on the sharded model. Every forward now gathers parameters collectively. Rank 0 attributes both of
 its samples with the bounded search (whose forward count depends on what it prunes) and rank 1 selects
