@@ -43,7 +43,7 @@ from eagle_align.attribution.search import DEFAULT_RESORT_EVERY, DEFAULT_SEARCH_
 from eagle_align.data.collator import GroundingCollator
 from eagle_align.data.images import image_for_processor
 from eagle_align.data.schema import GroundingExample
-from eagle_align.models import build_tiny_checkpoint, load_model_and_processor
+from eagle_align.families import build_tiny_checkpoint, load_model_and_processor
 
 SIZE = 256  # 16×16 patches of 16 px → 8×8 merged cells for Qwen3-VL
 SLOTS = [(32, 32), (160, 32), (32, 160), (160, 160)]  # top-left corners of the four 64-px squares

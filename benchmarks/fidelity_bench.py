@@ -56,7 +56,7 @@ manifest.json lists every model: {"key": "seed0-step100", "seed": 0, "step": 100
 "train_data": ".../data/train.jsonl", "samples": [indices of confident-correct training screens]}.
 
 Load one model as the trainer sees it:
-    from eagle_align.models import load_model_and_processor
+    from eagle_align.families import load_model_and_processor
     from eagle_align.data import GroundingCollator, load_examples
     model, processor = load_model_and_processor(path, dtype="float32", min_pixels=65536, max_pixels=65536)
     examples = load_examples(train_data)
@@ -96,7 +96,7 @@ def build_set(root: Path, seeds: tuple[int, ...], steps: tuple[int, ...], rebuil
         synthetic_split,
         training_config,
     )
-    from eagle_align.models import build_tiny_checkpoint
+    from eagle_align.families import build_tiny_checkpoint
     from eagle_align.train import run_training
 
     bench = {"family": FAMILY, **FAMILIES[FAMILY], "train_examples": SIZES["full"]["train"],
@@ -304,7 +304,7 @@ def measure(root: Path, models: list[dict], samples: int, strategies: tuple[str,
 
     from eagle_align.data import GroundingCollator, load_examples
     from eagle_align.demo import PIXELS
-    from eagle_align.models import load_model_and_processor
+    from eagle_align.families import load_model_and_processor
 
     configs = {strategy: recipe_config(root / "trainer", strategy) for strategy in strategies}
     config = configs["exact"]

@@ -36,10 +36,10 @@ from eagle_align.attribution import (  # noqa: E402
     attribute_sample,
 )
 from eagle_align.data import GroundingCollator, GroundingExample  # noqa: E402
-from eagle_align.models import get_family  # noqa: E402
-from eagle_align.models.lora import apply_lora  # noqa: E402
-from eagle_align.models.registry import SPECIAL_TOKENS  # noqa: E402
-from eagle_align.models.tiny import build_processor, build_tokenizer  # noqa: E402
+from eagle_align.families import get_family  # noqa: E402
+from eagle_align.families.lora import apply_lora  # noqa: E402
+from eagle_align.families.registry import SPECIAL_TOKENS  # noqa: E402
+from eagle_align.families.tiny import build_processor, build_tokenizer  # noqa: E402
 from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer  # noqa: E402
 
 # Qwen/Qwen2.5-VL-3B-Instruct config.json (published values). Token ids come from the offline tokenizer.

@@ -29,7 +29,7 @@ from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, sl
 from eagle_align.data import load_examples
 from eagle_align.data.collator import GroundingCollator, prior_mask, resize_box
 from eagle_align.demo import FAMILIES
-from eagle_align.models import get_family, load_model_and_processor
+from eagle_align.families import get_family, load_model_and_processor
 
 MASKINGS = ("full", "box_alone", "box_removed", "cue_removed", "cue_alone", "all_removed")
 

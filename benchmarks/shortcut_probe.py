@@ -34,7 +34,7 @@ from eagle_align.demo import (
     training_config,
 )
 from eagle_align.eval import evaluate
-from eagle_align.models import build_tiny_checkpoint, get_family, load_model_and_processor
+from eagle_align.families import build_tiny_checkpoint, get_family, load_model_and_processor
 from eagle_align.train import run_training
 
 

@@ -41,8 +41,8 @@ from eagle_align.attribution.regions import REGION_METHODS
 from eagle_align.attribution.search import STRATEGIES
 from eagle_align.data import GroundingCollator, GroundingExample, load_examples, synth_record
 from eagle_align.demo import PIXELS
-from eagle_align.models import build_tiny_checkpoint, family_of, load_model_and_processor
-from eagle_align.models.lora import apply_lora
+from eagle_align.families import build_tiny_checkpoint, family_of, load_model_and_processor
+from eagle_align.families.lora import apply_lora
 from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer
 
 FIXED = dict(per_device_train_batch_size=8, align_every=5)

@@ -14,16 +14,16 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_model_and_processor": "eagle_align.models",
-    "build_tiny_checkpoint": "eagle_align.models",
-    "read_coordinate_space": "eagle_align.models",
-    "apply_lora": "eagle_align.models.lora",
-    "lora_target_modules": "eagle_align.models.lora",
+    "load_model_and_processor": "eagle_align.families",
+    "build_tiny_checkpoint": "eagle_align.families",
+    "read_coordinate_space": "eagle_align.families",
+    "apply_lora": "eagle_align.families.lora",
+    "lora_target_modules": "eagle_align.families.lora",
     "GroundingExample": "eagle_align.data",
     "GroundingCollator": "eagle_align.data",
     "load_examples": "eagle_align.data",
     "generate_synthetic": "eagle_align.data",
-    "get_action_format": "eagle_align.actions",
+    "get_action_format": "eagle_align.answer_formats",
     "PriorAlignedConfig": "eagle_align.config",
     "PriorAlignedTrainer": "eagle_align.trainer",
     "AttributionSettings": "eagle_align.attribution",

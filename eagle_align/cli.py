@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("eagle_align.demo:demo", "SFT vs prior-aligned on a synthetic shortcut benchmark (offline)."),
     "data": ("eagle_align.data.cli:data", "Validate datasets or write synthetic GUI data."),
     "recipes": ("eagle_align.recipes:recipes", "List the recipes shipped with the package, or copy one to edit."),
-    "tiny": ("eagle_align.models.tiny:tiny", "Write a tiny random checkpoint of a Qwen-VL family."),
+    "tiny": ("eagle_align.families.tiny:tiny", "Write a tiny random checkpoint of a Qwen-VL family."),
     "push": ("eagle_align.hub:push", "Upload an adapter directory (with its model card) to the Hub."),
     "merge": ("eagle_align.hub:merge", "Merge a LoRA adapter into its base model and verify the result."),
 }

@@ -109,7 +109,7 @@ def training_config(recipe: Path, checkpoint: Path, train: Path, out: Path, seed
                     overrides: dict[str, Any], family: str = FAMILY, pixels: int | None = None) -> dict[str, Any]:
     """The recipe as the demo runs it: its checkpoint, data, seed, pixel limits (None: the family's) and action
     format, and size overrides."""
-    from eagle_align.models import get_family
+    from eagle_align.families import get_family
     from eagle_align.train import load_config
 
     pixels = pixels or FAMILIES[family]["pixels"]
@@ -244,7 +244,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, quick: bool = 
     """
     from eagle_align.data import load_examples
     from eagle_align.eval import evaluate, read_predictions
-    from eagle_align.models import build_tiny_checkpoint, load_model_and_processor
+    from eagle_align.families import build_tiny_checkpoint, load_model_and_processor
     from eagle_align.train import run_training
 
     start = time.perf_counter()

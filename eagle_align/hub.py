@@ -18,7 +18,7 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 
 from eagle_align.errors import UsageError
-from eagle_align.models.space import COORDINATE_SPACE_FILE, CoordinateSpace
+from eagle_align.families.space import COORDINATE_SPACE_FILE, CoordinateSpace
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _system_prompt_note(space: CoordinateSpace) -> str:
     """The system prompt, or what the chat template adds when none is given (Qwen2/2.5-VL's add one)."""
     if space.system_prompt:
         return f"`{space.system_prompt}`"
-    from eagle_align.models.registry import FAMILIES
+    from eagle_align.families.registry import FAMILIES
 
     family = FAMILIES.get(space.family)
     if family is None:
@@ -114,7 +114,7 @@ def _usage(space: CoordinateSpace) -> list[str]:
         "## Usage",
         "",
         "```python",
-        "from eagle_align.models import load_model_and_processor",
+        "from eagle_align.families import load_model_and_processor",
         f"model, processor = {load}  # pixel limits from eagle_align.json",
         "```",
         *plain,
@@ -287,7 +287,7 @@ def _probe_inputs(processor) -> dict[str, torch.Tensor]:
 
 def merged_coordinate_space(peft_model, processor, base: str, adapter: str) -> CoordinateSpace:
     """The adapter's recorded space, marked as merged; for an adapter without a record, what merge used."""
-    from eagle_align.models import coordinate_space_of, family_of, pixel_limits
+    from eagle_align.families import coordinate_space_of, family_of, pixel_limits
 
     space = coordinate_space_of(peft_model)
     if space is None:
@@ -330,8 +330,8 @@ def merge_adapter(
     """
     from transformers import AutoModelForImageTextToText
 
-    from eagle_align.models import load_model_and_processor
-    from eagle_align.models.lora import lora_module_names
+    from eagle_align.families import load_model_and_processor
+    from eagle_align.families.lora import lora_module_names
 
     peft_model, processor = load_model_and_processor(base, dtype=dtype, adapter=str(adapter_dir))
     peft_model.eval()

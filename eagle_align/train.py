@@ -52,7 +52,7 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
-        from eagle_align.models.loading import QUANTIZATION_CHOICES, resolve_dtype
+        from eagle_align.families.loading import QUANTIZATION_CHOICES, resolve_dtype
 
         if self.finetuning not in FINETUNING_CHOICES:
             raise UsageError(f"finetuning={self.finetuning!r}; choose one of {', '.join(FINETUNING_CHOICES)}")
@@ -94,7 +94,7 @@ class LoraArguments:
 
     def target_list(self) -> str | list[str]:
         """A preset name as it is, anything else as the list of layer names it lists."""
-        from eagle_align.models.lora import LORA_TARGET_PRESETS
+        from eagle_align.families.lora import LORA_TARGET_PRESETS
 
         if self.lora_targets in LORA_TARGET_PRESETS:
             return self.lora_targets
@@ -153,7 +153,7 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
-        from eagle_align.actions import get_action_format
+        from eagle_align.answer_formats import get_action_format
         from eagle_align.data import BBOX_FORMATS
         from eagle_align.data.importers import check_columns
 
@@ -386,7 +386,7 @@ def check_model_options(model_args: ModelArguments, lora_args: LoraArguments) ->
         return
     targets = lora_args.target_list()
     if isinstance(targets, list):
-        from eagle_align.models.loading import check_lora_targets, meta_model
+        from eagle_align.families.loading import check_lora_targets, meta_model
 
         check_lora_targets(meta_model(model_args.model_name_or_path), targets)
 
@@ -439,8 +439,8 @@ def check_recipe_paths(config: dict[str, Any], recipe: Path) -> None:
 
 
 def _prepare_model(model_args: ModelArguments, lora_args: LoraArguments, training_args):
-    from eagle_align.models import load_model_and_processor
-    from eagle_align.models.lora import apply_lora
+    from eagle_align.families import load_model_and_processor
+    from eagle_align.families.lora import apply_lora
 
     model, processor = load_model_and_processor(
         model_args.model_name_or_path,
@@ -517,8 +517,8 @@ def run_training(config: dict[str, Any]):
     from transformers import set_seed
 
     from eagle_align.data import GroundingCollator
+    from eagle_align.families import family_of
     from eagle_align.hub import resolve_base_model_id
-    from eagle_align.models import family_of
     from eagle_align.trainer import PriorAlignedTrainer
 
     model_args, data_args, lora_args, training_args = parse_config(config)

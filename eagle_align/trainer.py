@@ -34,7 +34,7 @@ from eagle_align.attribution.metrics import point_game, prior_hit_at_k
 from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, score_jointly, slice_sample
 from eagle_align.attribution.search import Attribution, RegionAttribution, evaluate_prefixes, set_prob_for
 from eagle_align.config import PriorAlignedConfig
-from eagle_align.models.space import CoordinateSpace
+from eagle_align.families.space import CoordinateSpace
 
 ALIGNMENT_STATE_FILE = "alignment_state.json"
 BOX_HIT_K = 3  # k of the logged align/box_hit@k
@@ -179,8 +179,8 @@ class PriorAlignedTrainer(Trainer):
     # ------------------------------------------------------------------------------ what a save records
     def _coordinate_space(self, base_model_id: str | None) -> CoordinateSpace | None:
         """What defines this model's clicks, read off the model, its processor and the collator's format."""
+        from eagle_align.families.loading import family_of, pixel_limits
         from eagle_align.hub import resolve_base_model_id
-        from eagle_align.models.loading import family_of, pixel_limits
 
         collator, processor = self.data_collator, self.processing_class
         if not hasattr(collator, "action_format") or not hasattr(processor, "image_processor"):

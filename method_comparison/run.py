@@ -85,7 +85,7 @@ def resolved_config(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def prepare_seed(work: Path, seed: int, family: str, quick: bool) -> dict[str, Any]:
     """The seed's tiny checkpoint and benchmark splits, shared by every config run with this seed."""
     from eagle_align import demo
-    from eagle_align.models import build_tiny_checkpoint
+    from eagle_align.families import build_tiny_checkpoint
 
     size = demo.SIZES["quick" if quick else "full"]
     pixels = demo.FAMILIES[family]["pixels"]
@@ -114,7 +114,7 @@ def run_one(name: str, path: Path, seed: int, family: str, quick: bool, prepared
     from eagle_align import demo
     from eagle_align.data import load_examples
     from eagle_align.eval import evaluate
-    from eagle_align.models import load_model_and_processor
+    from eagle_align.families import load_model_and_processor
     from eagle_align.train import run_training
 
     size = demo.SIZES["quick" if quick else "full"]

@@ -11,7 +11,7 @@ from huggingface_hub import HfApi
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from eagle_align.models import FAMILIES, build_tiny_checkpoint  # noqa: E402
+from eagle_align.families import FAMILIES, build_tiny_checkpoint  # noqa: E402
 
 # Small pixel limits keep every test forward cheap while leaving several merged cells per side.
 TEST_MIN_PIXELS = 64 * 64

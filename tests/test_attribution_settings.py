@@ -20,7 +20,7 @@ from eagle_align.attribution import (
 )
 from eagle_align.attribution.settings import PAPER, SettingError, check_attribution_flags
 from eagle_align.errors import UsageError
-from eagle_align.models.space import COORDINATE_SPACE_FILE, CoordinateSpace, read_coordinate_space
+from eagle_align.families.space import COORDINATE_SPACE_FILE, CoordinateSpace, read_coordinate_space
 
 RECORDED = AttributionSettings(n_regions=4, region_method="grid", baseline="black", search="exact")
 
@@ -125,7 +125,7 @@ def model_and_batch(tiny_checkpoints):
     """A tiny Qwen3-VL and a batch of two screens with a red button each."""
     from eagle_align.data.collator import GroundingCollator
     from eagle_align.data.schema import GroundingExample
-    from eagle_align.models import load_model_and_processor
+    from eagle_align.families import load_model_and_processor
 
     model, processor = load_model_and_processor(tiny_checkpoints["qwen3_vl"], dtype="float32")
     examples = []

@@ -207,7 +207,7 @@ def _counted_model_and_batch(checkpoint: str, n_samples: int) -> tuple[torch.nn.
     from scripts.ddp_align import examples
 
     from eagle_align.data.collator import GroundingCollator
-    from eagle_align.models import load_model_and_processor
+    from eagle_align.families import load_model_and_processor
 
     model, processor = load_model_and_processor(checkpoint, dtype="float32")
     batch = GroundingCollator(processor, "qwen3_vl")(examples(n_samples))
@@ -229,8 +229,8 @@ def test_trainer_logs_the_bounded_search_forwards_it_ran(tiny_checkpoints, tmp_p
     from scripts.ddp_align import examples
 
     from eagle_align.data.collator import GroundingCollator
-    from eagle_align.models import get_family, load_model_and_processor
-    from eagle_align.models.lora import apply_lora
+    from eagle_align.families import get_family, load_model_and_processor
+    from eagle_align.families.lora import apply_lora
     from eagle_align.trainer import BOX_HIT_K, PriorAlignedTrainer
 
     torch.manual_seed(0)

@@ -249,8 +249,8 @@ def test_eval_pixel_limits_fail_before_data_or_weights(synth, tiny_checkpoints, 
 
 @pytest.fixture(scope="module")
 def adapter_of_the_tiny_qwen2(tiny_checkpoints, tmp_path_factory) -> Path:
-    from eagle_align.models import load_model_and_processor
-    from eagle_align.models.lora import apply_lora
+    from eagle_align.families import load_model_and_processor
+    from eagle_align.families.lora import apply_lora
 
     model, _ = load_model_and_processor(tiny_checkpoints["qwen2_vl"], dtype="float32")
     out = tmp_path_factory.mktemp("adapter")
@@ -260,7 +260,7 @@ def adapter_of_the_tiny_qwen2(tiny_checkpoints, tmp_path_factory) -> Path:
 
 def test_adapter_folder_and_its_base_are_checked_before_loading(adapter_of_the_tiny_qwen2, tiny_checkpoints, synth,
                                                                tmp_path, capsys, no_weights):
-    from eagle_align.models import build_tiny_checkpoint
+    from eagle_align.families import build_tiny_checkpoint
 
     base = tiny_checkpoints["qwen2_vl"]
     run = ["eval", "--data", str(synth), "--out", str(tmp_path / "e")]

@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 from qwen_vl_utils import smart_resize
 
-from eagle_align.actions import default_action_format, get_action_format
+from eagle_align.answer_formats import get_action_format
 from eagle_align.data import DataError, GroundingCollator, GroundingExample, load_image, validate_example
-from eagle_align.models import load_model_and_processor, load_processor, pixel_limits
+from eagle_align.families import load_model_and_processor, load_processor, pixel_limits
+from eagle_align.families.registry import default_action_format
 
 SIZES_AND_BOXES = [((300, 180), (40, 30, 130, 75)), ((150, 260), (100, 200, 149, 259)), ((500, 120), (0, 0, 56, 28))]
 

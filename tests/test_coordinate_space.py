@@ -8,8 +8,8 @@ import logging
 import pytest
 
 from eagle_align.errors import UsageError
-from eagle_align.models import CoordinateSpace, read_coordinate_space
-from eagle_align.models.space import COORDINATE_SPACE_FILE, settle
+from eagle_align.families import CoordinateSpace, read_coordinate_space
+from eagle_align.families.space import COORDINATE_SPACE_FILE, settle
 
 SPACE = CoordinateSpace("qwen2_5_vl", "qwen2_5_vl", 3136, 65536, system_prompt="Be brief.", base_model_id="Q/B")
 
@@ -50,7 +50,7 @@ def test_settle_refuses_a_contradiction_unless_forced(caplog):
     with pytest.raises(UsageError, match=r"system_prompt 'Other\.' contradicts system_prompt 'Be brief\.'") as error:
         settle(SPACE, "dir", system_prompt="Other.")
     assert "dir/eagle_align.json" in str(error.value) and "--force-coordinate-space" in str(error.value)
-    with caplog.at_level(logging.WARNING, logger="eagle_align.models.space"):
+    with caplog.at_level(logging.WARNING, logger="eagle_align.families.space"):
         settled = settle(SPACE, "dir", force=True, min_pixels=4096)
     assert settled["min_pixels"] == 4096 and settled["max_pixels"] == 65536
     assert "min_pixels 4096 contradicts min_pixels 3136" in caplog.text

@@ -27,7 +27,7 @@ from eagle_align.demo import (
     summarize_seeds,
     training_config,
 )
-from eagle_align.models import get_family
+from eagle_align.families import get_family
 from eagle_align.train import load_config
 
 

@@ -19,8 +19,8 @@ import torch
 from scripts.sharded_align import recipe_wrap_policy
 
 from eagle_align import distributed
-from eagle_align.models import load_model_and_processor
-from eagle_align.models.lora import apply_lora
+from eagle_align.families import load_model_and_processor
+from eagle_align.families.lora import apply_lora
 from eagle_align.recipes import RECIPES_DIR, copy_recipe
 
 SCRIPTS = Path(__file__).parent / "scripts"

@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from eagle_align.actions import get_action_format
+from eagle_align.answer_formats import get_action_format
 from eagle_align.attribution import AttributionSettings
 from eagle_align.cli import main
 from eagle_align.data import GroundingCollator, GroundingExample, image_for_processor, load_examples
 from eagle_align.eval import read_predictions, summarize
 from eagle_align.eval.callback import ClickEvalCallback
 from eagle_align.eval.harness import evaluate, predict
-from eagle_align.models import load_model_and_processor
+from eagle_align.families import load_model_and_processor
 
 # The tiny model is taught one constant answer, (50, 70) in Qwen2-VL's relative [0, 1000) grid, so which
 # boxes it hits is known: (10, 7) px on the 200×100 ScreenSpot screens, (20, 21) px on the 400×300 Pro ones.
@@ -250,8 +250,8 @@ def test_cli_loads_adapter(trained, benchmarks, tmp_path):
 def test_cli_attributes_with_the_adapters_recorded_settings_and_a_flag_overrides_one(trained, benchmarks, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from eagle_align.models import pixel_limits
-    from eagle_align.models.space import COORDINATE_SPACE_FILE, CoordinateSpace
+    from eagle_align.families import pixel_limits
+    from eagle_align.families.space import COORDINATE_SPACE_FILE, CoordinateSpace
 
     base, processor, model_dir = trained
     adapter = tmp_path / "adapter"

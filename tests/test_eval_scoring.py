@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from eagle_align.actions import clamp_point, get_action_format
+from eagle_align.answer_formats import clamp_point, get_action_format
 from eagle_align.cli import main
 from eagle_align.data import load_examples
 from eagle_align.eval import (

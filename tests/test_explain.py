@@ -9,14 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from eagle_align.actions import get_action_format
+from eagle_align.answer_formats import get_action_format
 from eagle_align.attribution import AttributionSettings, explain, make_partition, render_overlay
 from eagle_align.attribution.explain import _generate, _token_spans
 from eagle_align.attribution.overlay import BOX_COLOUR, CLICK_COLOUR, REGION_COLOUR, explanation_figure
 from eagle_align.attribution.search import Attribution
 from eagle_align.cli import main
 from eagle_align.errors import UsageError
-from eagle_align.models import load_model_and_processor
+from eagle_align.families import load_model_and_processor
 
 ANSWER = '{"action": "click", "coordinate": [250, 400]}'
 
@@ -154,8 +154,8 @@ def test_explain_refuses_an_empty_or_multiline_instruction_before_loading(tmp_pa
 def test_explain_uses_the_adapters_recorded_settings_and_a_flag_overrides_one(tiny_checkpoints, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from eagle_align.models import pixel_limits
-    from eagle_align.models.space import COORDINATE_SPACE_FILE, CoordinateSpace
+    from eagle_align.families import pixel_limits
+    from eagle_align.families.space import COORDINATE_SPACE_FILE, CoordinateSpace
 
     model, processor = load_model_and_processor(tiny_checkpoints["qwen3_vl"], dtype="float32")
     adapter = tmp_path / "adapter"

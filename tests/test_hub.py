@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from eagle_align.errors import UsageError
+from eagle_align.families import CoordinateSpace, load_model_and_processor
+from eagle_align.families.lora import apply_lora
 from eagle_align.hub import (
     PushError,
     build_model_card,
@@ -16,8 +18,6 @@ from eagle_align.hub import (
     read_card_header,
     write_model_card,
 )
-from eagle_align.models import CoordinateSpace, load_model_and_processor
-from eagle_align.models.lora import apply_lora
 
 
 def _save_adapter(base_dir: str, out_dir, seed: int = 0):
@@ -155,7 +155,7 @@ def _train_config(tiny_dir: str, tmp_path, **extra) -> dict:
 
 
 def test_full_finetuning_output_has_its_own_card_and_pushes(tiny_checkpoints, tmp_path, recording_hub):
-    from eagle_align.models import read_coordinate_space
+    from eagle_align.families import read_coordinate_space
     from eagle_align.train import run_training
 
     config = _train_config(tiny_checkpoints["qwen3_vl"], tmp_path, finetuning="full", push_to_hub=True,
@@ -237,7 +237,7 @@ def test_push_to_hub_offline_is_refused_before_training(tiny_checkpoints, tmp_pa
 
 
 def test_card_names_the_system_prompt_the_chat_template_adds(tiny_checkpoints):
-    from eagle_align.models import FAMILIES, load_processor
+    from eagle_align.families import FAMILIES, load_processor
 
     for name, family in FAMILIES.items():
         # The registry's note agrees with what the family's chat template renders without a system turn.

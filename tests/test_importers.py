@@ -260,7 +260,7 @@ def test_recipe_columns_and_data_action_format(four_shapes):
 
 
 def test_point_only_records_collate_with_no_prior_mask(four_shapes, tiny_checkpoints):
-    from eagle_align.models import load_processor
+    from eagle_align.families import load_processor
 
     examples = load_examples(four_shapes["jsonl"])
     processor = load_processor(tiny_checkpoints["qwen2_vl"])

@@ -22,7 +22,7 @@ from eagle_align.alignment import (
 from eagle_align.attribution import DecisionScorer, make_partition, slice_sample
 from eagle_align.data.collator import GroundingCollator
 from eagle_align.data.schema import GroundingExample
-from eagle_align.models import get_family, load_model_and_processor
+from eagle_align.families import get_family, load_model_and_processor
 
 
 def leaf(*values: float) -> torch.Tensor:

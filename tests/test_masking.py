@@ -9,7 +9,7 @@ from PIL import Image
 
 from eagle_align.attribution import baseline_row, mask_image_rows, pixel_values_to_image
 from eagle_align.attribution.masking import image_row_offsets
-from eagle_align.models import get_family, load_processor
+from eagle_align.families import get_family, load_processor
 
 BACKGROUND = (200, 220, 240)
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from eagle_align.attribution import RegionPartition, make_partition
-from eagle_align.models import get_family, load_processor
+from eagle_align.families import get_family, load_processor
 
 SIZES = [(300, 200), (200, 310), (320, 96), (90, 250)]
 

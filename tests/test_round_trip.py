@@ -15,15 +15,15 @@ from eagle_align.cli import main
 from eagle_align.data import GroundingCollator, generate_synthetic, load_examples
 from eagle_align.errors import UsageError
 from eagle_align.eval import evaluate, read_predictions
-from eagle_align.hub import merge_adapter, read_card_header
-from eagle_align.models import (
+from eagle_align.families import (
     coordinate_space_of,
     load_model_and_processor,
     load_processor,
     pixel_limits,
     read_coordinate_space,
 )
-from eagle_align.models.space import COORDINATE_SPACE_FILE
+from eagle_align.families.space import COORDINATE_SPACE_FILE
+from eagle_align.hub import merge_adapter, read_card_header
 from eagle_align.train import run_training
 
 TRAINED_MAX_PIXELS = 65536

@@ -10,7 +10,7 @@ from PIL import Image
 from eagle_align.attribution import DecisionScorer, attribution_mode, mask_image_rows, slice_sample
 from eagle_align.data.collator import GroundingCollator
 from eagle_align.data.schema import GroundingExample
-from eagle_align.models import get_family, load_model_and_processor
+from eagle_align.families import get_family, load_model_and_processor
 
 
 def _example(size: tuple[int, int], seed: int) -> GroundingExample:

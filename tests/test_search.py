@@ -144,7 +144,7 @@ def test_metrics_on_a_known_ranking():
 def test_attribute_sample_on_a_collated_batch(tiny_checkpoints):
     from eagle_align.data.collator import GroundingCollator
     from eagle_align.data.schema import GroundingExample
-    from eagle_align.models import load_model_and_processor
+    from eagle_align.families import load_model_and_processor
 
     model, processor = load_model_and_processor(tiny_checkpoints["qwen3_vl"], dtype="float32")
     pixels = np.full((160, 224, 3), 240, dtype=np.uint8)

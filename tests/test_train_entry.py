@@ -17,8 +17,8 @@ from eagle_align.cli import main
 from eagle_align.config import PRESETS, PriorAlignedConfig
 from eagle_align.data import generate_synthetic, load_examples
 from eagle_align.errors import UsageError
+from eagle_align.families import FAMILIES, detect_family
 from eagle_align.hub import read_card_header
-from eagle_align.models import FAMILIES, detect_family
 from eagle_align.train import load_config, load_training_data, parse_config, parse_overrides, run_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def test_adapter_and_processor_reload_with_same_outputs(tiny_checkpoints, synth_
     from peft import PeftModel
 
     from eagle_align.data import GroundingCollator
-    from eagle_align.models import load_model_and_processor
+    from eagle_align.families import load_model_and_processor
 
     recipe = REPO / "eagle_align" / "recipes" / "train" / "qwen2_5_vl_3b_lora.yaml"
     config = load_config(

@@ -23,8 +23,8 @@ from eagle_align.attribution import (
 from eagle_align.config import PRESETS
 from eagle_align.data.collator import GroundingCollator
 from eagle_align.experimental import ExperimentalAlignmentConfig
-from eagle_align.models import get_family, load_model_and_processor
-from eagle_align.models.lora import apply_lora
+from eagle_align.families import get_family, load_model_and_processor
+from eagle_align.families.lora import apply_lora
 from eagle_align.trainer import ALIGNMENT_STATE_FILE, PriorAlignedConfig, PriorAlignedTrainer, dropout_off
 
 FAMILY = "qwen2_5_vl"

@@ -141,10 +141,10 @@ def explain(
     with the mapping's entries overriding; complete `AttributionSettings` are used as given. `bbox` (xyxy,
     original pixels) adds box metrics and is drawn; files go to `out_dir` when given.
     """
-    from eagle_align.actions import get_action_format
+    from eagle_align.answer_formats import get_action_format
     from eagle_align.data.collator import GroundingCollator
     from eagle_align.data.schema import GroundingExample
-    from eagle_align.models.space import model_action_format, model_system_prompt
+    from eagle_align.families.space import model_action_format, model_system_prompt
 
     check_instruction(instruction)
     settings, settings_record = resolve_attribution_settings(model, attribution)
@@ -238,9 +238,9 @@ def explain_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def explain_command(args: argparse.Namespace) -> int:
-    from eagle_align.actions import format_point, get_action_format
-    from eagle_align.models import load_model_and_processor
-    from eagle_align.models.space import read_coordinate_space, settle
+    from eagle_align.answer_formats import format_point, get_action_format
+    from eagle_align.families import load_model_and_processor
+    from eagle_align.families.space import read_coordinate_space, settle
 
     check_instruction(args.instruction)
     if not Path(args.image).is_file():

@@ -15,7 +15,7 @@ BASELINES = ("black", "mean", "background")
 
 def _geometry(source) -> tuple[tuple[float, ...], tuple[float, ...], int, int, int]:
     """(mean, std, temporal_patch_size, patch_size, merge_size) from a family, its name, a processor or model."""
-    from eagle_align.models import ModelFamily, family_of, get_family
+    from eagle_align.families import ModelFamily, family_of, get_family
 
     if isinstance(source, str):
         source = get_family(source)

@@ -131,7 +131,7 @@ PAPER = AttributionSettings.PAPER
 
 def _space_of(model_or_folder: Any):
     """The CoordinateSpace behind a model, folder / Hub id or CoordinateSpace (None: nothing recorded)."""
-    from eagle_align.models.space import CoordinateSpace, coordinate_space_of, read_coordinate_space
+    from eagle_align.families.space import CoordinateSpace, coordinate_space_of, read_coordinate_space
 
     if model_or_folder is None or isinstance(model_or_folder, CoordinateSpace):
         return model_or_folder
@@ -142,7 +142,7 @@ def _space_of(model_or_folder: Any):
 
 def _recorded(space) -> AttributionSettings | None:
     from eagle_align.errors import UsageError
-    from eagle_align.models.space import COORDINATE_SPACE_FILE
+    from eagle_align.families.space import COORDINATE_SPACE_FILE
 
     if space is None or space.attribution is None:
         return None
@@ -176,7 +176,7 @@ def resolve_attribution_settings(
     settings, their `source` ("recorded in <folder>/eagle_align.json", "library defaults" or "given by the
     caller") and the `overrides`. An invalid override raises `SettingError` naming its setting.
     """
-    from eagle_align.models.space import COORDINATE_SPACE_FILE
+    from eagle_align.families.space import COORDINATE_SPACE_FILE
 
     if isinstance(overrides, AttributionSettings):
         return overrides, {"settings": overrides.to_dict(), "source": "given by the caller", "overrides": {},

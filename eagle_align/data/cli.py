@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def data_arguments(parser: argparse.ArgumentParser) -> None:
-    from eagle_align.actions import ACTION_FORMATS
+    from eagle_align.answer_formats import ACTION_FORMATS
     from eagle_align.data.loaders import BBOX_FORMATS, FORMATS
     from eagle_align.data.synth import (
         CUE_COLOURS,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from eagle_align.actions import ActionFormat, get_action_format
+from eagle_align.answer_formats import ActionFormat, get_action_format
 from eagle_align.data.images import image_for_processor
 from eagle_align.data.schema import DataError, GroundingExample
 from eagle_align.errors import UsageError

@@ -39,7 +39,7 @@ def load_image(example: GroundingExample, min_pixels: int, max_pixels: int, patc
 
 def image_for_processor(example: GroundingExample, processor) -> Image.Image:
     """`load_image` with the pixel limits and patch size read from `processor` (the ones it resizes with)."""
-    from eagle_align.models import pixel_limits
+    from eagle_align.families import pixel_limits
 
     min_pixels, max_pixels = pixel_limits(processor)
     return load_image(example, min_pixels, max_pixels, processor.image_processor.patch_size)

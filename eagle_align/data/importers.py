@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from eagle_align.actions import ActionFormat, get_action_format
+from eagle_align.answer_formats import ActionFormat, get_action_format
 from eagle_align.data.schema import DataError, GroundingExample
 from eagle_align.errors import UsageError
 

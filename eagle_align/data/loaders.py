@@ -24,7 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from eagle_align.actions import ActionFormat
+from eagle_align.answer_formats import ActionFormat
 from eagle_align.data.images import decoded_copy
 from eagle_align.data.importers import (
     check_columns,

@@ -134,8 +134,8 @@ class ClickEvalCallback(TrainerCallback):
     ) -> tuple[dict[str, float], dict, list[dict]]:
         """Evaluate `model` now: (values to log, full metrics, per-sample records); the same on every rank.
         `args` are the training arguments whose attribution settings apply (see `attribution_settings`)."""
-        from eagle_align.actions import get_action_format
-        from eagle_align.models.space import model_action_format
+        from eagle_align.answer_formats import get_action_format
+        from eagle_align.families.space import model_action_format
 
         fmt = get_action_format(self.action_format) if self.action_format else model_action_format(model)
         rank, world = _world()

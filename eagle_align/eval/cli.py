@@ -72,7 +72,7 @@ def _prediction_point(line: dict, where: str, example: Any, default_format: str 
     A line of eagle-align's own predictions.jsonl whose answer was out of range has `point: null` and its
     coordinates in `raw_point`: it re-scores as out of range.
     """
-    from eagle_align.actions import get_action_format
+    from eagle_align.answer_formats import get_action_format
     from eagle_align.data import DataError
 
     if "point" in line:
@@ -170,10 +170,10 @@ def _score_only(args, examples) -> dict:
 def _generate(args, examples) -> dict:
     import torch
 
-    from eagle_align.actions import get_action_format
+    from eagle_align.answer_formats import get_action_format
     from eagle_align.eval.harness import evaluate
-    from eagle_align.models import load_model_and_processor
-    from eagle_align.models.space import read_coordinate_space, settle
+    from eagle_align.families import load_model_and_processor
+    from eagle_align.families.space import read_coordinate_space, settle
 
     # The trained folder's record (eagle_align.json) decides the answer syntax, prompt and pixel limits;
     # contradicting options fail here, before any weights load.
@@ -202,7 +202,7 @@ def _generate(args, examples) -> dict:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from eagle_align.actions import get_action_format
+    from eagle_align.answer_formats import get_action_format
     from eagle_align.data import load_examples
     from eagle_align.errors import UsageError
 

@@ -237,11 +237,11 @@ def evaluate(
     sets it): insertion / deletion AUCs compare whole curves across models. Complete `AttributionSettings`
     are used as given. metrics["attribution"] records the settings, their source and the overrides.
     """
-    from eagle_align.actions import get_action_format
+    from eagle_align.answer_formats import get_action_format
     from eagle_align.attribution.settings import resolve_attribution_settings
     from eagle_align.eval.report import versions, write_report
-    from eagle_align.models import pixel_limits
-    from eagle_align.models.space import model_action_format, model_system_prompt
+    from eagle_align.families import pixel_limits
+    from eagle_align.families.space import model_action_format, model_system_prompt
 
     # Defaults: what the model was trained with (its eagle_align.json), else its family's own format.
     fmt = get_action_format(action_format) if action_format is not None else model_action_format(model)

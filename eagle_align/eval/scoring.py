@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from eagle_align.actions import point_in_image
+from eagle_align.answer_formats import point_in_image
 
 # Fields a breakdown is reported for, in report order. `application`, `group` and `split` live in
 # `GroundingExample.extra`; the others are attributes.

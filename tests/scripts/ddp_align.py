@@ -23,8 +23,8 @@ from eagle_align import trainer as trainer_module
 from eagle_align.data.collator import GroundingCollator
 from eagle_align.data.schema import GroundingExample
 from eagle_align.distributed import end_run
-from eagle_align.models import get_family, load_model_and_processor
-from eagle_align.models.lora import apply_lora
+from eagle_align.families import get_family, load_model_and_processor
+from eagle_align.families.lora import apply_lora
 from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer
 
 FAMILY = "qwen2_5_vl"

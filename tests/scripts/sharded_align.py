@@ -25,8 +25,8 @@ from torch.distributed.tensor import DTensor
 from eagle_align.attribution import AttributionSettings, attribute_sample, attribution_mode
 from eagle_align.data.collator import GroundingCollator
 from eagle_align.distributed import Lockstep, end_run
-from eagle_align.models import get_family, load_model_and_processor
-from eagle_align.models.lora import apply_lora
+from eagle_align.families import get_family, load_model_and_processor
+from eagle_align.families.lora import apply_lora
 from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer
 
 FAMILY = "qwen2_5_vl"

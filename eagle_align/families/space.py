@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from eagle_align.answer_formats import get_action_format
 from eagle_align.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -126,11 +127,10 @@ def coordinate_space_of(model) -> CoordinateSpace | None:
 
 def model_action_format(model):
     """The action format to read `model`'s answers in: its recorded one, else its family's own."""
-    from eagle_align.actions import default_action_format, get_action_format
-    from eagle_align.models.loading import family_of
+    from eagle_align.families.loading import family_of
 
     space = coordinate_space_of(model)
-    return get_action_format(space.action_format) if space else default_action_format(family_of(model).name)
+    return get_action_format(space.action_format if space else family_of(model).default_action_format)
 
 
 def model_system_prompt(model, system_prompt: str | None = None) -> str | None:

@@ -9,14 +9,14 @@ import re
 import pytest
 from PIL import Image
 
-from eagle_align.actions import (
+from eagle_align.answer_formats import (
     ACTION_FORMATS,
     clamp_point,
-    default_action_format,
     get_action_format,
     point_in_image,
 )
-from eagle_align.models import FAMILIES, load_processor
+from eagle_align.families import FAMILIES, load_processor
+from eagle_align.families.registry import default_action_format
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_parse_tolerates_decoding_and_boxes():
 
 
 def test_console_points_are_pixels_to_a_tenth():
-    from eagle_align.actions import format_point
+    from eagle_align.answer_formats import format_point
 
     assert format_point((286.75324675324674, 140.0)) == "(286.8, 140.0)"
     assert format_point(None) == "none"

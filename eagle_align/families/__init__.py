@@ -1,6 +1,6 @@
 """Model families, loading and tiny offline checkpoints."""
 
-from eagle_align.models.loading import (
+from eagle_align.families.loading import (
     family_of,
     load_model_and_processor,
     load_processor,
@@ -8,9 +8,9 @@ from eagle_align.models.loading import (
     quantization_config,
     set_pixel_limits,
 )
-from eagle_align.models.registry import FAMILIES, ModelFamily, detect_family, get_family
-from eagle_align.models.space import CoordinateSpace, coordinate_space_of, read_coordinate_space
-from eagle_align.models.tiny import build_tiny_checkpoint
+from eagle_align.families.registry import FAMILIES, ModelFamily, detect_family, get_family
+from eagle_align.families.space import CoordinateSpace, coordinate_space_of, read_coordinate_space
+from eagle_align.families.tiny import build_tiny_checkpoint
 
 __all__ = [
     "FAMILIES",

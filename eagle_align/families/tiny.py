@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from eagle_align.models.registry import SPECIAL_TOKENS, ModelFamily, get_family
+from eagle_align.families.registry import SPECIAL_TOKENS, ModelFamily, get_family
 
 # Qwen's pre-tokenizer: single digits, words, punctuation runs, whitespace. Splitting digits one by one is
 # what makes coordinate answers tokenise the same way as on the real models.
@@ -187,7 +187,7 @@ def build_tiny_checkpoint(
 
 
 def tiny_arguments(parser) -> None:
-    from eagle_align.models.registry import FAMILIES
+    from eagle_align.families.registry import FAMILIES
 
     parser.add_argument("--family", required=True, choices=sorted(FAMILIES))
     parser.add_argument("--out", required=True, help="directory to write the checkpoint to")

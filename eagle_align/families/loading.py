@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from eagle_align.errors import UsageError
-from eagle_align.models.registry import ModelFamily, check_model_path, detect_family
+from eagle_align.families.registry import ModelFamily, check_model_path, detect_family
 
 QUANTIZATION_CHOICES = (None, "4bit", "8bit")
 # Vision tower and LM head stay in full precision: quantising them costs grounding accuracy for little memory.
@@ -119,7 +119,7 @@ def load_model_and_processor(
     """
     from transformers import AutoModelForImageTextToText
 
-    from eagle_align.models.space import attach_coordinate_space, read_coordinate_space, settle
+    from eagle_align.families.space import attach_coordinate_space, read_coordinate_space, settle
 
     family = detect_family(path_or_id)  # a clear error for checkpoints that are not a supported Qwen-VL family
     if adapter is not None:
@@ -185,7 +185,7 @@ def check_lora_targets(model: torch.nn.Module, targets: str | list[str]) -> None
     A preset (a regex string) must fully match at least one layer name; each name of a list must be a layer's
     name or the end of one (`q_proj` matches `...self_attn.q_proj`), and a layer LoRA can wrap.
     """
-    from eagle_align.models.lora import LORA_TARGET_PRESETS
+    from eagle_align.families.lora import LORA_TARGET_PRESETS
 
     modules = dict(model.named_modules())
     if isinstance(targets, str):

@@ -198,10 +198,3 @@ def get_action_format(name: str | ActionFormat) -> ActionFormat:
     if name not in ACTION_FORMATS:
         raise UsageError(f"action_format={name!r} is not registered; choose one of {', '.join(ACTION_FORMATS)}")
     return ACTION_FORMATS[name]
-
-
-def default_action_format(family_name: str) -> ActionFormat:
-    """The format each family was trained to emit (its published coordinate convention)."""
-    from eagle_align.models import get_family
-
-    return get_action_format(get_family(family_name).default_action_format)

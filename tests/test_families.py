@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from eagle_align.models import (
+from eagle_align.families import (
     FAMILIES,
     build_tiny_checkpoint,
     detect_family,
@@ -19,7 +19,7 @@ from eagle_align.models import (
     pixel_limits,
     quantization_config,
 )
-from eagle_align.models.lora import apply_lora, lora_module_names
+from eagle_align.families.lora import apply_lora, lora_module_names
 
 
 def _smart_resize(h: int, w: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:

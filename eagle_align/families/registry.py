@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from eagle_align.answer_formats import ActionFormat, get_action_format
 from eagle_align.errors import UsageError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -161,6 +162,11 @@ def get_family(name: str) -> ModelFamily:
     if name not in FAMILIES:
         raise UsageError(f"Unknown model family {name!r}; supported: {', '.join(FAMILIES)}")
     return FAMILIES[name]
+
+
+def default_action_format(family_name: str) -> ActionFormat:
+    """The format each family was trained to emit (its published coordinate convention)."""
+    return get_action_format(get_family(family_name).default_action_format)
 
 
 def _looks_local(name_or_path: str) -> bool:
