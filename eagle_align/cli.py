@@ -1,6 +1,6 @@
 """`eagle-align` command line: one entry point, subcommands implemented next to the code they drive.
 
-Each subcommand is "module:name"; the module defines `{name}_arguments(parser)` and `{name}_command(args)`.
+Each subcommand is "module:name" in `eagle_align.commands`; the module defines `{name}_arguments(parser)` and `{name}_command(args)`.
 Modules are imported only when their subcommand runs, so `eagle-align --help` stays fast.
 
 Mistakes in what the user gave (options, recipes, data, paths, model folders) print one line,
@@ -27,15 +27,15 @@ DEBUG_FLAG = "--debug"
 DEBUG_ENV = "EAGLE_ALIGN_DEBUG"
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("eagle_align.train:train", "Train a LoRA adapter (SFT or prior-aligned) from a YAML recipe."),
-    "eval": ("eagle_align.eval.cli:eval", "Click accuracy and attribution metrics on a GUI benchmark."),
-    "explain": ("eagle_align.attribution.explain:explain", "Attribute one click to screenshot regions."),
-    "demo": ("eagle_align.demo:demo", "SFT vs prior-aligned on a synthetic shortcut benchmark (offline)."),
-    "data": ("eagle_align.data.cli:data", "Validate datasets or write synthetic GUI data."),
-    "recipes": ("eagle_align.recipes:recipes", "List the recipes shipped with the package, or copy one to edit."),
-    "tiny": ("eagle_align.families.tiny:tiny", "Write a tiny random checkpoint of a Qwen-VL family."),
-    "push": ("eagle_align.hub:push", "Upload an adapter directory (with its model card) to the Hub."),
-    "merge": ("eagle_align.hub:merge", "Merge a LoRA adapter into its base model and verify the result."),
+    "train": ("eagle_align.commands.train:train", "Train a LoRA adapter (SFT or prior-aligned) from a YAML recipe."),
+    "eval": ("eagle_align.commands.eval:eval", "Click accuracy and attribution metrics on a GUI benchmark."),
+    "explain": ("eagle_align.commands.explain:explain", "Attribute one click to screenshot regions."),
+    "demo": ("eagle_align.commands.demo:demo", "SFT vs prior-aligned on a synthetic shortcut benchmark (offline)."),
+    "data": ("eagle_align.commands.data:data", "Validate datasets or write synthetic GUI data."),
+    "recipes": ("eagle_align.commands.recipes:recipes", "List the recipes shipped with the package, or copy one to edit."),
+    "tiny": ("eagle_align.commands.tiny:tiny", "Write a tiny random checkpoint of a Qwen-VL family."),
+    "push": ("eagle_align.commands.hub:push", "Upload an adapter directory (with its model card) to the Hub."),
+    "merge": ("eagle_align.commands.hub:merge", "Merge a LoRA adapter into its base model and verify the result."),
 }
 
 

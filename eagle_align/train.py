@@ -642,19 +642,6 @@ def _count_skipped(trainer) -> int:
     return total
 
 
-def train_arguments(parser) -> None:
-    import argparse
-
-    parser.add_argument("config", help="training YAML, or a shipped recipe's name (eagle-align recipes)")
-    parser.add_argument(
-        "overrides", nargs=argparse.REMAINDER, help="--key value pairs overriding any key of the YAML"
-    )
-
-
-def train_command(args) -> int:
-    return train_from_argv([args.config, *args.overrides])
-
-
 def train_from_argv(argv: list[str]) -> int:
     """Train from `CONFIG.yaml [--key value ...]`.
 

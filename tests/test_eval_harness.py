@@ -301,7 +301,7 @@ def test_attribution_that_skips_samples_says_why(trained, benchmarks, tmp_path, 
 
 
 def test_attribution_line_names_out_of_range_answers():
-    from eagle_align.eval.cli import attribution_line
+    from eagle_align.commands.eval import attribution_line
 
     summary = {"requested": 4, "overall": {"n": 1}, "skipped_wrong_format": 1, "skipped_out_of_range": 2}
     assert attribution_line(summary) == ("attribution: 1 of 4 samples (1 answer in the wrong format, 2 answers out "
