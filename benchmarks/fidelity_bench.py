@@ -1,6 +1,6 @@
 """Fidelity of every attribution strategy on the decisions training needs, measured against `exact`.
 
-Training asks the attribution of each selected sample for few decisions: is the rank-1 region off-prior (the
+Training asks the attribution of each selected sample for few decisions: is the rank-1 region off-box (the
 deviation gate), which region is it, and, with redundancy, the top ranks with their prefix scores. This
 benchmark measures, for every strategy in `eagle_align.attribution.search.STRATEGIES`, how often it makes the
 same decisions as `exact` on the same regions, and what it pays for them.
@@ -8,7 +8,7 @@ same decisions as `exact` on the same regions, and what it pays for them.
 The fidelity set (built once, cached under `--root`, default outputs/fidelity): tiny Qwen3-VL models trained
 as plain SFT on the demo's shortcut data (the demo's checkpoint, data and recipe for seeds 0-2, so the step-300
 model is the demo's SFT model), saved at steps 100 / 200 / 300. Seeds differ in how much they lean on the
-cue: at N = 16 both off-prior and on-prior rank-1 decisions occur (at N = 64 the cue's single cell outranks
+cue: at N = 16 both off-box and on-box rank-1 decisions occur (at N = 64 the cue's single cell outranks
 any one cell of the target on every screen measured, see benchmarks/README.md). On each model: its first
 confident-correct training screens (argmax right at every decision token and P(x) >= min_confidence, the
 trainer's own selection), at N = 16 SLIC and N = 64 grid regions, with the demo recipe's baseline and weights.
@@ -251,7 +251,7 @@ def run_strategy(view: SampleLayout, config, full_prob: float, top10: bool) -> d
     attribution = attribute()
     seconds = attribution.forwards * view.seconds_per_set() if memo else time.perf_counter() - start
     decided = {"forwards": attribution.forwards, "seconds": seconds, "rank1": attribution.ranking[0],
-               "off_prior": not point_game(attribution, view.meta.prior_mask, config.box_overlap),
+               "off_box": not point_game(attribution, view.meta.box_mask, config.box_overlap),
                # F({rank 1}) / (a + b): how much worse than exact's choice a different top-1 is
                "rank1_gain": attribution.prefix_scores[0] / (config.insertion_weight + config.deletion_weight)}
     if not top10:
@@ -273,7 +273,7 @@ def summarise(rows: list[dict]) -> dict:
     exact_auc = sum(row["exact"]["auc"] for row in ranked)
     return {
         "forwards_per_sample": round(sum(row["run"]["forwards"] for row in rows) / n, 2),
-        "gate_agreement": round(sum(row["run"]["off_prior"] == row["exact"]["off_prior"] for row in rows) / n, 4),
+        "gate_agreement": round(sum(row["run"]["off_box"] == row["exact"]["off_box"] for row in rows) / n, 4),
         "top1_agreement": round(sum(row["run"]["rank1"] == row["exact"]["rank1"] for row in rows) / n, 4),
         # Largest shortfall of the chosen top-1's normalised gain against exact's (near-ties show as ~0).
         "top1_gain_shortfall_max": float(f"{max(row['exact']['rank1_gain'] - row['run']['rank1_gain'] for row in rows):.3g}"),
@@ -346,8 +346,8 @@ def measure(root: Path, models: list[dict], samples: int, strategies: tuple[str,
         skipped = samples - len(indices)
         progress.write(f"{entry['key']}: {len(indices)} confident-correct screens"
                        + (f" ({skipped} short of {samples} within the first {SCAN_LIMIT})" if skipped else "")
-                       + "; exact rank-1 off-prior: "
-                       + ", ".join(f"{layout} {sum(r['exact']['off_prior'] for r in rows.get((entry['key'], layout, 'exact'), []))}"
+                       + "; exact rank-1 off-box: "
+                       + ", ".join(f"{layout} {sum(r['exact']['off_box'] for r in rows.get((entry['key'], layout, 'exact'), []))}"
                                    for layout in LAYOUTS))
     progress.close()
 
@@ -367,7 +367,7 @@ def measure(root: Path, models: list[dict], samples: int, strategies: tuple[str,
             continue
         per_model[entry["key"]] = {
             "samples": len(exact_rows["grid64"]),
-            "exact_off_prior_share": {layout: round(sum(r["exact"]["off_prior"] for r in group) / len(group), 4)
+            "exact_off_box_share": {layout: round(sum(r["exact"]["off_box"] for r in group) / len(group), 4)
                                       for layout, group in exact_rows.items()},
             **{layout: {strategy: {k: v for k, v in summarise(pooled(layout, strategy, {entry["key"]})).items()
                                    if k in PER_MODEL_KEYS}

@@ -5,7 +5,7 @@ nothing masked, the target box alone, the box removed, the cue removed, the cue 
 masked cells show the baseline (the demo recipe's `background` unless `--baseline`). Means over the screens the model
 gets confidently right (P ≥ 0.75), for targets drawn red and for unmarked ones apart (`--by-slot`: also per
 target slot, since a cue can stay a shortcut in one position and be gone in the others; `--regions N`: also the
-share of screens whose cue falls in a region the deviation gate reads as on-prior, in the N-region SLIC partition
+share of screens whose cue falls in a region the deviation gate reads as on-box, in the N-region SLIC partition
 training attributes over; always: the share whose cue touches a merged cell of the box). It tells the shortcuts of
 `method_comparison/history.md` apart: a cue-follower keeps the click with the box removed; a model that has learned
 to see the mask scores every masked input alike, far below the unmasked one; a collapsed model scores them all
@@ -27,7 +27,7 @@ from eagle_align.attribution.masking import BASELINES, pixel_values_to_image
 from eagle_align.attribution.regions import make_partition
 from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, slice_sample
 from eagle_align.data import load_examples
-from eagle_align.data.collator import GroundingCollator, prior_mask, resize_box
+from eagle_align.data.collator import GroundingCollator, box_mask, resize_box
 from eagle_align.demo import FAMILIES
 from eagle_align.families import get_family, load_model_and_processor
 
@@ -37,7 +37,7 @@ MASKINGS = ("full", "box_alone", "box_removed", "cue_removed", "cue_alone", "all
 def cue_cells(meta) -> torch.Tensor:
     """Bool [rows, cols]: every merged cell the cue touches."""
     cue_resized = resize_box(meta.example.extra["cue_bbox"], meta.image_size, meta.resized_size)
-    return prior_mask(cue_resized, meta.grid_hw, meta.resized_size[0] // meta.grid_hw[1]).bool()
+    return box_mask(cue_resized, meta.grid_hw, meta.resized_size[0] // meta.grid_hw[1]).bool()
 
 
 def keep_masks(box: torch.Tensor, cue: torch.Tensor) -> torch.Tensor:
@@ -58,8 +58,8 @@ def main() -> None:
     parser.add_argument("--min-confidence", type=float, default=0.75)
     parser.add_argument("--by-slot", action="store_true", help="also break the means down by the target's slot")
     parser.add_argument("--regions", type=int, default=None,
-                        help="also check, in an N-region SLIC partition, whether the cue shares an on-prior region")
-    parser.add_argument("--prior-overlap", type=float, default=0.15, help="on-prior coverage (training default)")
+                        help="also check, in an N-region SLIC partition, whether the cue shares an on-box region")
+    parser.add_argument("--prior-overlap", type=float, default=0.15, help="on-box coverage (training default)")
     args = parser.parse_args()
 
     pixels = FAMILIES[args.family]["pixels"]
@@ -67,7 +67,7 @@ def main() -> None:
     examples = load_examples(args.data)[: args.samples]
     collator = GroundingCollator(processor, get_family(args.family).default_action_format)
     probs: dict[str, list[list[float]]] = {"marked": [], "unmarked": []}
-    cue_on_prior: list[bool] = []
+    cue_on_box: list[bool] = []
     cue_in_box_cell: list[bool] = []
     with attribution_mode(model):
         for start in range(0, len(examples), 16):
@@ -77,16 +77,16 @@ def main() -> None:
                 scorer = DecisionScorer(model, sample, meta, baseline=args.baseline)
                 extra = meta.example.extra
                 name = "marked" if extra.get("target_marked", True) else "unmarked"
-                box, cue = meta.prior_mask.bool(), cue_cells(meta)
+                box, cue = meta.box_mask.bool(), cue_cells(meta)
                 masks = keep_masks(box, cue)
                 cue_in_box_cell.append(bool((cue & box).any()))
                 row = scorer.score(masks).tolist()
                 if args.regions:
                     image = pixel_values_to_image(model, sample["pixel_values"], sample["image_grid_thw"][0])
                     partition = make_partition(meta.grid_hw, args.regions, "slic", image=image)
-                    on_prior = partition.on_prior(meta.prior_mask, args.prior_overlap)
+                    on_box = partition.on_box(meta.box_mask, args.box_overlap)
                     cue_regions = partition.cell_masks[:, masks[MASKINGS.index("cue_alone")]].any(1)
-                    cue_on_prior.append(bool((cue_regions & on_prior).any()))
+                    cue_on_box.append(bool((cue_regions & on_box).any()))
                 probs[name].append(row)
                 if args.by_slot:
                     probs.setdefault(f"{name}_slot_{extra['slot']}", []).append(row)
@@ -105,8 +105,8 @@ def main() -> None:
     print(f"cue in a merged cell the box touches: {sum(cue_in_box_cell)} of {len(cue_in_box_cell)} screens", flush=True)
     if args.regions:
         result["regions"] = args.regions
-        result["cue_in_on_prior_region"] = sum(cue_on_prior) / max(1, len(cue_on_prior))
-        print(f"cue in an on-prior region of {args.regions} SLIC regions: {sum(cue_on_prior)} of {len(cue_on_prior)} "
+        result["cue_in_on_box_region"] = sum(cue_on_box) / max(1, len(cue_on_box))
+        print(f"cue in an on-box region of {args.regions} SLIC regions: {sum(cue_on_box)} of {len(cue_on_box)} "
               "screens", flush=True)
     print(json.dumps(result))
 

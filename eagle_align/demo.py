@@ -158,14 +158,14 @@ def _comparison_figure(models: dict[str, tuple], examples, records: dict[str, li
         rows, attributions = attribute_predictions(
             model, processor, examples, records[name], fmt, n, progress=False, settings=ATTRIBUTION
         )
-        on_prior = {row["index"]: row["point_game"] for row in rows}
+        on_box = {row["index"]: row["point_game"] for row in rows}
         for i in range(n):
             ax = axes[i, col]
             ax.axis("off")
             record = records[name][i]
             ax.imshow(overlay(image_for_processor(examples[i], processor), record, attributions.get(i)))
             verdict = "click on target" if record["hit"] else "click MISSED"
-            evidence = {True: "top-1 in box", False: "top-1 outside box", None: "no click"}[on_prior.get(i)]
+            evidence = {True: "top-1 in box", False: "top-1 outside box", None: "no click"}[on_box.get(i)]
             ax.set_title(f"{name}: {verdict}\n{evidence}", fontsize=8, color="green" if record["hit"] else "red")
     fig.suptitle("Shifted split (cue beside a distractor): green box = target, magenta = click,\n"
                  "heat = evidence for the click, 1-3 = top regions", fontsize=8)

@@ -30,7 +30,7 @@ from eagle_align import distributed
 from eagle_align.alignment.examples import AlignmentExample, AlignmentExamples, build_alignment_examples
 from eagle_align.alignment.policies import AlignmentPolicies, ChunkProbs
 from eagle_align.attribution.masking import baseline_row
-from eagle_align.attribution.metrics import point_game, prior_hit_at_k
+from eagle_align.attribution.metrics import box_hit_at_k, point_game
 from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, score_jointly, slice_sample
 from eagle_align.attribution.search import Attribution, RegionAttribution, evaluate_prefixes, set_prob_for
 from eagle_align.config import PriorAlignedConfig
@@ -285,7 +285,7 @@ class PriorAlignedTrainer(Trainer):
 
         One eval-mode forward of the batch with the LM head only at decision positions.
         """
-        boxed = [i for i, m in enumerate(metas) if m.prior_mask is not None]
+        boxed = [i for i, m in enumerate(metas) if m.box_mask is not None]
         cap = self.args.max_aligned_per_step or len(metas)
         if getattr(self.args, "selection", "confident_correct") == "all" or not boxed:
             return boxed[:cap], {}
@@ -334,7 +334,7 @@ class PriorAlignedTrainer(Trainer):
                 selected, full_probs = self._select(unwrapped, batch, batch["meta"])
                 measured = self._attribute(unwrapped, samples, selected, full_probs, stats)
             stats.selected, stats.attributed = len(selected), len(measured)
-            stats.no_box = sum(m.prior_mask is None for m in batch["meta"])
+            stats.no_box = sum(m.box_mask is None for m in batch["meta"])
             stats.padded_passes += lockstep.padded
             stats.attribution_seconds = time.perf_counter() - start
             measured_batches.append((samples, measured, stats))
@@ -378,7 +378,7 @@ class PriorAlignedTrainer(Trainer):
     def _examples(self, samples: _BatchSamples, m: _MeasuredSample) -> AlignmentExamples:
         settings = self.attribution_settings
         return build_alignment_examples(
-            m.attribution, samples.batch["meta"][m.index].prior_mask, self.policies.terms, settings.box_overlap,
+            m.attribution, samples.batch["meta"][m.index].box_mask, self.policies.terms, settings.box_overlap,
             settings.insertion_weight, settings.deletion_weight, full_prob=m.full_prob,
             box_prob=m.probs.get("box"), blank_prob=m.probs.get("blank"),
         )
@@ -423,7 +423,7 @@ class PriorAlignedTrainer(Trainer):
         if extra and selected:
             masks = []
             for i, p in zip(selected, full):
-                box = samples.batch["meta"][i].prior_mask.bool()
+                box = samples.batch["meta"][i].box_mask.bool()
                 # Order: box alone, the whole screen (if unmeasured), blank.
                 rows = ([box] if "box" in extra else []) + ([torch.ones_like(box)] if p is None else []) + (
                     [torch.zeros_like(box)] if "blank" in extra else [])
@@ -443,11 +443,11 @@ class PriorAlignedTrainer(Trainer):
             if "prefixes" in measures and self.attribution_settings.search == "single_round":
                 # Redundancy needs F(S_{r-1}) of every prefix; single_round measured only S_1.
                 evaluate_prefixes(attribution, set_prob_for(samples.scorer(model, i), attribution.partition))
-            box = samples.batch["meta"][i].prior_mask
+            box = samples.batch["meta"][i].box_mask
             overlap = self.attribution_settings.box_overlap
             stats.attribution_forwards += attribution.forwards
             stats.point_hits += float(point_game(attribution, box, overlap))
-            stats.box_hits += prior_hit_at_k(attribution, box, k=BOX_HIT_K, prior_overlap=overlap)
+            stats.box_hits += box_hit_at_k(attribution, box, k=BOX_HIT_K, box_overlap=overlap)
             full_prob = float(attribution.full_prob if full[k] is None else full[k])
             measured.append(_MeasuredSample(i, attribution, full_prob, probs[k]))
         return measured

@@ -1,4 +1,4 @@
-"""Alignment example building: on/off-prior gating of a ranking into the loss terms' examples, and the gates'
+"""Alignment example building: on/off-box gating of a ranking into the loss terms' examples, and the gates'
 verdicts on a micro-batch (eagle_align.alignment.policies, eagle_align.experimental.policies)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from eagle_align.alignment import (
     build_alignment_examples,
 )
 from eagle_align.attribution import Attribution, make_partition
-from eagle_align.attribution.metrics import on_prior_regions
+from eagle_align.attribution.metrics import on_box_regions
 from eagle_align.experimental import NearTieDeviationTerm, NecessityTerm
 
 # A 4x4 merged-cell grid cut into four 2x2 regions: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right.
@@ -61,16 +61,16 @@ def test_partition_is_the_expected_quadrants():
     assert torch.equal(PARTITION.cell_masks[3], box(slice(2, 4), slice(2, 4)))
 
 
-def test_all_on_prior_gives_no_example():
+def test_all_on_box_gives_no_example():
     built = build(attribution([0, 1, 2]), box(slice(0, 4), slice(0, 4)))
-    assert built.on_prior == [True, True, True]
+    assert built.on_box == [True, True, True]
     assert built.examples == []
 
 
-def test_all_off_prior_gives_one_deviation_and_k_minus_one_redundancy():
+def test_all_off_box_gives_one_deviation_and_k_minus_one_redundancy():
     att = attribution([1, 2, 3])
     built = build(att, box(slice(0, 2), slice(0, 2)))  # box = region 0, never ranked
-    assert built.on_prior == [False, False, False]
+    assert built.on_box == [False, False, False]
     assert [(e.kind, e.rank, e.regions) for e in built.examples] == [
         ("deviation", 1, (1,)),
         ("redundancy", 2, (1, 2)),
@@ -80,7 +80,7 @@ def test_all_off_prior_gives_one_deviation_and_k_minus_one_redundancy():
     assert built.redundancy[0].prev_p_insert == pytest.approx(att.insertion_probs[0])
     assert built.redundancy[1].prev_p_delete == pytest.approx(att.deletion_probs[1])
     assert built.deviation[0].prev_p_insert is None
-    assert built.best_on_prior_gain == 0.0 and built.full_prob == pytest.approx(0.9)
+    assert built.best_on_box_gain == 0.0 and built.full_prob == pytest.approx(0.9)
 
 
 def test_a_term_gives_examples_in_the_order_the_terms_are_given():
@@ -98,26 +98,26 @@ def test_a_term_with_weight_zero_gives_no_examples():
     assert build(att, target, terms=[]).examples == []
 
 
-def test_mixed_rank_one_off_prior_rank_two_on_prior():
+def test_mixed_rank_one_off_box_rank_two_on_box():
     built = build(attribution([1, 0, 2]), box(slice(0, 2), slice(0, 2)))
-    assert built.on_prior == [False, True, False]
+    assert built.on_box == [False, True, False]
     assert [(e.kind, e.rank) for e in built.examples] == [("deviation", 1), ("redundancy", 3)]
-    assert built.best_on_prior_gain == pytest.approx(max(0.0, float(built.gains[1])))
+    assert built.best_on_box_gain == pytest.approx(max(0.0, float(built.gains[1])))
 
 
-def test_mixed_rank_one_on_prior_gives_redundancy_only():
+def test_mixed_rank_one_on_box_gives_redundancy_only():
     built = build(attribution([0, 3]), box(slice(0, 2), slice(0, 2)))
     assert [(e.kind, e.rank, e.regions) for e in built.examples] == [("redundancy", 2, (0, 3))]
     assert built.deviation == []
 
 
-def test_coverage_threshold_decides_on_prior():
+def test_coverage_threshold_decides_on_box():
     one_cell = box(slice(0, 1), slice(0, 1))  # covers 1/4 of region 0
-    assert on_prior_regions(attribution([0]), one_cell, prior_overlap=0.15) == [True]
-    assert on_prior_regions(attribution([0]), one_cell, prior_overlap=0.3) == [False]
+    assert on_box_regions(attribution([0]), one_cell, box_overlap=0.15) == [True]
+    assert on_box_regions(attribution([0]), one_cell, box_overlap=0.3) == [False]
     # build_alignment_examples' box_overlap is the same threshold.
-    assert build(attribution([0]), one_cell, box_overlap=0.15).on_prior == [True]
-    assert build(attribution([0]), one_cell, box_overlap=0.3).on_prior == [False]
+    assert build(attribution([0]), one_cell, box_overlap=0.15).on_box == [True]
+    assert build(attribution([0]), one_cell, box_overlap=0.3).on_box == [False]
     assert [e.kind for e in build(attribution([0]), one_cell, box_overlap=0.3).examples] == ["deviation"]
 
 
@@ -153,21 +153,21 @@ def test_necessity_example_removes_the_box_cells_not_its_regions():
     assert build(attribution([1]), box(slice(0, 0), slice(0, 0)), terms=with_necessity()).of_kind("necessity") == []
 
 
-def test_necessity_on_prior_regions_removes_what_the_deviation_gate_counts_as_target():
-    """removes="on_prior_regions": the removed set is the union of the regions the box covers by at least
+def test_necessity_on_box_regions_removes_what_the_deviation_gate_counts_as_target():
+    """removes="on_box_regions": the removed set is the union of the regions the box covers by at least
     box_overlap, so a cue sharing such a region with the box goes with it; regions below the share stay."""
-    corner = box(slice(0, 2), slice(0, 1))  # half of region 0 (on-prior), nothing of the others
-    built = build(attribution([3, 2]), corner, terms=with_necessity(removes="on_prior_regions"))
+    corner = box(slice(0, 2), slice(0, 1))  # half of region 0 (on-box), nothing of the others
+    built = build(attribution([3, 2]), corner, terms=with_necessity(removes="on_box_regions"))
     necessity = built.of_kind("necessity")
     assert torch.equal(necessity[0].cells, PARTITION.cell_masks[0])
     insert, delete = built.keep_cells(necessity)
     assert torch.equal(insert[0], PARTITION.cell_masks[0]) and torch.equal(delete[0], ~PARTITION.cell_masks[0])
-    # A box over one cell of region 0 and one of region 1: with box_overlap 0.3 neither region is on-prior, so
+    # A box over one cell of region 0 and one of region 1: with box_overlap 0.3 neither region is on-box, so
     # there is nothing to remove and no necessity example; with 0.15 both regions go.
     two_cells = box(slice(1, 2), slice(1, 3))
     assert build(attribution([3]), two_cells, box_overlap=0.3,
-                 terms=with_necessity(removes="on_prior_regions")).of_kind("necessity") == []
-    both = build(attribution([3]), two_cells, terms=with_necessity(removes="on_prior_regions"))
+                 terms=with_necessity(removes="on_box_regions")).of_kind("necessity") == []
+    both = build(attribution([3]), two_cells, terms=with_necessity(removes="on_box_regions"))
     assert torch.equal(both.keep_cells(both.of_kind("necessity"))[0][0],
                        PARTITION.cell_masks[0] | PARTITION.cell_masks[1])
     assert torch.equal(build(attribution([3]), two_cells, terms=with_necessity())
@@ -215,7 +215,7 @@ def test_gains_and_errors():
     att = attribution([1, 2], insertion=[0.5, 0.7], deletion=[0.5, 0.2])
     built = build(att, box(slice(0, 2), slice(2, 4)))  # box = region 1
     assert built.gains.tolist() == pytest.approx([1.5 / 3, (2.2 - 1.5) / 3])
-    assert built.best_on_prior_gain == pytest.approx(0.5)
+    assert built.best_on_box_gain == pytest.approx(0.5)
     att.partition = None
     with pytest.raises(ValueError, match="partition"):
         build(att, box(slice(0, 2), slice(0, 2)))
@@ -241,11 +241,11 @@ def near_tie(margin: float) -> list:
     return [NearTieDeviationTerm(1.0, margin=margin), RedundancyTerm(1.0)]
 
 
-def test_deviation_margin_gates_off_prior_near_ties_of_an_on_prior_top_region():
+def test_deviation_margin_gates_off_box_near_ties_of_an_on_box_top_region():
     # Target (region 0) ranks first by a hair over a cue (region 3); region 1 is far behind.
     att = single_round([0, 3, 1, 2], [2.70, 2.67, 0.30, 0.10])
     target = box(slice(0, 2), slice(0, 2))
-    assert build(att, target).deviation == []  # the paper's gate: rank 1 is on-prior
+    assert build(att, target).deviation == []  # the paper's gate: rank 1 is on-box
     near = build(att, target, terms=near_tie(0.05))  # (2.70 - 2.67) / 3 = 0.01
     assert [(e.rank, e.regions) for e in near.deviation] == [(2, (3,))]
     assert [e.rank for e in near.redundancy] == [2]  # unchanged: the paper's term for the same region
@@ -254,20 +254,20 @@ def test_deviation_margin_gates_off_prior_near_ties_of_an_on_prior_top_region():
     assert [e.rank for e in wide.deviation] == [2, 3]
 
 
-def test_best_on_prior_gain_of_a_single_round_ranking_comes_from_singleton_scores():
+def test_best_on_box_gain_of_a_single_round_ranking_comes_from_singleton_scores():
     # Cue (region 3) first, target (region 0) a close second: only prefix S_1 = {cue} was measured.
     att = single_round([3, 0, 1], [2.70, 2.40, 0.30])
     built = build(att, box(slice(0, 2), slice(0, 2)))
     assert [e.kind for e in built.examples] == ["deviation"] and built.gains.numel() == 1
-    assert built.best_on_prior_gain == pytest.approx(2.40 / 3)  # the target's own gain F({0})/Z
+    assert built.best_on_box_gain == pytest.approx(2.40 / 3)  # the target's own gain F({0})/Z
     # Measuring the later prefixes (redundancy on) does not change which evidence h is taken from.
     att.prefix_scores, att.insertion_probs, att.deletion_probs = [2.70, 2.75, 2.80], [0.9] * 3, [0.1] * 3
-    assert build(att, box(slice(0, 2), slice(0, 2))).best_on_prior_gain == pytest.approx(0.8)
-    # No on-prior region among the ranked ones: h = 0.
-    assert build(att, box(slice(2, 4), slice(0, 2))).best_on_prior_gain == 0.0
+    assert build(att, box(slice(0, 2), slice(0, 2))).best_on_box_gain == pytest.approx(0.8)
+    # No on-box region among the ranked ones: h = 0.
+    assert build(att, box(slice(2, 4), slice(0, 2))).best_on_box_gain == 0.0
 
 
-def test_deviation_margin_keeps_an_off_prior_top_region_and_needs_singleton_scores():
+def test_deviation_margin_keeps_an_off_box_top_region_and_needs_singleton_scores():
     att = single_round([3, 0], [2.7, 2.6])
     built = build(att, box(slice(0, 2), slice(0, 2)), terms=near_tie(0.1))
     assert [(e.rank, e.regions) for e in built.deviation] == [(1, (3,))]

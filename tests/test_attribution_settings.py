@@ -153,7 +153,7 @@ def test_region_attribution_equals_the_pipeline_composed_by_hand(model_and_batch
             image = pixel_values_to_image(model, sample["pixel_values"], sample["image_grid_thw"][0])
         partition = make_partition(meta.grid_hw, 6, "slic", image=image)
         scorer = DecisionScorer(model, sample, meta, baseline="background", batch_size=8)
-        hierarchy = build_hierarchy(partition.n_regions, partition.on_prior(meta.prior_mask, 0.15).tolist(),
+        hierarchy = build_hierarchy(partition.n_regions, partition.on_box(meta.box_mask, 0.15).tolist(),
                                     region_centroids(partition.cell_masks))
         model.eval()
         with torch.no_grad():

@@ -28,12 +28,12 @@ def additive(weights: torch.Tensor) -> SetFunction:
     return SetFunction(lambda row: (row.float() * weights).sum())
 
 
-def on_prior(n: int, regions: list[int]) -> list[bool]:
+def on_box(n: int, regions: list[int]) -> list[bool]:
     return [v in regions for v in range(n)]
 
 
-# 16 regions, 0-3 on-prior. Index order is the spatial order (no centroids). The search starts from the
-# on-prior side 0..3 and the two halves of the off-prior side, 4..9 | 10..15; below, 10..15 halves into
+# 16 regions, 0-3 on-box. Index order is the spatial order (no centroids). The search starts from the
+# on-box side 0..3 and the two halves of the off-box side, 4..9 | 10..15; below, 10..15 halves into
 # 10..12 | 13..15, then 13 | 14..15 (leaf size 2), and 0..3 into 0..1 | 2..3.
 N = 16
 OFF_SHORTCUT = torch.tensor([0.025] * 4 + [0.03, 0.04, 0.035, 0.045, 0.03, 0.04, 0.035, 0.045, 0.03, 0.5, 0.025, 0.05])
@@ -44,7 +44,7 @@ def test_shortcut_region_is_found_along_one_path_with_analytic_forwards():
     weights = OFF_SHORTCUT / OFF_SHORTCUT.sum()
     prob = additive(weights)
     result = greedy_search(prob, N, "bounded", max_regions=1, stop_confidence=None,
-                           hierarchy=build_hierarchy(N, on_prior(N, [0, 1, 2, 3])))
+                           hierarchy=build_hierarchy(N, on_box(N, [0, 1, 2, 3])))
     exact = greedy_search(additive(weights), N, "exact", max_regions=1, stop_confidence=None)
     assert result.ranking == exact.ranking == [13]
     assert result.prefix_scores == pytest.approx(exact.prefix_scores)
@@ -56,25 +56,25 @@ def test_shortcut_region_is_found_along_one_path_with_analytic_forwards():
     assert exact.forwards == 2 * N + 2
     # Where nothing reads the curves' end points (the trainer without adaptive_log), they are not measured.
     unended = greedy_search(additive(weights), N, "bounded", max_regions=1, stop_confidence=None,
-                            hierarchy=build_hierarchy(N, on_prior(N, [0, 1, 2, 3])), measure_ends=False)
+                            hierarchy=build_hierarchy(N, on_box(N, [0, 1, 2, 3])), measure_ends=False)
     assert unended.ranking == [13] and unended.forwards == 3 + 2 + 2 + 1
     assert np.isnan(unended.full_prob) and np.isnan(unended.empty_prob)
 
 
-def test_target_evidence_settles_without_scoring_an_off_prior_region():
+def test_target_evidence_settles_without_scoring_an_off_box_region():
     weights = ON_TARGET / ON_TARGET.sum()
     prob = additive(weights)
     result = greedy_search(prob, N, "bounded", max_regions=1, stop_confidence=None, full_prob=1.0,
-                           hierarchy=build_hierarchy(N, on_prior(N, [0, 1, 2, 3])))
+                           hierarchy=build_hierarchy(N, on_box(N, [0, 1, 2, 3])))
     assert result.ranking == [2]
     # Insertions of the three starting groups (3); dive 0..1 | 2..3 (2), 2 | 3 (2); region 2's deletion (1):
-    # F = 1.5 against the off-prior halves' bounds 2·0.2 + 1 = 1.4. P(x_∅) (1); P(x) was given.
+    # F = 1.5 against the off-box halves' bounds 2·0.2 + 1 = 1.4. P(x_∅) (1); P(x) was given.
     assert result.forwards == prob.rows == 3 + 2 + 2 + 1 + 1
     assert not any(len(s) == 1 and s[0] >= 4 for s in prob.asked)
 
 
 def test_a_pair_that_only_helps_together_is_found_as_exact_finds_it():
-    # 8 regions, 0-1 on-prior (1 the target). Regions 6 and 7 add 0.5 only together. Alone each is weak, but
+    # 8 regions, 0-1 on-box (1 the target). Regions 6 and 7 add 0.5 only together. Alone each is weak, but
     # removing either breaks the pair, so the deletion term ranks them above the target: F({6}) = 2·0.06 +
     # 1 − 0.45 = 0.67, F({7}) = 0.64, F({1}) = 2·0.15 + 1 − 0.86 = 0.44, every other region 0.14.
     weights = torch.tensor([1, 3, 1, 1, 1, 1, 1.2, 1]) / 20
@@ -84,7 +84,7 @@ def test_a_pair_that_only_helps_together_is_found_as_exact_finds_it():
 
     prob = SetFunction(value)
     result = greedy_search(prob, 8, "bounded", max_regions=1, stop_confidence=None,
-                           hierarchy=build_hierarchy(8, on_prior(8, [0, 1])))
+                           hierarchy=build_hierarchy(8, on_box(8, [0, 1])))
     exact = greedy_search(SetFunction(value), 8, "exact", max_regions=1, stop_confidence=None)
     assert result.ranking == exact.ranking == [6]
     assert result.prefix_scores == pytest.approx(exact.prefix_scores)
@@ -97,7 +97,7 @@ def test_a_pair_that_only_helps_together_is_found_as_exact_finds_it():
 
 
 def test_where_grouping_cannot_help_the_search_still_agrees_with_exact():
-    # The pair 3 and 6 sits in different off-prior halves (2..4 | 5..7): no group's insertion shows it, and
+    # The pair 3 and 6 sits in different off-box halves (2..4 | 5..7): no group's insertion shows it, and
     # the search ends up measuring almost every set exact measures, and more.
     weights = torch.tensor([1, 3, 1, 1.2, 1, 1, 1, 1]) / 20
 
@@ -106,29 +106,29 @@ def test_where_grouping_cannot_help_the_search_still_agrees_with_exact():
 
     prob = SetFunction(value)
     result = greedy_search(prob, 8, "bounded", max_regions=1, stop_confidence=None,
-                           hierarchy=build_hierarchy(8, on_prior(8, [0, 1])))
+                           hierarchy=build_hierarchy(8, on_box(8, [0, 1])))
     assert result.ranking == greedy_search(SetFunction(value), 8, "exact", max_regions=1).ranking == [3]
     assert result.forwards > 2 * 8 + 2
 
 
 def test_a_near_tie_across_the_prior_is_separated_one_on_the_same_side_is_not():
-    # The on-prior target 2 beats the off-prior cue 13 by 5e-4 of P, inside the tie tolerance. The dive goes
-    # off-prior first (10..15 holds more weight than 0..3) and finds 13; the on-prior group's bound then beats
+    # The on-box target 2 beats the off-box cue 13 by 5e-4 of P, inside the tie tolerance. The dive goes
+    # off-box first (10..15 holds more weight than 0..3) and finds 13; the on-box group's bound then beats
     # it by less than the tolerance, but the gate depends on which side wins, so the group is opened.
     weights = torch.tensor([3e-4, 3e-4, 0.3, 3e-4] + [0.03] * 6 + [0.02] * 3 + [0.2995, 0.02, 0.02])
     weights = weights / weights.sum()
-    hierarchy = build_hierarchy(N, on_prior(N, [0, 1, 2, 3]))
+    hierarchy = build_hierarchy(N, on_box(N, [0, 1, 2, 3]))
     bounded = greedy_search(additive(weights), N, "bounded", max_regions=1, stop_confidence=None, hierarchy=hierarchy)
     exact = greedy_search(additive(weights), N, "exact", max_regions=1, stop_confidence=None)
     assert bounded.ranking == exact.ranking == [2]
-    # Swap the roles inside one side: region 12 (off-prior, beside 13) beats 13 by the same hair. That near-tie
+    # Swap the roles inside one side: region 12 (off-box, beside 13) beats 13 by the same hair. That near-tie
     # does not decide the gate, so the search keeps 13 (within the tolerance of exact's 12) without opening it.
     weights = torch.tensor([3e-4] * 4 + [0.03] * 6 + [0.02, 0.02, 0.3, 0.2995, 0.02, 0.02])
     weights = weights / weights.sum()
     bounded = greedy_search(additive(weights), N, "bounded", max_regions=1, stop_confidence=None, hierarchy=hierarchy)
     exact = greedy_search(additive(weights), N, "exact", max_regions=1, stop_confidence=None)
     assert exact.ranking == [12]
-    assert not on_prior(N, [0, 1, 2, 3])[bounded.ranking[0]]
+    assert not on_box(N, [0, 1, 2, 3])[bounded.ranking[0]]
     assert bounded.prefix_scores[0] >= exact.prefix_scores[0] - DEFAULT_TIE_TOLERANCE * 3
 
 
@@ -137,7 +137,7 @@ def _random_case(seed: int):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(2, 33))
     weights = torch.tensor(rng.random(n) ** rng.uniform(1, 8), dtype=torch.float64)
-    prior = on_prior(n, rng.choice(n, size=int(rng.integers(0, n // 2 + 1)), replace=False).tolist())
+    prior = on_box(n, rng.choice(n, size=int(rng.integers(0, n // 2 + 1)), replace=False).tolist())
     centroids = torch.tensor(rng.random((n, 2)), dtype=torch.float32)
     hierarchy = build_hierarchy(n, prior, centroids, leaf_size=int(rng.integers(1, 5)))
     budget = None if rng.random() < 0.5 else int(rng.integers(0, 3 * n))
@@ -172,7 +172,7 @@ def test_a_spent_budget_scores_the_open_regions_flat_and_stays_exact():
     weights = torch.tensor([1, 3, 1, 1, 1, 1, 1.2, 1]) / 20
     prob = SetFunction(lambda row: (row.float() * weights).sum() + 0.5 * (row[6] & row[7]).float())
     result = greedy_search(prob, 8, "bounded", max_regions=1, stop_confidence=None, full_prob=1.0, empty_prob=0.0,
-                           hierarchy=build_hierarchy(8, on_prior(8, [0, 1])), step_budget=8)
+                           hierarchy=build_hierarchy(8, on_box(8, [0, 1])), step_budget=8)
     assert result.ranking == [6]
     # The pair test's dive costs 8 and spends the budget. The groups still open hold regions 0-5 and 7: their
     # 7 deletions and 5 insertions (those of 5 and 7 are known) are scored in one flat round.
@@ -180,10 +180,10 @@ def test_a_spent_budget_scores_the_open_regions_flat_and_stays_exact():
 
 
 def test_hierarchy_splits_the_prior_first_then_space():
-    prior = on_prior(6, [1, 4])
+    prior = on_box(6, [1, 4])
     centroids = torch.tensor([[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]], dtype=torch.float32)
     root = build_hierarchy(6, prior, centroids, leaf_size=2)
-    # The on-prior side whole, the off-prior side as its halves: 0, 2, 3, 5 spread more along columns (0..2)
+    # The on-box side whole, the off-box side as its halves: 0, 2, 3, 5 spread more along columns (0..2)
     # than rows (0..1), so they halve by column.
     assert [child.members for child in root.children] == [(1, 4), (0, 3), (2, 5)]
     assert [c.members for c in root.children[0].children] == [(1,), (4,)]
@@ -253,7 +253,7 @@ def test_trainer_logs_the_bounded_search_forwards_it_ran(tiny_checkpoints, tmp_p
     # selection "all" runs no selection forward: every no-grad row is an attribution forward.
     assert log["align/attribution_forwards"] == sum(rows) > 0
     assert log["align/attribution_seconds"] > 0 and log["align/selected"] == 2
-    # One ranked region per sample (the deviation gate's), so prior_hit@k is over that rank.
+    # One ranked region per sample (the deviation gate's), so box_hit@k is over that rank.
     assert log["align/point_game"] == log[f"align/box_hit@{BOX_HIT_K}"]
 
 
@@ -262,7 +262,7 @@ def test_searches_run_side_by_side_each_get_their_own_answers(search):
     from eagle_align.attribution import run_searches, search_regions
 
     weights = [OFF_SHORTCUT / OFF_SHORTCUT.sum(), ON_TARGET / ON_TARGET.sum(), torch.linspace(1, 2, N) / 24]
-    hierarchy = build_hierarchy(N, on_prior(N, [0, 1, 2, 3]))
+    hierarchy = build_hierarchy(N, on_box(N, [0, 1, 2, 3]))
     options = dict(max_regions=3, stop_confidence=None, hierarchy=hierarchy)
     alone = [greedy_search(additive(w), N, search, **options) for w in weights]
     functions = [additive(w) for w in weights]

@@ -73,13 +73,13 @@ def test_decision_positions_decode_to_coordinate_digits(family, processors, exam
         assert abs(point[0] - meta.example.point[0]) <= unit[0] and abs(point[1] - meta.example.point[1]) <= unit[1]
 
 
-def test_prior_mask_marks_exactly_the_touched_cells(family, processors, examples):
+def test_box_mask_marks_exactly_the_touched_cells(family, processors, examples):
     processor = processors[family]
     batch = GroundingCollator(processor, default_action_format(family))(examples)
     cell = processor.image_processor.patch_size * processor.image_processor.merge_size
     for row, meta in enumerate(batch["meta"]):
         t, h, w = batch["image_grid_thw"][row].tolist()
-        assert meta.grid_hw == (h // 2, w // 2) and meta.prior_mask.shape == meta.grid_hw
+        assert meta.grid_hw == (h // 2, w // 2) and meta.box_mask.shape == meta.grid_hw
         patch = processor.image_processor.patch_size
         assert meta.resized_size == (w * patch, h * patch)
         sx, sy = meta.resized_size[0] / meta.image_size[0], meta.resized_size[1] / meta.image_size[1]
@@ -90,7 +90,7 @@ def test_prior_mask_marks_exactly_the_touched_cells(family, processors, examples
         for r in range(meta.grid_hw[0]):
             for c in range(meta.grid_hw[1]):
                 expected[r, c] = bx1 < (c + 1) * cell and c * cell < bx2 and by1 < (r + 1) * cell and r * cell < by2
-        assert torch.equal(meta.prior_mask, expected)
+        assert torch.equal(meta.box_mask, expected)
         assert 0 < expected.sum() < expected.numel()
 
 
@@ -209,8 +209,8 @@ def test_skip_mode_leaves_out_examples_that_do_not_decode(processors, examples, 
     assert "skipped" not in collator([examples[2]])
 
 
-def test_point_only_example_trains_its_click_with_no_prior_mask(family, processors, examples):
-    """A click with no box: the answer and its coordinate tokens as usual; no box, so no prior mask."""
+def test_point_only_example_trains_its_click_with_no_box_mask(family, processors, examples):
+    """A click with no box: the answer and its coordinate tokens as usual; no box, so no box mask."""
     boxed = examples[0]
     point_only = validate_example(
         GroundingExample(image=boxed.image, image_size=boxed.image_size, instruction="click it", bbox=None,
@@ -218,8 +218,8 @@ def test_point_only_example_trains_its_click_with_no_prior_mask(family, processo
     assert point_only.bbox is None
     batch = GroundingCollator(processors[family], default_action_format(family))([boxed, point_only])
     with_box, without = batch["meta"]
-    assert with_box.prior_mask is not None and with_box.prior_mask.any()
-    assert without.prior_mask is None and without.bbox_resized is None
+    assert with_box.box_mask is not None and with_box.box_mask.any()
+    assert without.box_mask is None and without.bbox_resized is None
     assert without.decision_positions.numel() > 0
     # Same click, same answer: the box changes nothing the model is taught to write.
     assert without.answer == with_box.answer

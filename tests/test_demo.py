@@ -13,13 +13,13 @@ import pytest
 import yaml
 
 from eagle_align.cli import build_parser
+from eagle_align.commands.demo import _benchmark_of
 from eagle_align.demo import (
     FAMILIES,
     MODELS,
     RECIPE,
     SIZES,
     SPLITS,
-    _benchmark_of,
     format_summary,
     format_table,
     run_demo,

@@ -163,7 +163,7 @@ def _check_outputs(out: Path, n: int, attribution: bool) -> dict:
         summary = metrics["attribution"]
         assert summary["overall"]["n"] == summary["correct"]["n"] + summary["incorrect"]["n"] > 0
         assert 0.0 <= summary["overall"]["point_game"] <= 1.0
-        assert 0.0 <= summary["overall"]["prior_hit@k"] <= 1.0
+        assert 0.0 <= summary["overall"]["box_hit@k"] <= 1.0
         assert summary["overall"]["insertion_auc"] is not None and summary["overall"]["deletion_auc"] is not None
     return metrics
 

@@ -56,7 +56,7 @@ def test_explain_cli_with_adapter_writes_png_and_json(tiny_checkpoints, tmp_path
     assert record["answer"] == ANSWER and record["decision_tokens"] == list("250400")
     assert record["click"] == pytest.approx([0.25 * 256, 0.4 * 192], abs=1.0)
     assert record["metrics"]["click_in_box"] is True
-    for key in ("insertion_auc", "deletion_auc", "point_game", "prior_hit@3"):
+    for key in ("insertion_auc", "deletion_auc", "point_game", "box_hit@3"):
         assert key in record["metrics"]
     assert record["attribution"]["forwards"] > 0 and len(record["attribution"]["insertion_probs"]) == 16
 

@@ -259,15 +259,15 @@ def test_recipe_columns_and_data_action_format(four_shapes):
 # --- Point-only records ---------------------------------------------------------------------------------------
 
 
-def test_point_only_records_collate_with_no_prior_mask(four_shapes, tiny_checkpoints):
+def test_point_only_records_collate_with_no_box_mask(four_shapes, tiny_checkpoints):
     from eagle_align.families import load_processor
 
     examples = load_examples(four_shapes["jsonl"])
     processor = load_processor(tiny_checkpoints["qwen2_vl"])
     batch = GroundingCollator(processor, "qwen2_vl")(list(examples))
     metas = batch["meta"]
-    assert [m.prior_mask is None for m in metas] == [False, False, True]
-    assert metas[2].bbox_resized is None and metas[0].prior_mask.any()
+    assert [m.box_mask is None for m in metas] == [False, False, True]
+    assert metas[2].bbox_resized is None and metas[0].box_mask.any()
     assert metas[2].decision_positions.numel() > 0  # the click is still trained
     labels = batch["labels"][2]
     assert (labels != -100).sum() > 0

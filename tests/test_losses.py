@@ -11,7 +11,7 @@ from PIL import Image
 
 from eagle_align.alignment import (
     adaptive_log_penalty,
-    best_on_prior_gain,
+    best_on_box_gain,
     deviation_loss,
     log_set_score,
     necessity_loss,
@@ -37,13 +37,13 @@ def test_set_score_and_gains_by_hand():
     assert log_set_score(torch.tensor(0.5), torch.tensor(0.5), 2.0, 1.0).item() == pytest.approx(3 * math.log(0.5))
 
 
-def test_best_on_prior_gain():
+def test_best_on_box_gain():
     gains = torch.tensor([0.5, -0.1, 0.2, 0.05])
-    assert best_on_prior_gain(gains, [False, True, True, True]).item() == pytest.approx(0.2)
-    assert best_on_prior_gain(gains, [False, True, False, False]).item() == 0.0  # ReLU of a negative gain
-    assert best_on_prior_gain(gains, [False] * 4).item() == 0.0
-    with pytest.raises(ValueError, match="on_prior"):
-        best_on_prior_gain(gains, [True, False])
+    assert best_on_box_gain(gains, [False, True, True, True]).item() == pytest.approx(0.2)
+    assert best_on_box_gain(gains, [False, True, False, False]).item() == 0.0  # ReLU of a negative gain
+    assert best_on_box_gain(gains, [False] * 4).item() == 0.0
+    with pytest.raises(ValueError, match="on_box"):
+        best_on_box_gain(gains, [True, False])
 
 
 def test_deviation_paper_value_and_gradient():
@@ -129,7 +129,7 @@ def test_log_redundancy_keeps_a_gradient_at_saturated_probabilities():
 def test_redundancy_gradient_flows_only_through_after(variant):
     after_ins, after_del = leaf(0.7), leaf(0.2)
     prev_ins, prev_del = leaf(0.5), leaf(0.4)
-    loss = redundancy_loss(after_ins, after_del, prev_ins, prev_del, variant, 2.0, 1.0, best_on_prior=0.0, full_prob=0.9)
+    loss = redundancy_loss(after_ins, after_del, prev_ins, prev_del, variant, 2.0, 1.0, best_on_box=0.0, full_prob=0.9)
     assert loss.item() > 0
     loss.sum().backward()
     assert prev_ins.grad is None and prev_del.grad is None  # stop-gradient on S_{r-1}
@@ -158,7 +158,7 @@ def test_redundancy_hinge_is_zero_with_zero_gradient(variant):
 
 def test_adaptive_log_value_and_gradient_by_hand():
     p_ins, p_del, full = leaf(0.6), leaf(0.3), leaf(0.9)
-    loss = deviation_loss(p_ins, p_del, "adaptive_log", 2.0, 1.0, best_on_prior=0.2, full_prob=full, beta=2.0)
+    loss = deviation_loss(p_ins, p_del, "adaptive_log", 2.0, 1.0, best_on_box=0.2, full_prob=full, beta=2.0)
     g = 1.9 / 3
     q, r = g - 0.2, max(0.2, 1 - 0.9, 1e-4)
     assert loss.item() == pytest.approx(math.log1p((q / r) ** 2))
@@ -170,11 +170,11 @@ def test_adaptive_log_value_and_gradient_by_hand():
 
 
 @pytest.mark.parametrize("beta", [0.5, 2.0])
-def test_adaptive_log_zero_when_gain_does_not_exceed_best_on_prior(beta):
+def test_adaptive_log_zero_when_gain_does_not_exceed_best_on_box(beta):
     p_ins, p_del = leaf(0.3, 0.6), leaf(0.5, 0.3)
     # gains 0.3667 and 0.6333 against h = 0.7 and exactly h = 0.6333...
     h = torch.tensor([0.7, 1.9 / 3], dtype=torch.float64)
-    loss = deviation_loss(p_ins, p_del, "adaptive_log", 2.0, 1.0, best_on_prior=h, full_prob=0.95, beta=beta)
+    loss = deviation_loss(p_ins, p_del, "adaptive_log", 2.0, 1.0, best_on_box=h, full_prob=0.95, beta=beta)
     assert loss.tolist() == [0.0, 0.0]
     loss.sum().backward()
     assert p_ins.grad.tolist() == [0.0, 0.0] and p_del.grad.tolist() == [0.0, 0.0]
@@ -190,7 +190,7 @@ def test_bad_variant_and_beta_name_the_option():
 
 
 def test_deviation_sgd_step_moves_the_probabilities_the_right_way(tiny_checkpoints, family):
-    """One SGD step on L_dev lowers P(x_π1) (off-prior region alone) and raises P(x_¬π1) (region removed)."""
+    """One SGD step on L_dev lowers P(x_π1) (off-box region alone) and raises P(x_¬π1) (region removed)."""
     model, processor = load_model_and_processor(tiny_checkpoints[family], dtype="float32")
     pixels = np.full((140, 196, 3), 210, dtype=np.uint8)
     pixels[20:50, 16:56] = (220, 30, 30)
@@ -199,9 +199,9 @@ def test_deviation_sgd_step_moves_the_probabilities_the_right_way(tiny_checkpoin
     batch = GroundingCollator(processor, get_family(family).default_action_format)([example])
     meta = batch["meta"][0]
     partition = make_partition(meta.grid_hw, n_regions=16)
-    off_prior = int((partition.coverage(meta.prior_mask) == 0).nonzero()[0])
+    off_box = int((partition.coverage(meta.box_mask) == 0).nonzero()[0])
     region = torch.zeros(1, partition.n_regions, dtype=torch.bool)
-    region[0, off_prior] = True
+    region[0, off_box] = True
     keep = partition.cells_of(region)
     cells = torch.cat([keep, ~keep])
     model.eval()

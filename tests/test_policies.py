@@ -181,9 +181,9 @@ def test_deviation_and_redundancy_losses_are_the_loss_functions(variant):
     sample = build_alignment_examples(attribution([1, 0, 2, 3]), TARGET, [deviation, redundancy],
                                       insertion_weight=2.0, deletion_weight=1.0)
     assert [(e.kind, e.rank) for e in sample.examples] == [("deviation", 1), ("redundancy", 3), ("redundancy", 4)]
-    assert sample.best_on_prior_gain > 0  # adaptive_log has on-box evidence to read
+    assert sample.best_on_box_gain > 0  # adaptive_log has on-box evidence to read
     common = dict(variant=variant, insertion_weight=2.0, deletion_weight=1.0,
-                  best_on_prior=sample.best_on_prior_gain, full_prob=sample.full_prob, beta=3.0)
+                  best_on_box=sample.best_on_box_gain, full_prob=sample.full_prob, beta=3.0)
 
     probs = chunk_probs(sample, "deviation", 2.0, 1.0)
     expected = deviation_loss(probs.p_insert, probs.p_delete, **common)

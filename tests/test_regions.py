@@ -75,7 +75,7 @@ def test_coverage_and_cells_of():
     cells = partition.cells_of(torch.tensor([[True, False, False, True], [False, False, False, False]]))
     assert cells.shape == (2, 4, 4)
     assert int(cells[0].sum()) == 8 and bool(cells[0, 0, 0]) and bool(cells[0, 3, 3]) and not cells[1].any()
-    with pytest.raises(ValueError, match="prior_mask shape"):
+    with pytest.raises(ValueError, match="box_mask shape"):
         partition.coverage(torch.zeros(3, 4, dtype=torch.bool))
 
 

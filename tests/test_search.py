@@ -10,13 +10,13 @@ from PIL import Image
 from eagle_align.attribution import (
     AttributionSettings,
     attribute_sample,
+    box_hit_at_k,
     deletion_auc,
     evaluate_prefixes,
     greedy_search,
     insertion_auc,
     make_partition,
     point_game,
-    prior_hit_at_k,
 )
 
 N = 12
@@ -131,8 +131,8 @@ def test_metrics_on_a_known_ranking():
     assert deletion_auc(result) == pytest.approx(0.25 * (0.7 + 0.25 + 0.05 + 0.0))
     prior = torch.tensor([[False, True], [False, False]])  # region 1 only
     assert point_game(result, prior) is True
-    assert prior_hit_at_k(result, prior, k=2) == 0.5
-    assert prior_hit_at_k(result, torch.tensor([[True, False], [False, False]]), k=1) == 0.0
+    assert box_hit_at_k(result, prior, k=2) == 0.5
+    assert box_hit_at_k(result, torch.tensor([[True, False], [False, False]]), k=1) == 0.0
     early = greedy_search(Additive(weights), 4, "exact", max_regions=1, stop_confidence=None)
     early.partition = partition
     # Closed by revealing the rest at once: (0, 0) (.25, .6) (1, 1).
@@ -160,7 +160,7 @@ def test_attribute_sample_on_a_collated_batch(tiny_checkpoints):
     assert result.forwards == 6 * 7
     assert result.cell_importance().shape == batch["meta"][0].grid_hw
     assert 0.0 <= insertion_auc(result) <= 1.0
-    assert isinstance(point_game(result, batch["meta"][0].prior_mask), bool)
+    assert isinstance(point_game(result, batch["meta"][0].box_mask), bool)
     slic = attribute_sample(model, batch, 0, AttributionSettings(n_regions=5, search="single_round", max_regions=3))
     assert slic.partition.method == "slic" and len(slic.ranking) == 3
     assert slic.forwards == 2 * slic.partition.n_regions + 2

@@ -73,7 +73,7 @@ def test_core_config_holds_only_the_method_core():
     """Settings beyond the paper that the comparison has not validated are experimental, not core."""
     core = set(PriorAlignedConfig.method_fields())
     for name in ("lambda_necessity", "deviation_margin", "box_gate_scope", "selection", "adaptive_beta",
-                 "search_scope", "resort_every", "stop_confidence", "prior_overlap"):
+                 "search_scope", "resort_every", "stop_confidence", "prior_overlap", "prior_hit_k"):
         assert name not in core
     assert len(core) == 22
     with pytest.raises(TypeError):
@@ -207,10 +207,10 @@ def _manual_alignment_grads(model, batch, cfg, removed: list | None = None) -> d
         row = baseline_row(model, cfg.baseline, sample["pixel_values"], sample["image_grid_thw"])
         att = attribute_sample(model, batch, i, cfg.attribution_settings(), baselines=row,
                                max_regions=cfg.max_regions, stop_confidence=0.8)
-        built = build_alignment_examples(att, batch["meta"][i].prior_mask, cfg.policies().terms, cfg.box_overlap,
+        built = build_alignment_examples(att, batch["meta"][i].box_mask, cfg.policies().terms, cfg.box_overlap,
                                          **weights)
         if removed is not None and built.of_kind("necessity"):
-            removed.append((built.keep_cells(built.of_kind("necessity"))[0][0], batch["meta"][i].prior_mask.bool()))
+            removed.append((built.keep_cells(built.of_kind("necessity"))[0][0], batch["meta"][i].box_mask.bool()))
         if not built.examples:
             continue
         model.eval()
@@ -263,10 +263,10 @@ def test_chunked_alignment_gradient_equals_the_batch_mean_loss(lora_setup, tmp_p
     assert any(g.abs().sum() > 0 for g in expected.values())
 
 
-@pytest.mark.parametrize(("floor", "removes"), [("zero", "box"), ("blank", "box"), ("blank", "on_prior_regions")])
+@pytest.mark.parametrize(("floor", "removes"), [("zero", "box"), ("blank", "box"), ("blank", "on_box_regions")])
 def test_necessity_term_and_deletion_only_forwards_give_the_batch_mean_loss(lora_setup, tmp_path, floor, removes):
     """λ_nec·mean(−log(1 − ReLU(P(x_¬B) − floor))) joins the other means, the floor 0 or P(x_∅) of a blank
-    screen, ¬B the box's cells or its on-prior regions removed; with a = 0 no insertion is scored (one input per
+    screen, ¬B the box's cells or its on-box regions removed; with a = 0 no insertion is scored (one input per
     term)."""
     model, processor, collator = lora_setup
     _lora_b_off_zero(model)
@@ -277,8 +277,8 @@ def test_necessity_term_and_deletion_only_forwards_give_the_batch_mean_loss(lora
     batch = collator(examples(3))
     removed = []
     expected = _manual_alignment_grads(model, batch, cfg, removed)
-    # The 16-region grid cuts through these boxes, so on-prior regions reach past the box's cells.
-    assert any(not torch.equal(cells, box) for cells, box in removed) == (removes == "on_prior_regions")
+    # The 16-region grid cuts through these boxes, so on-box regions reach past the box's cells.
+    assert any(not torch.equal(cells, box) for cells, box in removed) == (removes == "on_box_regions")
     model.zero_grad()
     model.train()
     trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
@@ -334,7 +334,7 @@ def _gate_counts(model, collator, batch, tmp_path, **gates) -> dict[str, float]:
 
 
 def _box_cells(meta, scorer):
-    return meta.prior_mask
+    return meta.box_mask
 
 
 def _blank_cells(meta, scorer):
@@ -461,7 +461,7 @@ def test_alignment_gradient_of_a_step_does_not_depend_on_gradient_accumulation(l
     """λ·mean over the step's examples, whether it comes as one micro-batch of 4 or two of 2, one of them empty."""
     model, processor, collator = lora_setup
     _lora_b_off_zero(model)
-    # A box over the whole screen makes every region on-prior: those two samples give no alignment example.
+    # A box over the whole screen makes every region on-box: those two samples give no alignment example.
     # Screens 0 and 4 give both kinds (a deviation and redundancy examples) with this seed.
     plain = examples(5)
     blank = [dataclasses.replace(e, bbox=(0, 0, *e.image_size), point=None) for e in plain[1:3]]

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from eagle_align.alignment.losses import best_on_prior_gain, normalised_gains
-from eagle_align.attribution.metrics import on_prior_regions
+from eagle_align.alignment.losses import best_on_box_gain, normalised_gains
+from eagle_align.attribution.metrics import on_box_regions
 from eagle_align.attribution.regions import RegionPartition
 from eagle_align.attribution.search import Attribution
 
@@ -48,9 +48,9 @@ class AlignmentExamples:
 
     attribution: Attribution
     box_mask: torch.Tensor  # Bool [rows, cols]: the target box's merged cells
-    on_prior: list[bool]  # per ranked region: on the box
+    on_box: list[bool]  # per ranked region: on the box
     gains: torch.Tensor
-    best_on_prior_gain: float
+    best_on_box_gain: float
     full_prob: float  # P(x)
     box_overlap: float
     gain_scale: float  # Z = a + b of the set function the gains are divided by
@@ -123,14 +123,14 @@ def build_alignment_examples(
             f"attribution has {len(attribution.ranking)} ranked regions, {measured} prefix scores and "
             f"{len(attribution.insertion_probs)} insertion probabilities"
         )
-    on_prior = on_prior_regions(attribution, box_mask, box_overlap)
+    on_box = on_box_regions(attribution, box_mask, box_overlap)
     gains = normalised_gains(attribution.prefix_scores, insertion_weight, deletion_weight)
     sample = AlignmentExamples(
         attribution=attribution,
         box_mask=torch.as_tensor(box_mask).bool(),
-        on_prior=on_prior,
+        on_box=on_box,
         gains=gains,
-        best_on_prior_gain=_best_on_prior_gain(attribution, gains, on_prior, insertion_weight + deletion_weight),
+        best_on_box_gain=_best_on_box_gain(attribution, gains, on_box, insertion_weight + deletion_weight),
         full_prob=float(attribution.full_prob if full_prob is None else full_prob),
         box_overlap=box_overlap,
         gain_scale=insertion_weight + deletion_weight,
@@ -142,7 +142,7 @@ def build_alignment_examples(
     return sample
 
 
-def _best_on_prior_gain(attribution: Attribution, gains: torch.Tensor, on_prior: list[bool], z: float) -> float:
+def _best_on_box_gain(attribution: Attribution, gains: torch.Tensor, on_box: list[bool], z: float) -> float:
     """h of `adaptive_log`, from what the search measured for every ranked region.
 
     With singleton scores (`single_round`), every ranked region's own gain F({v})/Z is known, while prefixes
@@ -151,5 +151,5 @@ def _best_on_prior_gain(attribution: Attribution, gains: torch.Tensor, on_prior:
     """
     if attribution.singleton_scores is not None:
         singles = torch.as_tensor(attribution.singleton_scores, dtype=torch.float64) / z
-        return float(best_on_prior_gain(singles, on_prior[: singles.numel()]))
-    return float(best_on_prior_gain(gains, on_prior[: gains.numel()])) if gains.numel() else 0.0
+        return float(best_on_box_gain(singles, on_box[: singles.numel()]))
+    return float(best_on_box_gain(gains, on_box[: gains.numel()])) if gains.numel() else 0.0

@@ -4,13 +4,13 @@ Everything here is a pure function of probability tensors, so the losses can be 
 outside the trainer. Inputs are P(x_S) ("insertion": only the regions of S kept) and P(x_¬S) ("deletion":
 S removed) for one or many examples; outputs are one loss value per example.
 
-Three variants share the same gates (deviation when rank 1 is off-prior, redundancy for every off-prior rank
+Three variants share the same gates (deviation when rank 1 is off-box, redundancy for every off-box rank
 r >= 2):
 
 - ``paper``: the terms of the paper, linear in the probabilities.
 - ``log``: the same terms in log space, which keep a useful gradient when the model is confident on a shortcut
   (the linear terms' gradient p(1-p) vanishes there).
-- ``adaptive_log``: a log penalty on how much an off-prior gain exceeds the best on-prior gain, zero (with zero
+- ``adaptive_log``: a log penalty on how much an off-box gain exceeds the best on-box gain, zero (with zero
   gradient) when it does not.
 
 Beyond the paper, `necessity_loss` acts on P(x_¬B), the answer with the whole target box removed: evidence that
@@ -78,29 +78,29 @@ def normalised_gains(
     return torch.diff(scores, prepend=scores.new_zeros(1)) / (insertion_weight + deletion_weight)
 
 
-def best_on_prior_gain(gains: torch.Tensor, on_prior: Sequence[bool] | torch.Tensor) -> torch.Tensor:
-    """h = max over on-prior ranks of ReLU(g_r), 0 when no ranked region is on-prior (detached)."""
+def best_on_box_gain(gains: torch.Tensor, on_box: Sequence[bool] | torch.Tensor) -> torch.Tensor:
+    """h = max over on-box ranks of ReLU(g_r), 0 when no ranked region is on-box (detached)."""
     gains = torch.as_tensor(gains).detach().flatten()
-    mask = torch.as_tensor(on_prior, dtype=torch.bool).flatten()
+    mask = torch.as_tensor(on_box, dtype=torch.bool).flatten()
     if mask.shape != gains.shape:
-        raise ValueError(f"on_prior has {mask.numel()} entries but there are {gains.numel()} gains")
+        raise ValueError(f"on_box has {mask.numel()} entries but there are {gains.numel()} gains")
     if not bool(mask.any()):
         return gains.new_zeros(())
     return torch.relu(gains[mask]).max()
 
 
 def adaptive_log_penalty(
-    gain: torch.Tensor, best_on_prior: torch.Tensor | float, full_prob: torch.Tensor | float, beta: float = 2.0
+    gain: torch.Tensor, best_on_box: torch.Tensor | float, full_prob: torch.Tensor | float, beta: float = 2.0
 ) -> torch.Tensor:
     """(2/β)·log(1 + (q/r)^β) with q = ReLU(g − h) and r = max(h, 1 − P(x), ε) detached.
 
-    The penalty only acts on the part of an off-prior gain that exceeds the best on-prior gain h; dividing by
-    r makes it scale-free (a gain is large relative to what the on-prior evidence or the model's remaining
+    The penalty only acts on the part of an off-box gain that exceeds the best on-box gain h; dividing by
+    r makes it scale-free (a gain is large relative to what the on-box evidence or the model's remaining
     uncertainty explains). Exactly zero, with zero gradient, when q = 0.
     """
     if beta <= 0:
         raise ValueError(f"adaptive_beta must be > 0, got {beta}")
-    h = torch.as_tensor(best_on_prior, dtype=gain.dtype, device=gain.device).detach()
+    h = torch.as_tensor(best_on_box, dtype=gain.dtype, device=gain.device).detach()
     p_full = torch.as_tensor(full_prob, dtype=gain.dtype, device=gain.device).detach()
     r = torch.maximum(torch.maximum(h, 1.0 - p_full), torch.full_like(p_full, PROB_EPS))
     q = torch.relu(gain - h)
@@ -121,14 +121,14 @@ def deviation_loss(
     variant: str = "paper",
     insertion_weight: float = 2.0,
     deletion_weight: float = 1.0,
-    best_on_prior: torch.Tensor | float = 0.0,
+    best_on_box: torch.Tensor | float = 0.0,
     full_prob: torch.Tensor | float = 1.0,
     beta: float = 2.0,
 ) -> torch.Tensor:
-    """Loss for an off-prior top-1 region π_1, from P(x_{π_1}) and P(x_¬{π_1}) (both with gradient).
+    """Loss for an off-box top-1 region π_1, from P(x_{π_1}) and P(x_¬{π_1}) (both with gradient).
 
-    Minimising it lowers the answer's probability from the off-prior region alone and raises it when that
-    region is removed. ``best_on_prior`` and ``full_prob`` are only used by ``adaptive_log``.
+    Minimising it lowers the answer's probability from the off-box region alone and raises it when that
+    region is removed. ``best_on_box`` and ``full_prob`` are only used by ``adaptive_log``.
     """
     _check_variant(variant)
     if variant == "paper":
@@ -136,7 +136,7 @@ def deviation_loss(
     if variant == "log":
         return -insertion_weight * _log1m(p_insert) - deletion_weight * _log(p_delete)
     gain = set_score(p_insert, p_delete, insertion_weight, deletion_weight) / (insertion_weight + deletion_weight)
-    return adaptive_log_penalty(gain, best_on_prior, full_prob, beta)
+    return adaptive_log_penalty(gain, best_on_box, full_prob, beta)
 
 
 def redundancy_loss(
@@ -147,11 +147,11 @@ def redundancy_loss(
     variant: str = "paper",
     insertion_weight: float = 2.0,
     deletion_weight: float = 1.0,
-    best_on_prior: torch.Tensor | float = 0.0,
+    best_on_box: torch.Tensor | float = 0.0,
     full_prob: torch.Tensor | float = 1.0,
     beta: float = 2.0,
 ) -> torch.Tensor:
-    """Loss for an off-prior region π_r at rank r ≥ 2: its marginal gain F(S_r) − sg[F(S_{r−1})], hinged.
+    """Loss for an off-box region π_r at rank r ≥ 2: its marginal gain F(S_r) − sg[F(S_{r−1})], hinged.
 
     ``p_insert``/``p_delete`` are P(x_{S_r}) and P(x_¬{S_r}) with gradient; the previous prefix S_{r−1} enters
     under stop-gradient (its probabilities are detached here), so the gradient only pushes on S_r.
@@ -169,11 +169,11 @@ def redundancy_loss(
     delta = set_score(p_insert, p_delete, insertion_weight, deletion_weight) - set_score(
         prev_p_insert, prev_p_delete, insertion_weight, deletion_weight
     )
-    return adaptive_log_penalty(delta / (insertion_weight + deletion_weight), best_on_prior, full_prob, beta)
+    return adaptive_log_penalty(delta / (insertion_weight + deletion_weight), best_on_box, full_prob, beta)
 
 
 def necessity_loss(
-    p_delete_prior: torch.Tensor, variant: str = "log", reference: torch.Tensor | float = 0.0
+    p_delete_box: torch.Tensor, variant: str = "log", reference: torch.Tensor | float = 0.0
 ) -> torch.Tensor:
     """Loss on P(x_¬B), the answer's probability with the whole target box B removed (beyond the paper).
 
@@ -188,6 +188,6 @@ def necessity_loss(
     below the reference.
     """
     _check_variant(variant)
-    floor = torch.as_tensor(reference, dtype=p_delete_prior.dtype, device=p_delete_prior.device).detach()
-    gap = torch.relu(p_delete_prior - floor)
+    floor = torch.as_tensor(reference, dtype=p_delete_box.dtype, device=p_delete_box.device).detach()
+    gap = torch.relu(p_delete_box - floor)
     return gap if variant == "paper" else -_log1m(gap)

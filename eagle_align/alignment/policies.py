@@ -60,7 +60,7 @@ class LossTerm(ABC):
 
     def _common(self, probs: ChunkProbs) -> dict:
         return dict(variant=self.variant, insertion_weight=probs.insertion_weight,
-                    deletion_weight=probs.deletion_weight, best_on_prior=probs.examples.best_on_prior_gain,
+                    deletion_weight=probs.deletion_weight, best_on_box=probs.examples.best_on_box_gain,
                     full_prob=probs.examples.full_prob, beta=self.beta)
 
     def __repr__(self) -> str:
@@ -74,7 +74,7 @@ class DeviationTerm(LossTerm):
     kind = "deviation"
 
     def examples(self, sample: AlignmentExamples) -> list[AlignmentExample]:
-        if self.weight <= 0 or not sample.ranking or sample.on_prior[0]:
+        if self.weight <= 0 or not sample.ranking or sample.on_box[0]:
             return []
         return [AlignmentExample("deviation", 1, (sample.ranking[0],))]
 
@@ -98,7 +98,7 @@ class RedundancyTerm(LossTerm):
             AlignmentExample("redundancy", rank, tuple(sample.ranking[:rank]),
                              prev_p_insert=float(sample.insertion_probs[rank - 2]),
                              prev_p_delete=float(sample.deletion_probs[rank - 2]))
-            for rank in range(2, min(len(sample.ranking), measured + 1) + 1) if not sample.on_prior[rank - 1]
+            for rank in range(2, min(len(sample.ranking), measured + 1) + 1) if not sample.on_box[rank - 1]
         ]
 
     def loss(self, probs: ChunkProbs) -> torch.Tensor:

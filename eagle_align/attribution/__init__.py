@@ -4,10 +4,10 @@ from eagle_align.attribution.explain import Explanation, explain
 from eagle_align.attribution.masking import BASELINES, baseline_row, mask_image_rows, pixel_values_to_image
 from eagle_align.attribution.metrics import (
     attribution_metrics,
+    box_hit_at_k,
     deletion_auc,
     insertion_auc,
     point_game,
-    prior_hit_at_k,
 )
 from eagle_align.attribution.overlay import render_overlay
 from eagle_align.attribution.regions import REGION_METHODS, RegionPartition, make_partition
@@ -56,7 +56,7 @@ __all__ = [
     "pixel_values_to_image",
     "point_game",
     "recorded_attribution_settings",
-    "prior_hit_at_k",
+    "box_hit_at_k",
     "render_overlay",
     "resolve_attribution_settings",
     "run_search",

@@ -14,11 +14,11 @@ no open group's bound exceeds the best region found; every member of a pruned gr
 so the answer equals exact's whenever P is monotone (additive set functions included). A forward budget per
 step bounds the worst case: once spent, the regions of every open group are scored flat, which stays exact.
 
-The groups follow the prior: the on-prior regions (the box covers ≥ prior_overlap of them) form one group,
-so a sample whose evidence is the target settles with no off-prior region scored alone. The off-prior side
+The groups follow the box: the on-box regions (the box covers ≥ box_overlap of them) form one group,
+so a sample whose evidence is the target settles with no off-box region scored alone. The off-box side
 starts as its two spatial halves, not as one union: a union of the whole rest of the screen mixes every
 competing element (distractors next to the shortcut), and real models score such a mix below the shortcut
-alone, breaking the bound (measured on partly shortcut-trained tiny Qwen3-VL models: testing the off-prior
+alone, breaking the bound (measured on partly shortcut-trained tiny Qwen3-VL models: testing the off-box
 union whole lost 10 % of the gate decisions at 16 SLIC regions on the first 40 screens, its halves none). Below, groups halve along
 their wider axis of region centroids down to `leaf_size` regions. Real models are only roughly monotone:
 benchmarks/fidelity_bench.py measures how often the decisions agree with `exact`.
@@ -34,9 +34,9 @@ import torch
 
 DEFAULT_LEAF_SIZE = 2
 DEFAULT_STEP_BUDGET: int | None = None
-# Groups on the best region's side of the prior that could beat it by at most this much of Z = a + b are not
+# Groups on the best region's side of the box that could beat it by at most this much of Z = a + b are not
 # opened: separating such near-ties cost flat screens (where the image hardly moves P) up to 59 forwards at
-# N = 64. Near-ties across the prior are always separated: they decide the deviation gate (on the demo's
+# N = 64. Near-ties across the box are always separated: they decide the deviation gate (on the demo's
 # orange-distractor fidelity set, pruning them too lost 6 of 72 gate decisions at N = 64).
 DEFAULT_TIE_TOLERANCE = 0.0025
 
@@ -44,20 +44,20 @@ DEFAULT_TIE_TOLERANCE = 0.0025
 @dataclass
 class RegionGroup:
     """A node of the group hierarchy: its member regions, its children (none for a single region), and
-    `on_prior`: True / False when every member is on / off the prior, None for a mixed group (or no prior)."""
+    `on_box`: True / False when every member is on / off the box, None for a mixed group (or no box)."""
 
     members: tuple[int, ...]
     children: list[RegionGroup] = field(default_factory=list)
-    on_prior: bool | None = None
+    on_box: bool | None = None
 
 
 def build_hierarchy(
     n_regions: int,
-    on_prior: Sequence[bool] | None = None,
+    on_box: Sequence[bool] | None = None,
     centroids: torch.Tensor | None = None,
     leaf_size: int = DEFAULT_LEAF_SIZE,
 ) -> RegionGroup:
-    """Root group over all regions: the on-prior ones as one group beside the two halves of the off-prior ones
+    """Root group over all regions: the on-box ones as one group beside the two halves of the off-box ones
     (when both exist), each halved spatially below.
 
     `centroids` float [R, 2] (row, col) orders the halves; without it regions split by index (raster order
@@ -65,39 +65,39 @@ def build_hierarchy(
     """
     if leaf_size < 1:
         raise ValueError(f"leaf_size={leaf_size} must be at least 1")
-    if on_prior is not None and len(on_prior) != n_regions:
-        raise ValueError(f"on_prior has {len(on_prior)} flags for {n_regions} regions")
+    if on_box is not None and len(on_box) != n_regions:
+        raise ValueError(f"on_box has {len(on_box)} flags for {n_regions} regions")
     if centroids is None:
         centroids = torch.stack([torch.arange(n_regions).float(), torch.zeros(n_regions)], 1)
     everything = tuple(range(n_regions))
-    if on_prior is None:
+    if on_box is None:
         return _spatial_tree(everything, centroids, leaf_size)
-    inside = tuple(v for v in everything if on_prior[v])
-    off_prior = tuple(v for v in everything if not on_prior[v])
-    if not inside or not off_prior:
+    inside = tuple(v for v in everything if on_box[v])
+    off_box = tuple(v for v in everything if not on_box[v])
+    if not inside or not off_box:
         return _spatial_tree(everything, centroids, leaf_size)
-    outside = _spatial_tree(off_prior, centroids, leaf_size, on_prior=False)
-    # The off-prior side enters as its halves: its union mixes every competing element of the screen.
+    outside = _spatial_tree(off_box, centroids, leaf_size, on_box=False)
+    # The off-box side enters as its halves: its union mixes every competing element of the screen.
     return RegionGroup(
-        everything, [_spatial_tree(inside, centroids, leaf_size, on_prior=True), *(outside.children or [outside])]
+        everything, [_spatial_tree(inside, centroids, leaf_size, on_box=True), *(outside.children or [outside])]
     )
 
 
 def _spatial_tree(
-    members: tuple[int, ...], centroids: torch.Tensor, leaf_size: int, on_prior: bool | None = None
+    members: tuple[int, ...], centroids: torch.Tensor, leaf_size: int, on_box: bool | None = None
 ) -> RegionGroup:
     """Halve along the axis where the members' centroids spread most, until `leaf_size` regions remain."""
     if len(members) == 1:
-        return RegionGroup(members, on_prior=on_prior)
+        return RegionGroup(members, on_box=on_box)
     if len(members) <= leaf_size:
-        return RegionGroup(members, [RegionGroup((v,), on_prior=on_prior) for v in members], on_prior)
+        return RegionGroup(members, [RegionGroup((v,), on_box=on_box) for v in members], on_box)
     points = centroids[list(members)]
     axis = int((points.max(0).values - points.min(0).values).argmax())
     order = sorted(members, key=lambda v: (float(centroids[v, axis]), float(centroids[v, 1 - axis]), v))
     half = len(order) // 2
     return RegionGroup(
-        members, [_spatial_tree(tuple(order[:half]), centroids, leaf_size, on_prior),
-                  _spatial_tree(tuple(order[half:]), centroids, leaf_size, on_prior)], on_prior
+        members, [_spatial_tree(tuple(order[:half]), centroids, leaf_size, on_box),
+                  _spatial_tree(tuple(order[half:]), centroids, leaf_size, on_box)], on_box
     )
 
 
@@ -189,7 +189,7 @@ def bounded_best(
     a, b = insertion_weight, deletion_weight
     start = prob.forwards
     best: tuple[float, int, float, float] | None = None  # (score, region, insertion, deletion)
-    best_side: bool | None = None  # the best region's side of the prior
+    best_side: bool | None = None  # the best region's side of the box
     heap: list[tuple[float, int, _Open]] = []
     parked: list[tuple[float, int, _Open]] = []  # near-ties on the best region's side, not opened
     pushed = 0
@@ -220,8 +220,8 @@ def bounded_best(
             value = node.bound(a, b)
             if best is None or value > best[0] or (value == best[0] and node.free[0] < best[1]):
                 best = (value, node.free[0], node.high, node.low)
-                if node.group.on_prior != best_side:
-                    best_side = node.group.on_prior
+                if node.group.on_box != best_side:
+                    best_side = node.group.on_box
                     for entry in parked:  # near-ties set aside for the old side are near-ties across sides now
                         heapq.heappush(heap, entry)
                     parked.clear()
@@ -262,7 +262,7 @@ def bounded_best(
     settle(node)
     margin = tie_tolerance * (a + b)
     while heap and -heap[0][0] > best[0]:
-        if -heap[0][0] <= best[0] + margin and heap[0][2].group.on_prior == best_side:
+        if -heap[0][0] <= best[0] + margin and heap[0][2].group.on_box == best_side:
             parked.append(heapq.heappop(heap))
             continue
         if budget is not None and prob.forwards - start >= budget:

@@ -180,7 +180,7 @@ def explain(
         result = RegionAttribution(model, settings, batch_size).attribute(
             batch, [0], stop_confidence=stop_confidence, progress=bar.update
         )[0]
-    metrics = attribution_metrics(result, meta.prior_mask if bbox else None, settings.box_overlap, top_k)
+    metrics = attribution_metrics(result, meta.box_mask if bbox else None, settings.box_overlap, top_k)
     if bbox and click is not None:
         metrics["click_in_box"] = bool(bbox[0] <= click[0] <= bbox[2] and bbox[1] <= click[1] <= bbox[3])
     in_box = {True: "yes", False: "no"}.get(metrics.get("click_in_box"), "no box given" if not bbox else "no click")

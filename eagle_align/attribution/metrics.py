@@ -1,7 +1,7 @@
 """Attribution quality measures shared by eval, the trainer's logs and the benchmark.
 
-Point game and prior-hit@k ask whether the evidence lies in the target box (coverage ≥ prior_overlap, the
-same on-prior rule as the alignment losses); insertion / deletion AUC ask whether the ranking is faithful
+Point game and box-hit@k ask whether the evidence lies in the target box (coverage ≥ box_overlap, the
+same on-box rule as the alignment losses); insertion / deletion AUC ask whether the ranking is faithful
 to the model (revealing top regions first should restore the answer fast, removing them should kill it).
 """
 
@@ -12,30 +12,30 @@ import torch
 from eagle_align.attribution.search import Attribution
 
 
-def on_prior_regions(attribution: Attribution, prior_mask: torch.Tensor, prior_overlap: float = 0.15) -> list[bool]:
-    """On-prior flag of each ranked region: the box covers at least ``prior_overlap`` of it (|v ∩ B| / |v|)."""
+def on_box_regions(attribution: Attribution, box_mask: torch.Tensor, box_overlap: float = 0.15) -> list[bool]:
+    """On-box flag of each ranked region: the box covers at least ``box_overlap`` of it (|v ∩ B| / |v|)."""
     if attribution.partition is None:
-        raise ValueError("prior metrics need the attribution's partition (use attribute_sample)")
-    on_prior = attribution.partition.on_prior(prior_mask, prior_overlap)
-    return [bool(on_prior[region]) for region in attribution.ranking]
+        raise ValueError("box metrics need the attribution's partition (use attribute_sample)")
+    on_box = attribution.partition.on_box(box_mask, box_overlap)
+    return [bool(on_box[region]) for region in attribution.ranking]
 
 
-def point_game(attribution: Attribution, prior_mask: torch.Tensor, prior_overlap: float = 0.15) -> bool:
-    """Is the top-1 region on-prior (|v ∩ B| / |v| ≥ prior_overlap)?"""
+def point_game(attribution: Attribution, box_mask: torch.Tensor, box_overlap: float = 0.15) -> bool:
+    """Is the top-1 region on-box (|v ∩ B| / |v| ≥ box_overlap)?"""
     if not attribution.ranking:
         raise ValueError("point_game: the attribution ranks no region")
-    return on_prior_regions(attribution, prior_mask, prior_overlap)[0]
+    return on_box_regions(attribution, box_mask, box_overlap)[0]
 
 
-def prior_hit_at_k(
-    attribution: Attribution, prior_mask: torch.Tensor, k: int, prior_overlap: float = 0.15
+def box_hit_at_k(
+    attribution: Attribution, box_mask: torch.Tensor, k: int, box_overlap: float = 0.15
 ) -> float:
-    """Share of the top-k ranked regions (fewer if the ranking is shorter) that are on-prior."""
+    """Share of the top-k ranked regions (fewer if the ranking is shorter) that are on-box."""
     if k < 1:
         raise ValueError(f"k={k} must be at least 1")
-    hits = on_prior_regions(attribution, prior_mask, prior_overlap)[:k]
+    hits = on_box_regions(attribution, box_mask, box_overlap)[:k]
     if not hits:
-        raise ValueError("prior_hit_at_k: the attribution ranks no region")
+        raise ValueError("box_hit_at_k: the attribution ranks no region")
     return sum(hits) / len(hits)
 
 
@@ -89,15 +89,15 @@ def deletion_auc(attribution: Attribution) -> float:
 
 
 def attribution_metrics(
-    attribution: Attribution, prior_mask: torch.Tensor | None = None, prior_overlap: float = 0.15, k: int = 3
+    attribution: Attribution, box_mask: torch.Tensor | None = None, box_overlap: float = 0.15, k: int = 3
 ) -> dict[str, float | bool]:
-    """The metrics above in one dict (prior metrics only when a prior mask is given)."""
+    """The metrics above in one dict (box metrics only when a box mask is given)."""
     metrics: dict[str, float | bool] = {
         "insertion_auc": insertion_auc(attribution),
         "deletion_auc": deletion_auc(attribution),
         "full_prob": attribution.full_prob,
     }
-    if prior_mask is not None and attribution.ranking:
-        metrics["point_game"] = point_game(attribution, prior_mask, prior_overlap)
-        metrics[f"prior_hit@{k}"] = prior_hit_at_k(attribution, prior_mask, k, prior_overlap)
+    if box_mask is not None and attribution.ranking:
+        metrics["point_game"] = point_game(attribution, box_mask, box_overlap)
+        metrics[f"box_hit@{k}"] = box_hit_at_k(attribution, box_mask, k, box_overlap)
     return metrics

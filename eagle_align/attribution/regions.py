@@ -60,21 +60,21 @@ class RegionPartition:
         flat = region_sets.float() @ self.cell_masks.flatten(1).float()
         return (flat > 0).view(-1, *self.grid_hw)
 
-    def coverage(self, prior_mask: torch.Tensor) -> torch.Tensor:
-        """|v ∩ B| / |v| per region, float [R]: the share of each region covered by the prior (target box).
+    def coverage(self, box_mask: torch.Tensor) -> torch.Tensor:
+        """|v ∩ B| / |v| per region, float [R]: the share of each region covered by the target box.
 
-        `on_prior` thresholds it: the one definition of "on-prior" used by attribution metrics, the bounded search,
+        `on_box` thresholds it: the one definition of "on-box" used by attribution metrics, the bounded search,
         alignment example building and evaluation alike.
         """
-        prior = torch.as_tensor(prior_mask, device=self.cell_masks.device).bool()
-        if tuple(prior.shape) != self.grid_hw:
-            raise ValueError(f"prior_mask shape {tuple(prior.shape)} does not match grid_hw {self.grid_hw}")
+        box = torch.as_tensor(box_mask, device=self.cell_masks.device).bool()
+        if tuple(box.shape) != self.grid_hw:
+            raise ValueError(f"box_mask shape {tuple(box.shape)} does not match grid_hw {self.grid_hw}")
         masks = self.cell_masks.flatten(1)
-        return (masks & prior.flatten()).sum(1).float() / masks.sum(1).float()
+        return (masks & box.flatten()).sum(1).float() / masks.sum(1).float()
 
-    def on_prior(self, prior_mask: torch.Tensor, prior_overlap: float) -> torch.Tensor:
-        """Bool [R]: the regions the prior covers by at least ``prior_overlap`` (|v ∩ B| / |v|)."""
-        return self.coverage(prior_mask) >= prior_overlap
+    def on_box(self, box_mask: torch.Tensor, box_overlap: float) -> torch.Tensor:
+        """Bool [R]: the regions the box covers by at least ``box_overlap`` (|v ∩ B| / |v|)."""
+        return self.coverage(box_mask) >= box_overlap
 
 
 def _split_points(length: int, parts: int) -> list[int]:

@@ -192,7 +192,7 @@ def greedy_search(set_prob: SetProb, n_regions: int, search: str = "efficient", 
     `bounded` makes each greedy step's choice by branch-and-bound over `hierarchy`'s region groups (default:
     index halves; `RegionAttribution` groups the on-box regions and halves the others), with at most
     `step_budget` forwards per step before it scores the open groups flat, and without separating regions on
-    the same side of the prior whose scores lie within `tie_tolerance`·(a + b) of each other
+    the same side of the box whose scores lie within `tie_tolerance`·(a + b) of each other
     (`eagle_align.attribution.bound`). It never asks for a set twice, so P(x) and P(x_∅) are free when a step
     already scored them. `settings` are `search_regions`'s (max_regions, stop_confidence, ...).
     """
@@ -373,7 +373,7 @@ class RegionAttribution:
         """One Attribution (with its partition) per target sample of `inputs`.
 
         `inputs` is a collated batch with `meta` (GroundingCollator output): each meta's decision tokens are
-        the tokens attributed, its prior mask the target box. `target` picks the samples (None: all).
+        the tokens attributed, its box mask the target box. `target` picks the samples (None: all).
         `feature_mask` gives each target sample's RegionPartition (None: cut by the settings' region_method
         and n_regions). `baselines` is a baseline name, one ready row for all samples, or one name or row per
         sample (None: the settings' baseline). `max_regions` (default: the settings') caps the ranking, e.g.
@@ -419,7 +419,7 @@ class RegionAttribution:
                 options = dict(search_options, max_regions=limit, full_prob=full_prob, progress=progress,
                                insertion_weight=settings.insertion_weight, deletion_weight=settings.deletion_weight)
                 if settings.search == "bounded":
-                    on_box = partition.on_prior(meta.prior_mask, settings.box_overlap).tolist()
+                    on_box = partition.on_box(meta.box_mask, settings.box_overlap).tolist()
                     options["hierarchy"] = build_hierarchy(
                         partition.n_regions, on_box, region_centroids(partition.cell_masks), leaf_size
                     )

@@ -51,7 +51,7 @@ class AttributionSettings:
     - `score_reduction`: how the decision tokens' probabilities become P: `mean` of probabilities, or
       `logmean` (geometric mean).
     - `box_overlap`: a region counts as the target box's when the box covers at least this share of it
-      (point game, prior-hit@k and the bounded search's first split).
+      (point game, box-hit@k and the bounded search's first split).
     - `max_regions`: how many regions to rank (None: all). Training ranks what its losses read; eval and
       explain rank every region unless told otherwise, because insertion / deletion AUCs need whole curves.
 

@@ -58,7 +58,7 @@ def eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float16, float32")
     parser.add_argument("--device", default=None, help="device for the model (default: cuda if available, else cpu)")
     parser.add_argument("--attribution-samples", type=int, default=0,
-                        help="attribute the first K samples' answers (point game, prior-hit@k, AUCs) with the "
+                        help="attribute the first K samples' answers (point game, box-hit@k, AUCs) with the "
                         "attribution settings the model recorded in eagle_align.json (else the training "
                         "defaults), ranking every region; the flags below override single settings")
     add_attribution_arguments(parser)

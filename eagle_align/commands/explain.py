@@ -22,7 +22,7 @@ def explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", required=True, help="screenshot file (PNG/JPEG)")
     parser.add_argument("--instruction", required=True, help='e.g. "click the Save button"')
     parser.add_argument("--bbox", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"),
-                        help="target box in original pixels: adds point game / prior-hit metrics")
+                        help="target box in original pixels: adds point game / box-hit metrics")
     parser.add_argument("--answer", help="answer text to explain instead of the model's own greedy answer")
     parser.add_argument("--out", default="explain_out", help="output directory (default: explain_out)")
     parser.add_argument("--action-format", help="answer format (default: the adapter's recorded one, else the "
@@ -30,7 +30,7 @@ def explain_arguments(parser: argparse.ArgumentParser) -> None:
     add_attribution_arguments(parser)
     parser.add_argument("--stop-confidence", type=float, help="stop once P(x_S) reaches this (default: never)")
     parser.add_argument("--batch-size", type=int, default=16, help="masked variants per forward")
-    parser.add_argument("--top-k", type=int, default=3, help="regions outlined and used for prior-hit@k")
+    parser.add_argument("--top-k", type=int, default=3, help="regions outlined and used for box-hit@k")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--min-pixels", type=int, help="screenshot resize bounds (default: the adapter's recorded "
                         "ones, else the checkpoint's)")

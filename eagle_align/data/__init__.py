@@ -2,7 +2,7 @@
 (LLaMA-Factory / ShareGPT, other column names), the JSONL writer, image loading, synthetic shortcut GUIs and the
 collator that turns examples into Qwen-VL batches."""
 
-from eagle_align.data.collator import IGNORE_INDEX, GroundingCollator, SampleMeta, prior_mask
+from eagle_align.data.collator import IGNORE_INDEX, GroundingCollator, SampleMeta, box_mask
 from eagle_align.data.images import image_for_processor, load_image
 from eagle_align.data.importers import write_jsonl
 from eagle_align.data.loaders import BBOX_FORMATS, FORMATS, detect_format, load_examples
@@ -25,7 +25,7 @@ __all__ = [
     "image_for_processor",
     "load_examples",
     "load_image",
-    "prior_mask",
+    "box_mask",
     "read_image_size",
     "synth_record",
     "validate_example",

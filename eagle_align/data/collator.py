@@ -31,7 +31,7 @@ class SampleMeta:
     resized_size: tuple[int, int]  # (W, H) = image_grid_thw[1:] · patch, as (W, H)
     grid_hw: tuple[int, int]  # merged-cell grid (rows, cols)
     bbox_resized: tuple[float, float, float, float] | None  # None: a point-only example (no box)
-    prior_mask: torch.Tensor | None  # bool [rows, cols]: merged cells the bbox touches; None without a box
+    box_mask: torch.Tensor | None  # bool [rows, cols]: merged cells the bbox touches; None without a box
     decision_positions: torch.Tensor  # long: positions (in the padded row) of the coordinate tokens
     decision_token_ids: torch.Tensor  # long
     answer: str
@@ -45,7 +45,7 @@ def resize_box(box, image_size: tuple[int, int], resized_size: tuple[int, int]) 
     return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
 
 
-def prior_mask(bbox_resized, grid_hw: tuple[int, int], cell: int) -> torch.Tensor:
+def box_mask(bbox_resized, grid_hw: tuple[int, int], cell: int) -> torch.Tensor:
     """Bool [rows, cols]: cell (r, c) covers [c·cell, (c+1)·cell) × [r·cell, (r+1)·cell) and is marked when
     the open box interior overlaps it."""
     rows, cols = grid_hw
@@ -202,7 +202,7 @@ class GroundingCollator:
             resized_size=resized,
             grid_hw=grid_hw,
             bbox_resized=bbox_resized,
-            prior_mask=None if bbox_resized is None else prior_mask(bbox_resized, grid_hw,
+            box_mask=None if bbox_resized is None else box_mask(bbox_resized, grid_hw,
                                                                     self.patch_size * self.merge_size),
             decision_positions=positions,
             decision_token_ids=ids[positions],

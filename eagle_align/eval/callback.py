@@ -156,7 +156,7 @@ class ClickEvalCallback(TrainerCallback):
             metrics["attribution"] = summarize_attribution(rows, min(wanted * world, len(all_records)), record)
             if metrics["attribution"]["overall"]["point_game"] is not None:
                 logs["eval/point_game"] = metrics["attribution"]["overall"]["point_game"]
-                logs["eval/prior_hit@k"] = metrics["attribution"]["overall"]["prior_hit@k"]
+                logs["eval/box_hit@k"] = metrics["attribution"]["overall"]["box_hit@k"]
         elif self.attribution_samples > 0:
             logger.warning("click eval: attribution skipped under sharded parameters (ZeRO-3 / FSDP)")
         return logs, metrics, all_records

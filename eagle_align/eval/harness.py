@@ -21,7 +21,7 @@ from eagle_align.eval.scoring import score_sample, summarize
 if TYPE_CHECKING:
     from eagle_align.attribution.settings import AttributionSettings
 
-ATTRIBUTION_KEYS = ("point_game", "prior_hit@k", "insertion_auc", "deletion_auc")
+ATTRIBUTION_KEYS = ("point_game", "box_hit@k", "insertion_auc", "deletion_auc")
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -130,7 +130,7 @@ def summarize_attribution(rows: Sequence[dict], requested: int, settings_record:
                           top_k: int = 3, records: Sequence[dict] | None = None) -> dict:
     """Attribution metrics overall and split by correct / incorrect clicks (means over attributed samples),
     with the settings used and where they came from (`resolve_attribution_settings`'s record: `settings`,
-    `source`, `overrides`, `complete_ranking`) and the k of prior-hit@k.
+    `source`, `overrides`, `complete_ranking`) and the k of box-hit@k.
 
     `skipped` counts the requested samples without a click to explain; with the click `records` attribution
     chose from, it is split into wrong-format and out-of-range answers.
@@ -165,18 +165,18 @@ def attribute_predictions(
     """Attribute the first `n_samples` answers, with the model's own answer as target.
 
     The target is the model's predicted click rendered in the action format (so its decision tokens are the
-    coordinates the model chose); the prior is the ground-truth box. Wrong-format answers have no click to
+    coordinates the model chose); the box is the ground-truth box. Wrong-format answers have no click to
     explain and are skipped. `settings` are the attribution settings, chosen as `evaluate` chooses them
     (None or a mapping of overrides: what `model` recorded, else the library defaults, ranking every region;
-    complete `AttributionSettings` as given), `top_k` the k of prior-hit@k, `batch_size` the masked inputs
+    complete `AttributionSettings` as given), `top_k` the k of box-hit@k, `batch_size` the masked inputs
     per forward. Returns one metrics row per attributed sample and its `Attribution` by index.
     """
     from eagle_align.attribution import (
         RegionAttribution,
+        box_hit_at_k,
         deletion_auc,
         insertion_auc,
         point_game,
-        prior_hit_at_k,
     )
     from eagle_align.attribution.settings import resolve_attribution_settings
     from eagle_align.data import GroundingCollator
@@ -191,7 +191,7 @@ def attribute_predictions(
     for index in tqdm(chosen, desc="attribution", unit="sample", disable=not progress, dynamic_ncols=True):
         own = dataclasses.replace(examples[index], point=tuple(records[index]["point"]))
         batch = collator([own])
-        mask = batch["meta"][0].prior_mask
+        mask = batch["meta"][0].box_mask
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         started = time.perf_counter()
         attribution = attributor.attribute(batch, [0])[0]
@@ -199,8 +199,8 @@ def attribute_predictions(
             "index": index,
             "id": records[index]["id"],
             "hit": bool(records[index]["hit"]),
-            "point_game": bool(point_game(attribution, mask, prior_overlap=box_overlap)),
-            "prior_hit@k": float(prior_hit_at_k(attribution, mask, k=top_k, prior_overlap=box_overlap)),
+            "point_game": bool(point_game(attribution, mask, box_overlap=box_overlap)),
+            "box_hit@k": float(box_hit_at_k(attribution, mask, k=top_k, box_overlap=box_overlap)),
             "insertion_auc": float(insertion_auc(attribution)),
             "deletion_auc": float(deletion_auc(attribution)),
             "forwards": int(attribution.forwards),

@@ -28,7 +28,7 @@ class ExperimentalAlignmentConfig(PriorAlignedConfig):
         necessity_floor (`str`, defaults to `"blank"`): push P(x_¬B) down to P(x_∅) (`blank`) or to `zero`.
         necessity_gate (`str`, defaults to `"always"`): `always`, `target_first` (once the box ranks first) or
             `box_evidence` (the box alone keeps min_box_sufficiency of what the screen adds over a blank one).
-        necessity_removes (`str`, defaults to `"box"`): the box's cells, or `on_prior_regions` (every region the
+        necessity_removes (`str`, defaults to `"box"`): the box's cells, or `on_box_regions` (every region the
             box covers by box_overlap).
         deviation_margin (`float` or `None`, defaults to `None`): also a deviation term for every off-box region
             within this singleton-score margin of the best (needs `search="single_round"`).
@@ -41,7 +41,7 @@ class ExperimentalAlignmentConfig(PriorAlignedConfig):
     lambda_necessity: float = field(default=0.0, metadata={"help": "Weight of the necessity loss on P(x_¬B)."})
     necessity_floor: str = field(default="blank", metadata={"help": "blank: down to P(x_∅) | zero."})
     necessity_gate: str = field(default="always", metadata={"help": "always | target_first | box_evidence."})
-    necessity_removes: str = field(default="box", metadata={"help": "box | on_prior_regions."})
+    necessity_removes: str = field(default="box", metadata={"help": "box | on_box_regions."})
     deviation_margin: float | None = field(
         default=None, metadata={"help": "Deviation terms for off-box near-ties of rank 1 (needs single_round)."}
     )

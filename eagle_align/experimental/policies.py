@@ -12,7 +12,7 @@ from eagle_align.alignment.policies import ChunkProbs, DeviationTerm, LossTerm
 # only when its box alone holds evidence beyond a blank screen's.
 NECESSITY_GATES = ("always", "target_first", "box_evidence")
 # What a necessity example removes: the target box's cells, or every region the deviation gate reads as on-box.
-NECESSITY_REMOVALS = ("box", "on_prior_regions")
+NECESSITY_REMOVALS = ("box", "on_box_regions")
 NECESSITY_FLOORS = ("blank", "zero")
 
 
@@ -38,7 +38,7 @@ class NearTieDeviationTerm(DeviationTerm):
         return [
             AlignmentExample("deviation", rank, (sample.ranking[rank - 1],))
             for rank, score in enumerate(attribution.singleton_scores, start=1)
-            if (best - score) / z <= self.margin and not sample.on_prior[rank - 1]
+            if (best - score) / z <= self.margin and not sample.on_box[rank - 1]
         ]
 
 
@@ -68,12 +68,12 @@ class NecessityTerm(LossTerm):
             return sample.box_mask
         partition = sample.partition
         if partition is None:
-            raise ValueError("necessity_removes='on_prior_regions' needs the attribution's region partition")
-        return partition.cells_of(partition.on_prior(sample.box_mask, sample.box_overlap))[0]
+            raise ValueError("necessity_removes='on_box_regions' needs the attribution's region partition")
+        return partition.cells_of(partition.on_box(sample.box_mask, sample.box_overlap))[0]
 
     def _gate_open(self, sample: AlignmentExamples) -> bool:
         if self.gate == "target_first":
-            return bool(sample.on_prior) and sample.on_prior[0]
+            return bool(sample.on_box) and sample.on_box[0]
         if self.gate == "box_evidence":
             full, box, blank = sample.full_prob, sample.box_prob, sample.blank_prob
             if box is None or blank is None:

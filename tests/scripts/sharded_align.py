@@ -32,7 +32,7 @@ from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer
 FAMILY = "qwen2_5_vl"
 ATTRIBUTION = dict(settings=AttributionSettings(n_regions=16, region_method="grid", baseline="black", search="bounded",
                                                 insertion_weight=2.0, max_regions=3), batch_size=4)
-FSDP_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "accelerate" / "fsdp.yaml"
+FSDP_RECIPE = Path(__file__).resolve().parents[2] / "eagle_align" / "recipes" / "accelerate" / "fsdp.yaml"
 
 
 def recipe_wrap_policy(model: torch.nn.Module, recipe: Path = FSDP_RECIPE):
