@@ -24,10 +24,6 @@ logger = logging.getLogger(__name__)
 
 CARD_TAGS = ["gui-agent", "grounding", "eagle-align"]
 CARD_FILE = "README.md"
-# alignment_state.json counters shown on the card, in this order.
-ALIGNMENT_TOTALS = ("alignment_steps", "selected", "insufficient_boxes", "blank_clicks", "shortcut_boxes",
-                    "deviation_examples", "redundancy_examples", "necessity_examples", "attribution_forwards",
-                    "loss_forwards", "nonfinite_terms")
 
 
 def is_local_path(name_or_path: str) -> bool:
@@ -155,7 +151,9 @@ def build_model_card(
     lines += _table("Training settings", training)
     lines += _table("Alignment settings", alignment)
     if alignment and alignment.get("alignment", True) and alignment_totals:
-        lines += _table("Alignment totals", {k: int(alignment_totals.get(k, 0)) for k in ALIGNMENT_TOTALS}, "count")
+        # Every counter the run kept (alignment_state.json), as the trainer's policies named them.
+        totals = {k: int(v) for k, v in alignment_totals.items() if k != "last_aligned_step"}
+        lines += _table("Alignment totals", totals, "count")
     lines += _table("Evaluation", evaluation, "metric")
     lines += _usage(space)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))

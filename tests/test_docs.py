@@ -97,3 +97,18 @@ def test_the_product_carries_no_dated_lab_history():
         dated += [f"{name}:{number}: {line.strip()}" for number, line in enumerate(text.splitlines(), start=1)
                   if _DATE.search(line)]
     assert not dated, "dated history in the product (move it to method_comparison/history.md):\n" + "\n".join(dated)
+
+
+def test_readme_reads_top_to_bottom():
+    """Install, quickstart, one CLI example, results, links, citation; short enough to read in one go."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    assert len(text.split()) <= 1000
+    assert max(len(paragraph.split()) for paragraph in re.split(r"\n\s*\n", prose)) <= 120
+    order = [text.index(heading) for heading in ("## Install", "## Quickstart", "## Command line", "## Results",
+                                                  "## Documentation", "## Citation")]
+    assert order == sorted(order)
+    assert "pip install eagle-align" in text and "make demo" in text and "make test" in text
+    assert "arXiv:2602.07008" in text and "arXiv:2509.22496" in text
+    quickstart = re.search(r"## Quickstart\n\n```python\n(.*?)```", text, re.S).group(1)
+    assert len(quickstart.strip().splitlines()) <= 15

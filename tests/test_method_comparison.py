@@ -125,6 +125,14 @@ def test_tables_are_made_from_the_result_files_alone(tmp_path):
     assert "| default | 0, 1 (2 / 3) | 100.0 ± 0.0 | 93.8 ± 8.8 | 90.6 ± 13.3 |" in lines
     assert not any(line.startswith("| regions_32 | 0 (") for line in lines)
     assert tables.main(["--results", str(results), "--readme", str(readme), "--check"]) == 0
+    # The project README's small table: the reference configs' full-length runs, per seed, failures as rows.
+    project = tmp_path / "PROJECT.md"
+    project.write_text(f"# eagle-align\n\n{tables.PROJECT_START}\n{tables.PROJECT_END}\n")
+    assert tables.main(["--results", str(results), "--readme", str(readme), "--project-readme", str(project)]) == 0
+    table = [line for line in project.read_text().splitlines() if line.startswith("| ")]
+    assert table[1:] == ["| SFT | 0 | 100.0 | 0.0 | 0.0 |", "| prior-aligned (default) | 0 | 100.0 | 87.5 | 81.2 |",
+                         "| prior-aligned (default) | 1 | 100.0 | 100.0 | 100.0 |",
+                         "| prior-aligned (default) | 2 | failed: RuntimeError: loss is nan at step 310 | | |"]
 
 
 def test_the_committed_table_matches_the_committed_results():
