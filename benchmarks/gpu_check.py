@@ -36,11 +36,12 @@ from eagle_align.attribution import (  # noqa: E402
     attribute_sample,
 )
 from eagle_align.data import GroundingCollator, GroundingExample  # noqa: E402
+from eagle_align.experimental import ExperimentalAlignmentConfig  # noqa: E402
 from eagle_align.families import get_family  # noqa: E402
 from eagle_align.families.lora import apply_lora  # noqa: E402
 from eagle_align.families.registry import SPECIAL_TOKENS  # noqa: E402
 from eagle_align.families.tiny import build_processor, build_tokenizer  # noqa: E402
-from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer  # noqa: E402
+from eagle_align.trainer import PriorAlignedTrainer  # noqa: E402
 
 # Qwen/Qwen2.5-VL-3B-Instruct config.json (published values). Token ids come from the offline tokenizer.
 QWEN2_5_VL_3B_TEXT = dict(
@@ -146,7 +147,7 @@ def main() -> None:
     model = apply_lora(model, r=16, alpha=32, dropout=0.05, targets="language", gradient_checkpointing=True)
     collator = GroundingCollator(processor, get_family("qwen2_5_vl").default_action_format)
     align_every = 5
-    config = PriorAlignedConfig(
+    config = ExperimentalAlignmentConfig(  # selection=all (every sample aligned) is experimental
         output_dir=tempfile.mkdtemp(), max_steps=align_every, align_every=align_every, n_regions=64, max_regions=10,
         selection="all", per_device_train_batch_size=args.batch_size, max_aligned_per_step=args.batch_size,
         bf16=True, gradient_checkpointing=True, learning_rate=1e-4, report_to="none", save_strategy="no",
