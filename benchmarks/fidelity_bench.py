@@ -2,7 +2,7 @@
 
 Training asks the attribution of each selected sample for few decisions: is the rank-1 region off-box (the
 deviation gate), which region is it, and, with redundancy, the top ranks with their prefix scores. This
-benchmark measures, for every strategy in `eagle_align.attribution.search.STRATEGIES`, how often it makes the
+benchmark measures, for every strategy in `eagle_align.attribution.search.SEARCHES`, how often it makes the
 same decisions as `exact` on the same regions, and what it pays for them.
 
 The fidelity set (built once, cached under `--root`, default outputs/fidelity): tiny Qwen3-VL models trained
@@ -381,7 +381,7 @@ def measure(root: Path, models: list[dict], samples: int, strategies: tuple[str,
 
 
 def main() -> None:
-    from eagle_align.attribution.search import STRATEGIES
+    from eagle_align.attribution.settings import SEARCHES
     from eagle_align.config import PriorAlignedConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -390,7 +390,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=list(FIDELITY_STEPS),
                         help="SFT steps at which models are saved (the smallest must divide the others)")
     parser.add_argument("--samples", type=int, default=SAMPLES_PER_MODEL, help="confident-correct screens per model")
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument("--strategies", nargs="+", default=list(SEARCHES), choices=SEARCHES)
     parser.add_argument("--build-only", action="store_true", help="build (or check) the set and stop")
     parser.add_argument("--rebuild", action="store_true", help="train the set again (e.g. after the demo's data changed)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps a shared machine usable)")

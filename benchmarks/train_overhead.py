@@ -38,7 +38,7 @@ import torch
 from transformers import TrainerCallback
 
 from eagle_align.attribution.regions import REGION_METHODS
-from eagle_align.attribution.search import STRATEGIES
+from eagle_align.attribution.settings import SEARCHES
 from eagle_align.config import PriorAlignedConfig
 from eagle_align.data import GroundingCollator, GroundingExample, load_examples, synth_record
 from eagle_align.demo import PIXELS
@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--loss-chunk-size", type=int, default=PriorAlignedConfig.loss_chunk_size)
     parser.add_argument("--attribution-batch-size", type=int, default=PriorAlignedConfig.attribution_batch_size)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps timings stable on a shared machine)")
-    parser.add_argument("--search", default=PriorAlignedConfig.search, choices=STRATEGIES,
+    parser.add_argument("--search", default=PriorAlignedConfig.search, choices=SEARCHES,
                         help="search of the default and realistic modes (paper: the preset's)")
     parser.add_argument("--n-regions", type=int, default=64, help="the fixed benchmark uses 64; change it to cost a recipe")
     parser.add_argument("--region-method", default="grid", choices=REGION_METHODS,

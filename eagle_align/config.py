@@ -24,7 +24,7 @@ from eagle_align.alignment.policies import (
 from eagle_align.attribution.masking import BASELINES
 from eagle_align.attribution.regions import REGION_METHODS
 from eagle_align.attribution.scoring import REDUCTIONS
-from eagle_align.attribution.search import STRATEGIES
+from eagle_align.attribution.settings import SEARCHES
 
 CORE_LOSS_VARIANTS = ("log", "paper")
 # The paper's method settings (arXiv 2602.07008 with EAGLE's set function), for comparisons against it.
@@ -190,7 +190,7 @@ class PriorAlignedConfig(TrainingArguments):
 
     def _check(self) -> None:
         choices = {
-            "loss_variant": self.loss_variants, "region_method": REGION_METHODS, "search": STRATEGIES,
+            "loss_variant": self.loss_variants, "region_method": REGION_METHODS, "search": SEARCHES,
             "baseline": BASELINES, "score_reduction": REDUCTIONS,
         }
         for name, allowed in choices.items():

@@ -13,7 +13,7 @@ from eagle_align.attribution.overlay import render_overlay
 from eagle_align.attribution.regions import REGION_METHODS, RegionPartition, make_partition
 from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, score_jointly, slice_sample
 from eagle_align.attribution.search import (
-    STRATEGIES,
+    SEARCHES,
     Attribution,
     RegionAttribution,
     attribute_sample,
@@ -34,7 +34,7 @@ from eagle_align.attribution.settings import (
 __all__ = [
     "BASELINES",
     "REGION_METHODS",
-    "STRATEGIES",
+    "SEARCHES",
     "Attribution",
     "AttributionSettings",
     "DecisionScorer",

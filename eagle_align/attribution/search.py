@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from types import EllipsisType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -31,12 +31,8 @@ from eagle_align.attribution.bound import (
 )
 from eagle_align.attribution.regions import RegionPartition, make_partition
 from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, score_jointly, slice_sample
+from eagle_align.attribution.settings import SEARCHES, AttributionSettings
 
-if TYPE_CHECKING:
-    from eagle_align.attribution.settings import AttributionSettings
-
-# The searches (AttributionSettings.search).
-STRATEGIES = ("efficient", "exact", "single_round", "bounded")
 # `efficient` is EAGLE's search: between full re-sorts every 5 steps it scores the best 10 of the last sort.
 # On full N=64 rankings (benchmarks/attribution_bench.py, 3 screenshots, trained tiny Qwen3-VL) that kept 1.001
 # of exact's insertion AUC at 44 % of its forwards; cheaper tunings are keyword arguments of the search
@@ -222,8 +218,8 @@ def search_regions(
     documents them. `measure_ends=False` leaves P(x) and P(x_∅) NaN unless given or found on the way, saving
     up to two forwards where nothing reads them (the trainer's losses other than adaptive_log).
     """
-    if search not in STRATEGIES:
-        raise ValueError(f"search={search!r}; choose one of {', '.join(STRATEGIES)}")
+    if search not in SEARCHES:
+        raise ValueError(f"search={search!r}; choose one of {', '.join(SEARCHES)}")
     if n_regions < 1:
         raise ValueError(f"n_regions={n_regions} must be at least 1")
     if max_regions is not None and max_regions < 1:
@@ -349,8 +345,6 @@ class RegionAttribution:
     def __init__(
         self, model: torch.nn.Module, settings: AttributionSettings | None = None, batch_size: int = 16
     ) -> None:
-        from eagle_align.attribution.settings import AttributionSettings
-
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be at least 1")
         self.model = model

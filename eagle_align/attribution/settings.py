@@ -18,7 +18,9 @@ from typing import Any, ClassVar
 from eagle_align.attribution.masking import BASELINES
 from eagle_align.attribution.regions import REGION_METHODS
 from eagle_align.attribution.scoring import REDUCTIONS
-from eagle_align.attribution.search import STRATEGIES
+
+# The searches that rank regions (eagle_align.attribution.search implements them).
+SEARCHES = ("efficient", "exact", "single_round", "bounded")
 
 
 class SettingError(ValueError):
@@ -72,7 +74,7 @@ class AttributionSettings:
     PAPER: ClassVar[AttributionSettings]
 
     def __post_init__(self) -> None:
-        choices = {"region_method": REGION_METHODS, "baseline": BASELINES, "search": STRATEGIES,
+        choices = {"region_method": REGION_METHODS, "baseline": BASELINES, "search": SEARCHES,
                    "score_reduction": REDUCTIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -221,7 +223,7 @@ def add_attribution_arguments(parser: Any) -> None:
     """Add one flag per attribution setting to an argparse parser; each defaults to None (not given), so
     `attribution_overrides` can tell what the user overrode."""
     defaults = AttributionSettings()
-    choices = {"region_method": REGION_METHODS, "baseline": BASELINES, "search": STRATEGIES,
+    choices = {"region_method": REGION_METHODS, "baseline": BASELINES, "search": SEARCHES,
                "score_reduction": REDUCTIONS}
     types = {"n_regions": int, "insertion_weight": float, "deletion_weight": float, "box_overlap": float}
     for name, text in _FLAG_HELP.items():

@@ -10,6 +10,7 @@ import torch
 
 from eagle_align.errors import UsageError
 from eagle_align.families.registry import ModelFamily, check_model_path, detect_family
+from eagle_align.families.space import attach_coordinate_space, read_coordinate_space, settle
 
 QUANTIZATION_CHOICES = (None, "4bit", "8bit")
 # Vision tower and LM head stay in full precision: quantising them costs grounding accuracy for little memory.
@@ -118,8 +119,6 @@ def load_model_and_processor(
     `force_coordinate_space`. The record is kept on the model for evaluate / explain (`coordinate_space_of`).
     """
     from transformers import AutoModelForImageTextToText
-
-    from eagle_align.families.space import attach_coordinate_space, read_coordinate_space, settle
 
     family = detect_family(path_or_id)  # a clear error for checkpoints that are not a supported Qwen-VL family
     if adapter is not None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from eagle_align.answer_formats import get_action_format
 from eagle_align.errors import UsageError
+from eagle_align.families.registry import detect_family
 
 logger = logging.getLogger(__name__)
 
@@ -127,10 +128,8 @@ def coordinate_space_of(model) -> CoordinateSpace | None:
 
 def model_action_format(model):
     """The action format to read `model`'s answers in: its recorded one, else its family's own."""
-    from eagle_align.families.loading import family_of
-
     space = coordinate_space_of(model)
-    return get_action_format(space.action_format if space else family_of(model).default_action_format)
+    return get_action_format(space.action_format if space else detect_family(model.config).default_action_format)
 
 
 def model_system_prompt(model, system_prompt: str | None = None) -> str | None:
