@@ -144,7 +144,8 @@ class ClickEvalCallback(TrainerCallback):
                              self.max_new_tokens, progress=rank == 0)
         all_records = _gather(records[:real], world)
         metrics = summarize(all_records)
-        logs = {"eval/click_accuracy": metrics["click_accuracy"], "eval/wrong_format": metrics["wrong_format"]}
+        logs = {"eval/click_accuracy": metrics["click_accuracy"], "eval/wrong_format": metrics["wrong_format"],
+                "eval/out_of_range": metrics["out_of_range"]}
         if metrics["mean_distance"] is not None:
             logs["eval/mean_distance"] = metrics["mean_distance"]
         if self.attribution_samples > 0 and not (world > 1 and sharded_parameters):

@@ -23,9 +23,10 @@ from eagle_align import trainer as trainer_module
 from eagle_align.data.collator import GroundingCollator
 from eagle_align.data.schema import GroundingExample
 from eagle_align.distributed import end_run
+from eagle_align.experimental import ExperimentalAlignmentConfig  # selection="all" is experimental
 from eagle_align.families import get_family, load_model_and_processor
 from eagle_align.families.lora import apply_lora
-from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer
+from eagle_align.trainer import PriorAlignedTrainer
 
 FAMILY = "qwen2_5_vl"
 
@@ -53,7 +54,7 @@ def main(checkpoint: str, out_dir: str) -> None:
     torch.manual_seed(0)
     model, processor = load_model_and_processor(checkpoint, dtype="float32")
     model = apply_lora(model, r=4, alpha=8, dropout=0.0)
-    config = PriorAlignedConfig(
+    config = ExperimentalAlignmentConfig(
         output_dir=f"{out_dir}/run", per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2,
         align_every=1, n_regions=16, max_regions=3, selection="all", loss_chunk_size=2, report_to="none",
         search="bounded", region_method="grid", lambda_redundancy=0.5, stop_confidence=None,

@@ -25,9 +25,10 @@ from torch.distributed.tensor import DTensor
 from eagle_align.attribution import AttributionSettings, attribute_sample, attribution_mode
 from eagle_align.data.collator import GroundingCollator
 from eagle_align.distributed import Lockstep, end_run
+from eagle_align.experimental import ExperimentalAlignmentConfig  # selection="all" is experimental
 from eagle_align.families import get_family, load_model_and_processor
 from eagle_align.families.lora import apply_lora
-from eagle_align.trainer import PriorAlignedConfig, PriorAlignedTrainer
+from eagle_align.trainer import PriorAlignedTrainer
 
 FAMILY = "qwen2_5_vl"
 ATTRIBUTION = dict(settings=AttributionSettings(n_regions=16, region_method="grid", baseline="black", search="bounded",
@@ -63,7 +64,7 @@ def main(checkpoint: str, out_dir: str) -> None:
     torch.manual_seed(0)
     model, processor = load_model_and_processor(checkpoint, dtype="float32")
     model = apply_lora(model, r=4, alpha=8, dropout=0.0)
-    config = PriorAlignedConfig(
+    config = ExperimentalAlignmentConfig(
         output_dir=f"{out_dir}/run", per_device_train_batch_size=2, align_every=1, n_regions=16, max_regions=3,
         search="bounded", region_method="grid", lambda_redundancy=0.5, selection="all", loss_chunk_size=2, attribution_batch_size=4, report_to="none", save_strategy="no",
         # a = 1: with the deletion-only default this random model ranks the prior first and its one redundancy
