@@ -31,7 +31,13 @@ from eagle_align.alignment.examples import AlignmentExample, AlignmentExamples, 
 from eagle_align.alignment.policies import AlignmentPolicies, ChunkProbs
 from eagle_align.attribution.masking import baseline_row
 from eagle_align.attribution.metrics import box_hit_at_k, point_game
-from eagle_align.attribution.scoring import DecisionScorer, attribution_mode, score_jointly, slice_sample
+from eagle_align.attribution.scoring import (
+    DecisionScorer,
+    attribution_mode,
+    reduce_token_probs,
+    score_jointly,
+    slice_sample,
+)
 from eagle_align.attribution.search import Attribution, RegionAttribution, evaluate_prefixes, set_prob_for
 from eagle_align.config import PriorAlignedConfig
 from eagle_align.families.space import CoordinateSpace
@@ -299,7 +305,7 @@ class PriorAlignedTrainer(Trainer):
             rows = log_probs[i, torch.searchsorted(union, positions[i])]
             targets = torch.as_tensor(metas[i].decision_token_ids).long().view(-1)
             token_log_probs = rows.gather(-1, targets[:, None]).squeeze(-1)
-            prob = token_log_probs.exp().mean() if self.args.score_reduction == "mean" else token_log_probs.mean().exp()
+            prob = reduce_token_probs(token_log_probs.exp(), self.args.score_reduction)
             if bool((rows.argmax(-1) == targets).all()) and float(prob) >= self.args.min_confidence:
                 chosen.append(i)
                 full_probs[i] = float(prob)

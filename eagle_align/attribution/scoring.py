@@ -21,6 +21,14 @@ REDUCTIONS = ("mean", "logmean")
 _TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
+def reduce_token_probs(token_probs: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """A sample's score from its decision tokens' probabilities [..., T]: their mean, or exp(mean log p) for
+    "logmean" (one near-zero token then sinks the whole click)."""
+    if reduction == "mean":
+        return token_probs.mean(-1)
+    return token_probs.clamp_min(1e-12).log().mean(-1).exp()
+
+
 def slice_sample(batch: dict[str, Any], index: int) -> dict[str, Any]:
     """One sample of a collated batch, without padding: text tensors [1, L], its image rows, grid [1, 3].
 
@@ -167,10 +175,7 @@ class DecisionScorer:
         return _joint_token_probs([(self, keep_cells)], self.batch_size)[0]
 
     def reduce(self, token_probs: torch.Tensor) -> torch.Tensor:
-        """Sample score from token probabilities: mean, or exp(mean log p) for "logmean"."""
-        if self.reduction == "mean":
-            return token_probs.mean(-1)
-        return token_probs.clamp_min(1e-12).log().mean(-1).exp()
+        return reduce_token_probs(token_probs, self.reduction)
 
     def score(self, keep_cells: torch.Tensor, grad: bool = False) -> torch.Tensor:
         """P(x_keep) per keep-mask, float32 [B]."""
