@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eagle_align.attribution.settings import AttributionSettings
 from eagle_align.recipes import recipe_path
 
 FAMILY = "qwen3_vl"
@@ -69,8 +70,11 @@ SIZES: dict[str, dict[str, Any]] = {
 # screenshot's background colour (removing a region = showing empty screen there), not black: a black cell
 # on a grey screen is an artefact these models never saw (with black, SFT models that ignore the cue entirely
 # scored 0 %). `single_round` ranks by singleton scores, whose top-1 is the greedy search's first pick, so the
-# point game equals the harness's default efficient search with the same baseline, at 2N forwards.
-ATTRIBUTION = {"baseline": "background", "search": "single_round"}
+# point game equals a greedy search's with the same baseline, at 2N forwards. The settings are complete (not read
+# from the trained folder), so SFT and aligned models, and every recipe, are measured the same way: 64 grid
+# cells, EAGLE's a = 2, b = 1.
+ATTRIBUTION = AttributionSettings(n_regions=64, region_method="grid", baseline="background", search="single_round",
+                                  insertion_weight=2.0, deletion_weight=1.0, max_regions=None)
 FIGURE_SAMPLES = 4
 
 
