@@ -22,13 +22,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/eagle-align demo
 
+# One thread per test worker (two workers on two cores): torch's own threads on top would oversubscribe the
+# cores, and the tests that start training subprocesses would slow each other several-fold.
 test: $(STAMP)
 	@start=$$(date +%s); \
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --timeout 900 tests; rc=$$?; \
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --timeout 900 tests; rc=$$?; \
 	echo "make test: $$(( $$(date +%s) - start ))s"; exit $$rc
 
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 -m "not slow" tests
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -168,7 +168,7 @@ def test_sharded_alignment_step_keeps_every_forward_paired(tiny_checkpoints, tmp
     for key in ("forwards", "backwards"):
         assert ranks[0][key] == ranks[1][key], (key, ranks)
     assert ranks[0]["metrics"]["align/selected"] == 2  # both of rank 0's samples; none of rank 1's
-    assert ranks[0]["metrics"]["align/padded_passes"] > 0 and ranks[1]["padded_after"] > 0
+    assert ranks[0]["metrics"]["align/padded_passes"] > 0 and ranks[1]["padded_after"] > 0, ranks
     assert ranks[0]["backwards"] > 0 and ranks[0]["grad_norm"] > 0
     # Attribution on sharded parameters (gathered per forward) ranks and scores as before sharding.
     assert ranks[0]["ranking_after"] == ranks[0]["ranking_before"]

@@ -19,6 +19,7 @@ from eagle_align.data import generate_synthetic, load_examples
 from eagle_align.errors import UsageError
 from eagle_align.families import FAMILIES, detect_family
 from eagle_align.hub import read_card_header
+from eagle_align.recipes import copy_recipe
 from eagle_align.train import load_config, load_training_data, parse_config, parse_overrides, run_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -315,7 +316,7 @@ def test_lora_recipe_under_deepspeed_zero3_saves_a_trained_adapter(tiny_checkpoi
                    max_steps=3, gradient_checkpointing=True, eval_data="null", search="efficient")
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "eagle_align" / "recipes" / "accelerate" / "deepspeed_zero3.yaml"), "--num_processes", "2",
+        "--config_file", str(copy_recipe("deepspeed_zero3", tmp_path / "cfg")[0]), "--num_processes", "2",
         "-m", "eagle_align.train", str(REPO / "eagle_align" / "recipes" / "train" / "qwen2_5_vl_3b_lora.yaml"),
         *[token for key, value in quick.items() for token in (f"--{key}", str(value).lower() if isinstance(value, bool)
                                                              else str(value))],

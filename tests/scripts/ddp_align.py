@@ -57,7 +57,7 @@ def main(checkpoint: str, out_dir: str) -> None:
     config = ExperimentalAlignmentConfig(
         output_dir=f"{out_dir}/run", per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2,
         align_every=1, n_regions=16, max_regions=3, selection="all", loss_chunk_size=2, report_to="none",
-        search="bounded", region_method="grid", lambda_redundancy=0.5, stop_confidence=None,
+        search="bounded", region_method="grid", lambda_redundancy=0.5,
         save_strategy="no", logging_steps=1, learning_rate=1e-2, seed=0, ddp_timeout=300,
         # A random model clicks as well on a blank screen: the blank-screen gate would leave out every step.
         # The box gate stays on, so its step sums are all-reduced on every rank, selecting or not.

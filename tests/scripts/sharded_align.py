@@ -70,6 +70,9 @@ def main(checkpoint: str, out_dir: str) -> None:
         # a = 1: with the deletion-only default this random model ranks the prior first and its one redundancy
         # hinge is inactive (P(x_notS) stays near 1), so rank 0's pass would carry no gradient to check.
         insertion_weight=1.0, seed=0, ddp_timeout=120, use_cpu=True,
+        # Redundancy hinges can all be inactive on a random model; the necessity term (P(x_notB) pushed towards 0)
+        # always carries gradient, so the backward pass this test checks is never empty.
+        lambda_necessity=1.0, necessity_floor="zero",
         # A random model clicks as well on a blank screen: the blank-screen gate would leave out both samples.
         max_blank_share=None,
     )
