@@ -82,6 +82,14 @@ def test_core_config_holds_only_the_method_core():
         PriorAlignedConfig(output_dir="unused", report_to="none", loss_variant="adaptive_log")
 
 
+@pytest.mark.parametrize("cls", [PriorAlignedConfig, ExperimentalAlignmentConfig])
+def test_every_setting_says_what_it_does_in_one_short_help_string(cls):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in cls.method_fields():
+        text = fields[name].metadata.get("help", "")
+        assert 0 < len(text) <= 200, (name, text)
+
+
 def test_a_dataclass_subclass_keeps_the_preset():
     @dataclasses.dataclass
     class MyConfig(PriorAlignedConfig):
