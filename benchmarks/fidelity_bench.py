@@ -2,7 +2,7 @@
 
 Training asks the attribution of each selected sample for few decisions: is the rank-1 region off-box (the
 deviation gate), which region is it, and, with redundancy, the top ranks with their prefix scores. This
-benchmark measures, for every strategy in `eagle_align.attribution.search.SEARCHES`, how often it makes the
+benchmark measures, for every search in `eagle_align.attribution.settings.SEARCHES`, how often it makes the
 same decisions as `exact` on the same regions, and what it pays for them.
 
 The fidelity set (built once, cached under `--root`, default outputs/fidelity): tiny Qwen3-VL models trained
