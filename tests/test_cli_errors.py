@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_checks import fails_in_one_line as _fails
 
 from eagle_align.cli import main
 from eagle_align.data import DataError, generate_synthetic
@@ -33,17 +34,6 @@ def _recipe(path: Path, **keys) -> Path:
     return path
 
 
-def _fails(argv: list[str], capsys, *expected: str) -> str:
-    """Run the CLI in-process; it must exit 2 with one error line naming `expected` (and perhaps a hint line)."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    lines = err.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"eagle-align {argv[0]}: "))
-    assert len(lines) - start <= 2 and all(line.startswith("  hint: ") for line in lines[start + 1:]), err
-    assert "Traceback" not in err
-    for words in expected:
-        assert words in err, (words, err)
-    return err
 
 
 def test_train_misspelled_key_names_the_closest_key_without_listing_all(synth, tmp_path, capsys):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_checks import fails_in_one_line as _fails
 from PIL import Image
 
 from eagle_align.cli import main
@@ -31,17 +32,6 @@ def _jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def _fails(argv: list[str], capsys, *expected: str) -> str:
-    """The CLI exits 2 with one `eagle-align <cmd>: ...` line (perhaps a hint line), naming `expected`."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    lines = err.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"eagle-align {argv[0]}: "))
-    assert len(lines) - start <= 2 and all(line.startswith("  hint: ") for line in lines[start + 1:]), err
-    assert "Traceback" not in err
-    for words in expected:
-        assert words in err, (words, err)
-    return err
 
 
 @pytest.fixture
