@@ -484,6 +484,7 @@ def _startup_summary(model, model_args, data_args, training_args, train_set, eva
     sample = collator([train_set[0]])
     visual_tokens = int(sample["mm_token_type_ids"].sum())
     align = training_args.alignment
+    policies = training_args.policies()
     lines = [
         "eagle-align train",
         f"  model        {model_args.model_name_or_path} ({family.name}, {model_args.finetuning}"
@@ -500,9 +501,8 @@ def _startup_summary(model, model_args, data_args, training_args, train_set, eva
             f"{training_args.search} search over {training_args.n_regions} {training_args.region_method} regions, "
             f"{training_args.baseline} baseline, a/b {training_args.insertion_weight:g}/"
             f"{training_args.deletion_weight:g}; "
-            f"terms {', '.join(f'{t.kind} {t.weight:g}' for t in training_args.policies().terms)} "
-            f"({training_args.loss_variant}); gates "
-            f"{', '.join(repr(g) for g in training_args.policies().gates) or 'none'}; "
+            f"terms {', '.join(f'{t.kind} {t.weight:g}' for t in policies.terms)} "
+            f"({training_args.loss_variant}); gates {', '.join(repr(g) for g in policies.gates) or 'none'}; "
             f"preset {training_args.preset_description()}"
             if align
             else ""

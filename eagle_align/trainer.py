@@ -171,6 +171,7 @@ class PriorAlignedTrainer(Trainer):
                 module.support_avx512bf16_for_cpu = False
         self.policies = self.args.policies()
         self.attribution_settings = self.args.attribution_settings()
+        self.ranked_regions = self.args.ranked_regions  # fixed by the config: not rebuilt every alignment step
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._last_aligned_step = -1
         # Cumulative counts, saved with every checkpoint (alignment_state.json) and restored on resume;
@@ -195,7 +196,7 @@ class PriorAlignedTrainer(Trainer):
             return None
         family = family_of(self.model)
         min_pixels, max_pixels = pixel_limits(processor)
-        peft_config = next(iter(getattr(self.model, "peft_config", {}).values()), None)
+        peft_config = self._peft_config()
         name = (getattr(peft_config, "base_model_name_or_path", None)
                 or getattr(self.accelerator.unwrap_model(self.model).config, "_name_or_path", "") or "")
         quantized = getattr(self.accelerator.unwrap_model(self.model), "is_quantized", False)
@@ -210,9 +211,13 @@ class PriorAlignedTrainer(Trainer):
             attribution=self.attribution_settings.to_dict(),
         )
 
+    def _peft_config(self) -> Any:
+        """The adapter's PEFT config (None: full weights)."""
+        return next(iter(getattr(self.model, "peft_config", {}).values()), None)
+
     def _training_section(self) -> dict[str, Any]:
         """The card's training table: how the weights were trained."""
-        peft_config = next(iter(getattr(self.model, "peft_config", {}).values()), None)
+        peft_config = self._peft_config()
         section: dict[str, Any] = {"finetuning": self.coordinate_space.finetuning}
         if peft_config is not None:
             targets = peft_config.target_modules
@@ -418,7 +423,7 @@ class PriorAlignedTrainer(Trainer):
         attribution = RegionAttribution(model, self.attribution_settings, batch_size=args.attribution_batch_size)
         attributions = attribution.attribute(
             samples.batch, target=selected, baselines=[samples.row(i) for i in selected],
-            max_regions=args.ranked_regions, full_probs=[full_probs.get(i) for i in selected],
+            max_regions=self.ranked_regions, full_probs=[full_probs.get(i) for i in selected],
             stop_confidence=TRAINING_STOP_CONFIDENCE,
             measure_ends="ends" in measures,
         )

@@ -93,12 +93,11 @@ class RedundancyTerm(LossTerm):
     def examples(self, sample: AlignmentExamples) -> list[AlignmentExample]:
         if self.weight <= 0:
             return []
-        measured = len(sample.insertion_probs)
+        ranking, inserted, deleted = sample.ranking, sample.insertion_probs, sample.deletion_probs
         return [
-            AlignmentExample("redundancy", rank, tuple(sample.ranking[:rank]),
-                             prev_p_insert=float(sample.insertion_probs[rank - 2]),
-                             prev_p_delete=float(sample.deletion_probs[rank - 2]))
-            for rank in range(2, min(len(sample.ranking), measured + 1) + 1) if not sample.on_box[rank - 1]
+            AlignmentExample("redundancy", rank, tuple(ranking[:rank]), prev_p_insert=float(inserted[rank - 2]),
+                             prev_p_delete=float(deleted[rank - 2]))
+            for rank in range(2, min(len(ranking), len(inserted) + 1) + 1) if not sample.on_box[rank - 1]
         ]
 
     def loss(self, probs: ChunkProbs) -> torch.Tensor:

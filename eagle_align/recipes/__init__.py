@@ -35,10 +35,11 @@ def recipe_path(name_or_path: str | Path, kind: str | None = None) -> Path:
     """A recipe file: an existing path as given, else a shipped recipe by name (`qwen2_5_vl_3b_lora`,
     `train/qwen2_5_vl_3b_lora.yaml`, ...)."""
     path = Path(name_or_path)
-    if path.is_file() or path.suffix in (".yaml", ".yml", ".json") and len(path.parts) > 1 and path.parent.name not in KINDS:
+    shipped_form = len(path.parts) == 1 or path.parent.name in KINDS  # `NAME` or `train/NAME.yaml`
+    if path.is_file() or not shipped_form:
         return path  # a file of the user's: the caller says if it is missing
     recipes = list_recipes(kind)
-    if path.stem in recipes and (len(path.parts) == 1 or path.parent.name in KINDS):
+    if path.stem in recipes:
         return recipes[path.stem]
     if path.is_dir():
         raise UsageError(f"recipe {name_or_path} is a directory", hint="pass a recipe YAML or a shipped recipe's name")
