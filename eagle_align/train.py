@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import sys
+import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -151,6 +152,12 @@ class DataArguments:
         metadata={"help": "Answer format the assistant turns of LLaMA-Factory / ShareGPT data are written in "
                   "(default: action_format)."},
     )
+    augment: dict | None = field(
+        default=None,
+        metadata={"help": "Training-time augmentation: null (off) or {kind: box_crop, probability: 0.5, scale: "
+                  "[0.5, 1.5], pad_colour: [0, 0, 0]}, a random window that keeps the target box whole "
+                  "(eagle_align.data.BoxGuidedCrop, seeded by the run's seed)."},
+    )
 
     def __post_init__(self) -> None:
         from eagle_align.answer_formats import get_action_format
@@ -174,12 +181,35 @@ class DataArguments:
             raise UsageError(f"on_error={self.on_error!r}; choose raise or skip")
         if self.click_eval and not (self.eval_data or self.eval_split):
             raise UsageError("click_eval: true needs eval_data (or eval_split of train_data)")
+        self.augmenter(seed=0)  # a bad mapping fails here, before any weights load
+
+    def augmenter(self, seed: int) -> typing.Callable | None:
+        """The `augment` the collator applies to training examples (None: off), seeded with the run's `seed`."""
+        from eagle_align.data.augment import augment_from_config
+
+        return augment_from_config(self.augment, seed=seed)
 
 
-def _argument_classes(experimental: bool = True):
-    """The recipe's dataclasses; the training one is the experimental config when asked (its keys are a
-    superset of PriorAlignedConfig's)."""
-    if experimental:
+TRAINERS = ("sft", "grpo")
+
+
+def recipe_trainer(config: dict[str, Any]) -> str:
+    """The recipe's `trainer:` (sft, the default, or grpo)."""
+    trainer = config.get("trainer", "sft")
+    if trainer not in TRAINERS:
+        raise UsageError(f"trainer={trainer!r}; choose one of {', '.join(TRAINERS)}")
+    return trainer
+
+
+def _argument_classes(experimental: bool = True, trainer: str = "sft"):
+    """The recipe's dataclasses. The training one is `PriorAlignedGRPOConfig` for `trainer: grpo`, else the
+    experimental config when asked (its keys are a superset of PriorAlignedConfig's)."""
+    if trainer == "grpo":
+        try:
+            from eagle_align.grpo.config import PriorAlignedGRPOConfig as training_class
+        except ImportError as error:
+            raise UsageError(f"trainer: grpo needs TRL ({error})", hint='pip install "eagle-align[grpo]"') from None
+    elif experimental:
         from eagle_align.experimental import ExperimentalAlignmentConfig as training_class
     else:
         from eagle_align.config import PriorAlignedConfig as training_class
@@ -196,8 +226,9 @@ def experimental_keys(config: dict[str, Any]) -> list[str]:
     return [f.name for f in fields(ExperimentalAlignmentConfig) if f.name not in core and f.name in config]
 
 
-def valid_keys() -> list[str]:
-    return sorted({f.name for cls in _argument_classes() for f in fields(cls) if f.init})
+def valid_keys(trainer: str = "sft") -> list[str]:
+    """Every key a recipe for `trainer` may hold."""
+    return sorted({f.name for cls in _argument_classes(trainer=trainer) for f in fields(cls) if f.init} | {"trainer"})
 
 
 class RecipeLoader(yaml.SafeLoader):
@@ -285,7 +316,7 @@ def load_config(config_path: str | Path | None, overrides: dict[str, Any] | None
         # The recipe's own paths, where no override replaces them.
         check_recipe_paths({k: v for k, v in config.items() if k not in (overrides or {})}, Path(config_path))
     config.update(overrides or {})
-    known = set(valid_keys())
+    known = set(valid_keys(recipe_trainer(config)))
     unknown = [k for k in config if k not in known]
     if unknown:
         close = {key: difflib.get_close_matches(key, known, n=3) for key in unknown}
@@ -300,16 +331,17 @@ def load_config(config_path: str | Path | None, overrides: dict[str, Any] | None
 
 def _scalar_types(annotation) -> tuple[type, ...] | None:
     """The scalar types a field takes (a float field takes ints too); None when it also takes other things."""
-    kinds = tuple(t for t in (typing.get_args(annotation) or (annotation,)) if t is not type(None))
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)  # list[str] is not a union
+    kinds = tuple(t for t in (typing.get_args(annotation) if union else (annotation,)) if t is not type(None))
     if not kinds or not all(t in (bool, int, float, str) for t in kinds):
         return None
     return kinds + (int,) * (float in kinds) + (os.PathLike,) * (str in kinds)
 
 
-def _check_value_types(config: dict[str, Any]) -> None:
+def _check_value_types(config: dict[str, Any], classes) -> None:
     """A value of the wrong type (`max_steps: abc`) fails here, naming the key, not later deep in training
     (HfArgumentParser.parse_dict does not convert values)."""
-    for cls in _argument_classes():
+    for cls in classes:
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
             value, kinds = config.get(f.name), _scalar_types(hints.get(f.name))
@@ -326,16 +358,18 @@ def parse_config(config: dict[str, Any]):
     """Split a flat config into (model, data, lora, training) dataclasses."""
     from transformers import HfArgumentParser
 
-    experimental = experimental_keys(config)
+    trainer = recipe_trainer(config)
+    experimental = experimental_keys(config) if trainer == "sft" else []
     if experimental:
         logger.warning("experimental settings (eagle_align.experimental): %s", ", ".join(experimental))
-    parser = HfArgumentParser(_argument_classes(experimental=bool(experimental)))
+    classes = _argument_classes(experimental=bool(experimental), trainer=trainer)
+    parser = HfArgumentParser(classes)
     for cls, required in ((ModelArguments, "model_name_or_path"), (DataArguments, "train_data")):
         if required not in config:
             raise UsageError(f"missing required config key {required!r} ({cls.__name__})")
-    config = dict(config)
+    config = {key: value for key, value in config.items() if key != "trainer"}
     config.setdefault("output_dir", "outputs/run")
-    _check_value_types(config)
+    _check_value_types(config, classes)
     try:
         parsed = parser.parse_dict(config, allow_extra_keys=False)
     except UsageError:
@@ -509,6 +543,11 @@ def _startup_summary(model, model_args, data_args, training_args, train_set, eva
         ),
         f"  output       {training_args.output_dir}",
     ]
+    if hasattr(training_args, "grpo_settings"):
+        grpo = training_args.grpo_settings()
+        lines.insert(-1, f"  grpo         rewards {', '.join(grpo['rewards'])}; {grpo['num_generations']} generations of "
+                         f"at most {grpo['max_completion_length']} tokens; beta {grpo['beta']:g}; "
+                         f"loss {grpo['loss_type']}")
     return "\n".join(lines)
 
 
@@ -542,6 +581,7 @@ def run_training(config: dict[str, Any]):
         system_prompt=data_args.system_prompt,
         max_length=data_args.max_length,
         on_error=data_args.on_error,
+        augment=data_args.augmenter(training_args.seed),
     )
     if collator.action_format.name != family.default_action_format:
         logger.warning(
@@ -564,16 +604,27 @@ def run_training(config: dict[str, Any]):
                 out_dir=Path(training_args.output_dir) / "click_eval",  # per-step predictions and report
             )
         )
-    trainer = PriorAlignedTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=collator,
-        processing_class=processor,
-        callbacks=callbacks or None,
-        base_model_id=resolve_base_model_id(model_args.model_name_or_path, model_args.base_model_id),
-    )
+    base_model_id = resolve_base_model_id(model_args.model_name_or_path, model_args.base_model_id)
+    if recipe_trainer(config) == "grpo":
+        from eagle_align.grpo.trainer import PriorAlignedGRPOTrainer
+
+        # TRL samples from prompts the collator renders; the rewards read the same coordinate space.
+        trainer = PriorAlignedGRPOTrainer(
+            model, args=training_args, train_dataset=train_set, eval_dataset=eval_set, processing_class=processor,
+            action_format=collator.action_format.name, system_prompt=data_args.system_prompt,
+            callbacks=callbacks or None, base_model_id=base_model_id,
+        )
+    else:
+        trainer = PriorAlignedTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            data_collator=collator,
+            processing_class=processor,
+            callbacks=callbacks or None,
+            base_model_id=base_model_id,
+        )
     for callback in callbacks:
         callback.attach(trainer)  # click-eval metrics then go through trainer.log (TensorBoard, W&B, console)
     if trainer.is_world_process_zero():

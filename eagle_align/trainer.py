@@ -143,25 +143,20 @@ class AlignmentStats:
                 **{f"{kind}_examples": n for kind, n in self.examples.items()}, **self.gates}
 
 
-class PriorAlignedTrainer(Trainer):
-    """Drop-in `Trainer` for GUI grounding SFT with prior alignment.
+class PriorAlignmentMixin:
+    """What the SFT and GRPO trainers share: the alignment schedule, selection, attribution, gates and loss
+    terms with their chunked backward, the counters, and what every save records.
 
-    Use with a `PriorAlignedConfig`, a dataset of grounding examples and a `GroundingCollator` (its batches
-    carry a `"meta"` list that `compute_loss` pops). Pass a PEFT `LoraConfig` as ``peft_config`` to train
-    LoRA adapters on a plain model, as `SFTTrainer` does. Every save (`save_model()` and each checkpoint)
-    writes what `eagle-align train` writes: `eagle_align.json` (the coordinate space the clicks are in and the
-    attribution settings), the model card and `alignment_state.json`. Alignment metrics (`align/...`) are
-    averaged over the aligned micro-steps of each logging window.
+    Mixed in before a transformers `Trainer` subclass (`PriorAlignedTrainer`: `Trainer`;
+    `PriorAlignedGRPOTrainer`: TRL's `GRPOTrainer`). Alignment reads batches in the form `GroundingCollator`
+    writes (answer tokens, `meta` with the box mask and the coordinate tokens); `grounding_collator` is the
+    collator that renders answers, so the coordinate space is read from it.
     """
 
-    def __init__(self, *args: Any, peft_config: Any = None, base_model_id: str | None = None,
-                 **kwargs: Any) -> None:
-        if peft_config is not None:
-            if "model" in kwargs or not args:
-                kwargs["model"] = _with_adapter(kwargs.get("model"), peft_config)
-            else:
-                args = (_with_adapter(args[0], peft_config), *args[1:])
-        super().__init__(*args, **kwargs)
+    grounding_collator: Any = None
+
+    def _init_alignment(self, base_model_id: str | None) -> None:
+        """The alignment state every trainer keeps; call after `Trainer.__init__`."""
         if not isinstance(self.args, PriorAlignedConfig):
             raise ValueError(f"args must be a PriorAlignedConfig, got {type(self.args).__name__}")
         for module in self.model.modules():
@@ -172,7 +167,7 @@ class PriorAlignedTrainer(Trainer):
         self.policies = self.args.policies()
         self.attribution_settings = self.args.attribution_settings()
         self.ranked_regions = self.args.ranked_regions  # fixed by the config: not rebuilt every alignment step
-        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._alignment_metrics: dict[str, list[float]] = defaultdict(list)
         self._last_aligned_step = -1
         # Cumulative counts, saved with every checkpoint (alignment_state.json) and restored on resume;
         # wall-clock totals are kept apart (not state: they differ from run to run).
@@ -189,7 +184,7 @@ class PriorAlignedTrainer(Trainer):
         from eagle_align.families.loading import family_of, pixel_limits
         from eagle_align.hub import resolve_base_model_id
 
-        collator, processor = self.data_collator, self.processing_class
+        collator, processor = self.grounding_collator, self.processing_class
         if not hasattr(collator, "action_format") or not hasattr(processor, "image_processor"):
             logger.warning("no GroundingCollator / Qwen-VL processor: eagle_align.json (the coordinate space of the "
                            "clicks) will not be written")
@@ -260,35 +255,6 @@ class PriorAlignedTrainer(Trainer):
         """Alignment runs on optimizer steps align_every, 2·align_every, ... (1-based), after the warm-up."""
         step = self.state.global_step
         return self.args.alignment and step >= self.args.align_start_step and (step + 1) % self.args.align_every == 0
-
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """The Trainer's prefetch of one optimizer step's micro-batches; on alignment steps, also their attribution.
-
-        Attributing every micro-batch of the step before its first backward (the weights cannot change in
-        between: no optimizer step) gives each alignment mean its denominator over the whole step, all
-        micro-batches on all ranks, so gradient accumulation does not change the alignment loss. Each
-        micro-batch carries its plan to `compute_loss`, which back-propagates it.
-        """
-        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if self.args.alignment and batch_samples and self.is_alignment_step():
-            plans = self._plan_alignment(self.model_wrapped, [self._prepare_inputs(b) for b in batch_samples])
-            for batch, plan in zip(batch_samples, plans):
-                batch[_PLAN_KEY] = plan
-        return batch_samples, num_items_in_batch
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        metas = inputs.pop("meta", None)
-        for message in inputs.pop("skipped", ()):
-            self.skipped_examples[message] += 1
-        plan = inputs.pop(_PLAN_KEY, None)
-        if self.args.alignment and model.training:
-            if metas is None:
-                raise ValueError(_NEEDS_META)
-            if plan is not None:
-                self._align_backward(model, plan)
-            elif self.is_alignment_step():  # training_step called outside train(): the micro-batch is the step
-                self._align(model, inputs, metas)
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     # ---------------------------------------------------------------------------------------- selection
     def _select(self, model: torch.nn.Module, inputs: dict, metas: list) -> tuple[list[int], dict[int, float]]:
@@ -515,7 +481,7 @@ class PriorAlignedTrainer(Trainer):
         total = stats.summed_over_ranks(self.accelerator.device)
         ranks = distributed.world_size()
         for key, value in total.metrics(ranks).items():
-            self._metrics[key].append(value)
+            self._alignment_metrics[key].append(value)
         if total.nonfinite_terms:
             logger.warning(f"step {self.state.global_step}: skipped {int(total.nonfinite_terms)} non-finite "
                            "alignment term(s)")
@@ -528,8 +494,8 @@ class PriorAlignedTrainer(Trainer):
         self.alignment_seconds["loss"] += total.loss_seconds / ranks
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        window = {key: sum(values) / len(values) for key, values in self._metrics.items() if values}
-        self._metrics.clear()
+        window = {key: sum(values) / len(values) for key, values in self._alignment_metrics.items() if values}
+        self._alignment_metrics.clear()
         super().log({**logs, **window}, start_time)
 
     # --------------------------------------------------------------------------------------- checkpoints
@@ -570,6 +536,59 @@ class PriorAlignedTrainer(Trainer):
             self.alignment_state = defaultdict(float, {k: float(v) for k, v in saved.items() if math.isfinite(v)})
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
+
+
+
+class PriorAlignedTrainer(PriorAlignmentMixin, Trainer):
+    """Drop-in `Trainer` for GUI grounding SFT with prior alignment.
+
+    Use with a `PriorAlignedConfig`, a dataset of grounding examples and a `GroundingCollator` (its batches
+    carry a `"meta"` list that `compute_loss` pops). Pass a PEFT `LoraConfig` as ``peft_config`` to train
+    LoRA adapters on a plain model, as `SFTTrainer` does. Every save (`save_model()` and each checkpoint)
+    writes what `eagle-align train` writes: `eagle_align.json` (the coordinate space the clicks are in and the
+    attribution settings), the model card and `alignment_state.json`. Alignment metrics (`align/...`) are
+    averaged over the aligned micro-steps of each logging window.
+    """
+
+    def __init__(self, *args: Any, peft_config: Any = None, base_model_id: str | None = None,
+                 **kwargs: Any) -> None:
+        if peft_config is not None:
+            if "model" in kwargs or not args:
+                kwargs["model"] = _with_adapter(kwargs.get("model"), peft_config)
+            else:
+                args = (_with_adapter(args[0], peft_config), *args[1:])
+        super().__init__(*args, **kwargs)
+        self.grounding_collator = self.data_collator
+        self._init_alignment(base_model_id)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The Trainer's prefetch of one optimizer step's micro-batches; on alignment steps, also their attribution.
+
+        Attributing every micro-batch of the step before its first backward (the weights cannot change in
+        between: no optimizer step) gives each alignment mean its denominator over the whole step, all
+        micro-batches on all ranks, so gradient accumulation does not change the alignment loss. Each
+        micro-batch carries its plan to `compute_loss`, which back-propagates it.
+        """
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.args.alignment and batch_samples and self.is_alignment_step():
+            plans = self._plan_alignment(self.model_wrapped, [self._prepare_inputs(b) for b in batch_samples])
+            for batch, plan in zip(batch_samples, plans):
+                batch[_PLAN_KEY] = plan
+        return batch_samples, num_items_in_batch
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        metas = inputs.pop("meta", None)
+        for message in inputs.pop("skipped", ()):
+            self.skipped_examples[message] += 1
+        plan = inputs.pop(_PLAN_KEY, None)
+        if self.args.alignment and model.training:
+            if metas is None:
+                raise ValueError(_NEEDS_META)
+            if plan is not None:
+                self._align_backward(model, plan)
+            elif self.is_alignment_step():  # training_step called outside train(): the micro-batch is the step
+                self._align(model, inputs, metas)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
 def _with_adapter(model: Any, peft_config: Any) -> Any:
     """``model`` wrapped in a PEFT model for ``peft_config`` (as SFTTrainer does), unless it already is one."""

@@ -263,7 +263,7 @@ def test_chunked_alignment_gradient_equals_the_batch_mean_loss(lora_setup, tmp_p
     model.zero_grad()
     model.train()
     trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
-    logged = trainer._metrics
+    logged = trainer._alignment_metrics
     assert logged["align/loss_forwards"][0] == 2 * (logged["align/deviation_examples"][0]
                                                      + logged["align/redundancy_examples"][0])
     for name, grad in expected.items():
@@ -290,7 +290,7 @@ def test_necessity_term_and_deletion_only_forwards_give_the_batch_mean_loss(lora
     model.zero_grad()
     model.train()
     trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
-    logged = trainer._metrics
+    logged = trainer._alignment_metrics
     assert logged["align/necessity_examples"] == [3.0]  # one per sample: every box covers some cells, not all
     assert logged["align/loss_forwards"][0] == (logged["align/deviation_examples"][0]
                                                 + logged["align/redundancy_examples"][0] + 3)
@@ -336,7 +336,7 @@ def _gate_counts(model, collator, batch, tmp_path, **gates) -> dict[str, float]:
     model.zero_grad()
     gates_said = ("insufficient_boxes", "blank_clicks", "shortcut_boxes")
     # A gate that is off logs nothing: it left out no sample.
-    counts = {k: trainer._metrics.get(f"align/{k}", [0.0])[0] for k in (*gates_said, "necessity_examples")}
+    counts = {k: trainer._alignment_metrics.get(f"align/{k}", [0.0])[0] for k in (*gates_said, "necessity_examples")}
     assert {k: trainer.alignment_state.get(k, 0.0) for k in gates_said} == {k: counts[k] for k in gates_said}
     return counts
 
@@ -427,8 +427,8 @@ def test_the_steps_gate_shares_are_logged(lora_setup, tmp_path):
         trainer._align(model, {k: v for k, v in batch.items() if k != "meta"}, batch["meta"])
         model.zero_grad()
         for key, share in expected.items():
-            assert trainer._metrics[f"align/{key}"][0] == pytest.approx(share, rel=1e-3), (scope, key)
-        assert trainer._metrics["align/insufficient_boxes"] == [0.0] and trainer._metrics["align/blank_clicks"] == [0.0]
+            assert trainer._alignment_metrics[f"align/{key}"][0] == pytest.approx(share, rel=1e-3), (scope, key)
+        assert trainer._alignment_metrics["align/insufficient_boxes"] == [0.0] and trainer._alignment_metrics["align/blank_clicks"] == [0.0]
 
 
 def test_step_scope_sums_over_every_micro_batch_of_the_step(lora_setup, tmp_path):
@@ -446,8 +446,8 @@ def test_step_scope_sums_over_every_micro_batch_of_the_step(lora_setup, tmp_path
                  min_box_sufficiency=None, max_blank_share=threshold)
     trainer = PriorAlignedTrainer(model=model, args=cfg, data_collator=collator)
     _step_alignment_grads(trainer, model, [collator(screens[:2]), collator(screens[2:])])
-    assert trainer._metrics["align/blank_clicks"] == [0.0, 0.0]
-    assert trainer._metrics["align/necessity_examples"] == [2.0, 2.0]
+    assert trainer._alignment_metrics["align/blank_clicks"] == [0.0, 0.0]
+    assert trainer._alignment_metrics["align/necessity_examples"] == [2.0, 2.0]
 
 
 def _step_alignment_grads(trainer, model, micro_batches: list[dict]) -> dict[str, torch.Tensor]:
@@ -478,10 +478,10 @@ def test_alignment_gradient_of_a_step_does_not_depend_on_gradient_accumulation(l
     trainer = PriorAlignedTrainer(model=model, args=cfg, data_collator=collator)
     expected = _manual_alignment_grads(model, collator(screens), cfg)
     one = _step_alignment_grads(trainer, model, [collator(screens)])
-    trainer._metrics.clear()
+    trainer._alignment_metrics.clear()
     two = _step_alignment_grads(trainer, model, [collator(screens[:2]), collator(screens[2:])])
-    counts = [d + r for d, r in zip(trainer._metrics["align/deviation_examples"],
-                                    trainer._metrics["align/redundancy_examples"])]
+    counts = [d + r for d, r in zip(trainer._alignment_metrics["align/deviation_examples"],
+                                    trainer._alignment_metrics["align/redundancy_examples"])]
     assert counts[0] == 0 and counts[1] > 0  # the first micro-batch had nothing to align
     for name, grad in expected.items():
         torch.testing.assert_close(one[name], grad, atol=1e-6, rtol=1e-4)
@@ -575,9 +575,9 @@ def test_single_round_measures_prefixes_only_when_redundancy_is_trained(lora_set
     # adaptive_log, the one loss that reads P(x).
     prefixes = 2 * (cfg.max_regions - 1) if lambda_redundancy else 0
     ends = 2 if cfg.loss_variant == "adaptive_log" else 0
-    assert trainer._metrics["align/attribution_forwards"] == [sum(2 * n + ends + prefixes for n in regions)]
+    assert trainer._alignment_metrics["align/attribution_forwards"] == [sum(2 * n + ends + prefixes for n in regions)]
     if not lambda_redundancy:
-        assert trainer._metrics["align/redundancy_examples"] == [0.0]
+        assert trainer._alignment_metrics["align/redundancy_examples"] == [0.0]
 
 
 def test_point_only_samples_train_as_sft_and_are_counted_not_aligned(lora_setup, tmp_path):

@@ -8,6 +8,7 @@ image tokens are known exactly before padding; padding then extends every sequen
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,10 @@ class GroundingCollator:
     logged and left out of its batch, and its message is listed under the batch's `"skipped"` key (the trainer
     counts them); a batch left empty repeats the last good example, so the step still trains. "raise" stops
     with the example named.
+
+    `augment` (e.g. `eagle_align.data.BoxGuidedCrop`) turns each example into the one trained on, in training
+    mode only: inference mode, which predicts clicks on the screenshot as given, never applies it. The batch's
+    `meta` then describes the augmented example (its image, size and box).
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class GroundingCollator:
         max_length: int | None = None,
         inference: bool = False,
         on_error: str = "raise",
+        augment: Callable[[GroundingExample], GroundingExample] | None = None,
     ):
         if max_length is not None and max_length <= 0:
             raise UsageError(f"max_length={max_length} must be positive")
@@ -91,6 +97,7 @@ class GroundingCollator:
         self.system_prompt = system_prompt
         self.max_length = max_length
         self.inference = inference
+        self.augment = augment
         image_processor = processor.image_processor
         self.patch_size = int(image_processor.patch_size)
         self.merge_size = int(image_processor.merge_size)
@@ -116,7 +123,7 @@ class GroundingCollator:
         samples, skipped = [], []
         for example in examples:
             try:
-                samples.append(self._encode(example))
+                samples.append(self._encode(self._augmented(example)))
             except DataError as error:
                 if self.on_error == "raise":
                     raise
@@ -151,6 +158,10 @@ class GroundingCollator:
             out["skipped"] = skipped
         return out
 
+    def _augmented(self, example: GroundingExample) -> GroundingExample:
+        """The example this batch trains on: `augment`'s view of it in training mode, itself otherwise."""
+        return example if self.inference or self.augment is None else self.augment(example)
+
     def _encode(self, example: GroundingExample) -> dict:
         image = image_for_processor(example, self.processor)
         prompt = self.processor.apply_chat_template(self.messages(example), tokenize=False, add_generation_prompt=True)
@@ -159,7 +170,7 @@ class GroundingCollator:
         else:
             # The answer needs the resized size before the text is tokenised: ask the image processor's own
             # resize rule (no pixel work); the processor output below must agree, or the example fails.
-            probed = self._resized_size(image)
+            probed = self.resized_size(image)
             answer = self.action_format.render(example.point, example.image_size, probed)
             text = self.processor.apply_chat_template(self.messages(example, answer), tokenize=False)
             if not text.startswith(prompt + answer):
@@ -211,7 +222,7 @@ class GroundingCollator:
         )
         return sample
 
-    def _resized_size(self, image) -> tuple[int, int]:
+    def resized_size(self, image) -> tuple[int, int]:
         """(W, H) the image processor will resize `image` to, from its smart_resize and pixel limits."""
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 

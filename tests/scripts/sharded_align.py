@@ -108,7 +108,7 @@ def main(checkpoint: str, out_dir: str) -> None:
         **calls,
         "padded_after": lockstep.padded,
         "fsdp_units": units,
-        "metrics": {k: sum(v) / len(v) for k, v in trainer._metrics.items()},
+        "metrics": {k: sum(v) / len(v) for k, v in trainer._alignment_metrics.items()},
         "grad_norm": float(torch.stack([g.norm() for g in grads]).norm()) if grads else 0.0,
         "ranking_before": list(before.ranking),
         "ranking_after": list(after.ranking) if after else None,
