@@ -84,10 +84,12 @@ def _stage(start: float, message: str) -> None:
 
 
 def synthetic_split(out: Path, split: str, n: int, seed: int, cue_fraction: float, family: str = FAMILY,
-                    benchmark: dict[str, Any] | None = None) -> Path:
+                    benchmark: dict[str, Any] | None = None, shortcut: str = "adjacent") -> Path:
     """One split of the demo's shortcut benchmark for `family` under `out` (its JSONL path); `benchmark` replaces
-    some of the family's cue settings (`FAMILIES`), e.g. for benchmarks/shortcut_probe.py."""
+    some of the family's cue settings (`FAMILIES`), e.g. for benchmarks/shortcut_probe.py. `shortcut` is the kind
+    of cue (eagle_align.data.synth.SHORTCUTS); the family's cue colour applies only to kinds drawn in it."""
     from eagle_align.data import generate_synthetic
+    from eagle_align.data.synth import COLOURED_SHORTCUTS
 
     bench = {**FAMILIES[family], **(benchmark or {})}
 
@@ -95,7 +97,9 @@ def synthetic_split(out: Path, split: str, n: int, seed: int, cue_fraction: floa
         return bench[key] if split == "train" else 0.0
 
     return generate_synthetic(out, n, seed=seed, preset="shortcut", cue_fraction=cue_fraction, split=split,
-                              difficulty=1, cue_colour=bench["cue_colour"], cue_size=bench["cue_size"],
+                              difficulty=1, shortcut=shortcut,
+                              cue_colour=bench["cue_colour"] if shortcut in COLOURED_SHORTCUTS else None,
+                              cue_size=bench["cue_size"],
                               distractor_colour=bench["distractor_colour"], distractor_shape=bench["distractor_shape"],
                               square_size=bench["square_size"],
                               unmarked_target_fraction=train_only("unmarked_train_fraction"),

@@ -6,11 +6,19 @@ import json
 
 import numpy as np
 import pytest
+from cli_checks import fails_in_one_line
 from PIL import Image
 
 from eagle_align.cli import main
 from eagle_align.data import generate_synthetic, load_examples
-from eagle_align.data.synth import shortcut_margin
+from eagle_align.data.synth import (
+    DISTRACTOR_COLOURS,
+    PRIOR_SLOT,
+    SHORTCUTS,
+    TITLE_BAR_COLOURS,
+    shortcut_margin,
+    synth_record,
+)
 
 
 def _records(path):
@@ -303,3 +311,160 @@ def test_distractor_shape_redraws_only_the_distractors_so_red_ones_differ_from_t
         generate_synthetic(tmp_path, 2, distractor_shape="star")
     with pytest.raises(ValueError, match="shortcut preset only"):
         generate_synthetic(tmp_path, 2, preset="gui", distractor_shape="circle")
+
+
+def _pixel_hash(n: int, seed: int, **options) -> str:
+    """sha256 over the first `n` screens' decoded pixels and their box, cue box, cue target and slot."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for index in range(n):
+        image, record = synth_record(index, seed, **options)
+        digest.update(np.asarray(image).tobytes())
+        extra = record["extra"]
+        digest.update(json.dumps([record["bbox"], extra["cue_bbox"], extra["cue_on"], extra["slot"]]).encode())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("options, expected", [
+    (dict(split="train", cue_fraction=0.7), "eb0892c3399368342a6d8020f24dee2f0d763762046207b01a328b912a40089d"),
+    (dict(split="shifted", cue_fraction=1.0, cue_colour="magenta", distractor_colour="orange"),
+     "a551e141dfb985b6f6b7c429ef5d931c2f3e7d0dcf9971e47c234131c1da43e0"),
+    (dict(split="test", cue_fraction=0.9, difficulty=2, decoy_fraction=0.5, empty_slot_fraction=0.3,
+          unmarked_target_fraction=0.3), "dc8e651e4251822e76ba3b30225399e6916427886138227535ddf709ebc5c520"),
+], ids=["train", "shifted-magenta", "test-difficulty2-decoys"])
+def test_adjacent_shortcut_draws_the_screens_of_before_the_other_kinds(options, expected):
+    """Hashes taken from the generator before `shortcut` existed: the default kind is pixel-identical to it."""
+    assert _pixel_hash(6, 3, **options) == expected
+    assert _pixel_hash(6, 3, shortcut="adjacent", **options) == expected
+
+
+def _check_kind_layout(record: dict, pixels: np.ndarray) -> None:
+    """Every square of a screen lies inside the screen and clear of the cue; the target is red."""
+    boxes = [record["bbox"], *record["extra"]["distractor_bboxes"]]
+    cue = record["extra"]["cue_bbox"]
+    for box in boxes:
+        assert 0 <= box[0] and 0 <= box[1] and box[2] <= 256 and box[3] <= 256
+        assert cue is None or not _overlaps(cue, box)
+    x1, y1, x2, y2 = record["bbox"]
+    assert tuple(pixels[(y1 + y2) // 2, (x1 + x2) // 2]) == (220, 50, 47)
+
+
+@pytest.mark.parametrize("difficulty", [1, 4])
+def test_title_bar_colour_names_the_target_slot_and_a_distractor_slot_when_shifted(tmp_path, difficulty):
+    for split in ("train", "shifted"):
+        path = generate_synthetic(tmp_path / split, 24, seed=1, split=split, cue_fraction=0.75, difficulty=difficulty,
+                                  shortcut="title_bar")
+        shown = 0
+        for rec in _records(path):
+            extra = rec["extra"]
+            pixels = np.asarray(Image.open(tmp_path / split / rec["image"]))
+            _check_kind_layout(rec, pixels)
+            assert extra["shortcut"] == "title_bar" and min(b[1] for b in [rec["bbox"], *extra["distractor_bboxes"]]) >= 20
+            band = pixels[:20]
+            if extra["cue_on"] is None:
+                assert (band == 128).all() and extra["cue_slot"] is None and extra["cue_bbox"] is None
+                continue
+            shown += 1
+            assert extra["cue_bbox"] == [0, 0, 256, 20]
+            assert (band == TITLE_BAR_COLOURS[extra["cue_slot"]]).all()  # the full band, in the slot's colour
+            assert extra["cue_colour"] == list(TITLE_BAR_COLOURS[extra["cue_slot"]])
+            if split == "shifted":
+                assert extra["cue_on"] == "distractor" and extra["cue_slot"] != extra["slot"]
+                assert extra["cue_anchor_bbox"] in extra["distractor_bboxes"]
+            else:
+                assert extra["cue_on"] == "target" and extra["cue_slot"] == extra["slot"]
+                assert extra["cue_anchor_bbox"] == rec["bbox"]
+        assert 12 <= shown < 24
+    palette = [tuple(c) for c in TITLE_BAR_COLOURS]
+    assert len(set(palette)) == 16 and not {(128, 128, 128), (220, 50, 47), *DISTRACTOR_COLOURS.values()} & set(palette)
+
+
+def _lit_dots(pixels: np.ndarray, colour, pitch: int) -> int:
+    """How many dot centres of the count cue's row show `colour`, counting from the bottom-left corner."""
+    count = 0
+    while 6 + count * pitch + 4 < 256 and tuple(pixels[246, 6 + count * pitch + 4]) == tuple(colour):
+        count += 1
+    return count
+
+
+@pytest.mark.parametrize("difficulty, pitch", [(1, 32), (4, 15)])
+def test_count_cue_shows_slot_plus_one_dots_in_the_bottom_left_corner(tmp_path, difficulty, pitch):
+    for split in ("train", "shifted"):
+        path = generate_synthetic(tmp_path / split, 24, seed=4, split=split, cue_fraction=0.75, difficulty=difficulty,
+                                  shortcut="count", cue_colour="magenta")
+        shown = 0
+        for rec in _records(path):
+            extra = rec["extra"]
+            pixels = np.asarray(Image.open(tmp_path / split / rec["image"]))
+            _check_kind_layout(rec, pixels)
+            assert max(b[3] for b in [rec["bbox"], *extra["distractor_bboxes"]]) <= 236  # the strip stays free
+            if extra["cue_on"] is None:
+                assert (pixels[236:] == 128).all() and extra["cue_slot"] is None
+                continue
+            shown += 1
+            assert _lit_dots(pixels, (255, 0, 255), pitch) == extra["cue_slot"] + 1
+            x1, y1, x2, y2 = extra["cue_bbox"]
+            assert (x1, y1, y2) == (6, 242, 250) and x2 == 6 + extra["cue_slot"] * pitch + 8
+            assert (pixels[236:, x2:] == 128).all()  # nothing right of the last dot
+            if split == "shifted":
+                assert extra["cue_on"] == "distractor" and extra["cue_slot"] != extra["slot"]
+                assert extra["cue_anchor_bbox"] in extra["distractor_bboxes"]
+            else:
+                assert extra["cue_on"] == "target" and extra["cue_slot"] == extra["slot"]
+                assert extra["cue_anchor_bbox"] == rec["bbox"]
+        assert 12 <= shown < 24
+
+
+def test_position_prior_draws_no_cue_and_puts_targets_in_the_prior_slot(tmp_path):
+    train = _records(generate_synthetic(tmp_path / "train", 200, seed=0, split="train", cue_fraction=0.9,
+                                        shortcut="position_prior", distractor_colour="orange"))
+    in_prior = 0
+    for rec in train:
+        extra = rec["extra"]
+        pixels = np.asarray(Image.open(tmp_path / "train" / rec["image"]))
+        colours = {tuple(c) for c in np.unique(pixels.reshape(-1, 3), axis=0)}
+        assert colours == {(128, 128, 128), (220, 50, 47), (240, 140, 20)}  # grey, the target, distractors: no cue
+        assert extra["cue_bbox"] is None and extra["cue_colour"] is None
+        in_prior += extra["slot"] == PRIOR_SLOT
+        if extra["cue_on"] == "target":
+            assert extra["slot"] == extra["cue_slot"] == PRIOR_SLOT and extra["cue_anchor_bbox"] == rec["bbox"]
+    # The stated rate: cue_fraction with the prior, plus a uniform quarter of the rest, 0.9 + 0.1 / 4 = 0.925.
+    assert 0.88 <= in_prior / len(train) <= 0.97
+    shifted = _records(generate_synthetic(tmp_path / "shifted", 60, seed=0, split="shifted", cue_fraction=1.0,
+                                          shortcut="position_prior"))
+    assert {rec["extra"]["slot"] for rec in shifted} == {1, 2, 3}  # never the prior slot, every other one
+    for rec in shifted:
+        extra = rec["extra"]
+        assert extra["cue_on"] == "distractor" and extra["cue_slot"] == PRIOR_SLOT
+        assert extra["cue_anchor_bbox"] in extra["distractor_bboxes"]  # a distractor sits where the prior points
+        assert extra["cue_anchor_bbox"][0] < 128 and extra["cue_anchor_bbox"][1] < 128
+
+
+def test_shortcut_kinds_bad_combinations_name_the_option(tmp_path, capsys):
+    with pytest.raises(ValueError, match="shortcut='glow'; choose one of adjacent, title_bar, count, position_prior"):
+        generate_synthetic(tmp_path, 2, shortcut="glow")
+    with pytest.raises(ValueError, match="shortcut='title_bar' applies to the shortcut preset only"):
+        generate_synthetic(tmp_path, 2, preset="gui", shortcut="title_bar")
+    with pytest.raises(ValueError, match="cue_colour applies to shortcut 'adjacent' or 'count' only"):
+        generate_synthetic(tmp_path, 2, cue_fraction=1.0, shortcut="title_bar", cue_colour="magenta")
+    with pytest.raises(ValueError, match="cue_relation and cue_size apply to shortcut='adjacent' only"):
+        generate_synthetic(tmp_path, 2, cue_fraction=1.0, shortcut="count", cue_size=8)
+    fails_in_one_line(["data", "synth", "--out", str(tmp_path), "--n", "2", "--shortcut", "position_prior",
+                       "--cue-fraction", "1", "--cue-colour", "magenta"], capsys, "cue_colour", "position_prior")
+    assert main(["data", "synth", "--out", str(tmp_path / "cli"), "--n", "3", "--cue-fraction", "1",
+                 "--shortcut", "title_bar", "--split", "shifted"]) == 0
+    records = _records(tmp_path / "cli" / "shifted.jsonl")
+    assert all(r["extra"]["shortcut"] == "title_bar" and r["extra"]["cue_on"] == "distractor" for r in records)
+
+
+@pytest.mark.parametrize("shortcut", SHORTCUTS)
+def test_demo_splits_take_every_shortcut_kind(tmp_path, shortcut):
+    """The demo's family settings (a magenta cue) combine with every kind; kinds without a cue colour drop it."""
+    from eagle_align.demo import synthetic_split
+
+    records = _records(synthetic_split(tmp_path, "shifted", 4, seed=0, cue_fraction=1.0, shortcut=shortcut))
+    assert all(r["extra"]["shortcut"] == shortcut and r["extra"]["cue_on"] == "distractor" for r in records)
+    assert records[0]["extra"]["cue_colour"] == ([255, 0, 255] if shortcut in ("adjacent", "count") else
+                                                 None if shortcut == "position_prior" else
+                                                 list(TITLE_BAR_COLOURS[records[0]["extra"]["cue_slot"]]))

@@ -18,6 +18,7 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
         LAYOUTS,
         PRESETS,
         RELATIONS,
+        SHORTCUTS,
         SPLITS,
     )
 
@@ -80,6 +81,10 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--decoy-fraction", type=float, default=0.0,
                        help="shortcut preset: share of screens with a second red square, told apart from the target "
                             "only by the cue (default 0)")
+    synth.add_argument("--shortcut", default="adjacent", choices=SHORTCUTS,
+                       help="shortcut preset: what the cue is: adjacent (a square beside the element, default), "
+                            "title_bar (a band whose colour names the slot), count (slot + 1 dots in the bottom-left "
+                            "corner), position_prior (no mark; the target usually in the top-left slot)")
 
 
 def data_command(args: argparse.Namespace) -> int:
@@ -99,7 +104,7 @@ def data_command(args: argparse.Namespace) -> int:
                                   distractor_colour=args.distractor_colour, square_size=args.square_size,
                                   unmarked_target_fraction=args.unmarked_target_fraction,
                                   empty_slot_fraction=args.empty_slot_fraction, decoy_fraction=args.decoy_fraction,
-                                  distractor_shape=args.distractor_shape)
+                                  distractor_shape=args.distractor_shape, shortcut=args.shortcut)
         print(f"wrote {args.n} {args.preset} samples ({args.split}) to {path}")
         return 0
     from eagle_align.data.importers import check_columns, write_jsonl

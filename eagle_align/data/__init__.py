@@ -1,7 +1,8 @@
 """Grounding data: the example type, loaders for our JSONL / HF datasets / ScreenSpot layouts and imported formats
-(LLaMA-Factory / ShareGPT, other column names), the JSONL writer, image loading, synthetic shortcut GUIs and the
-collator that turns examples into Qwen-VL batches."""
+(LLaMA-Factory / ShareGPT, other column names), the JSONL writer, image loading, synthetic shortcut GUIs, the
+box-guided crop augmentation and the collator that turns examples into Qwen-VL batches."""
 
+from eagle_align.data.augment import BoxGuidedCrop
 from eagle_align.data.collator import IGNORE_INDEX, GroundingCollator, SampleMeta, box_mask
 from eagle_align.data.images import image_for_processor, load_image
 from eagle_align.data.importers import write_jsonl
@@ -11,6 +12,7 @@ from eagle_align.data.synth import PRESETS, SPLITS, generate_synthetic, synth_re
 
 __all__ = [
     "BBOX_FORMATS",
+    "BoxGuidedCrop",
     "FORMATS",
     "IGNORE_INDEX",
     "PRESETS",

@@ -5,6 +5,11 @@ fixed relation to the target, outside its box) predicts the answer in a chosen f
 `shifted` split the same marker sits beside a distractor. A model that learned the target keeps clicking
 it; a model that learned the shortcut follows the marker. Everything is drawn with PIL from a per-sample
 seed, so the same (seed, split, preset, index) always gives the same screen.
+
+The `shortcut` preset has several kinds of shortcut (`SHORTCUTS`), so a method is tested on evidence that sits
+off the box in different ways: beside it (`adjacent`), far from it in a title bar whose colour names the slot
+(`title_bar`), as a number of dots in a corner (`count`), or nowhere but in the target's usual position
+(`position_prior`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ PRESETS = ("shortcut", "gui")
 SPLITS = ("train", "test", "shifted")
 LAYOUTS = ("mobile", "desktop", "web", "mixed")
 RELATIONS = ("top_left", "right", "left", "above", "below")
+# Kinds of shortcut of the `shortcut` preset: what, off the target's box, tells where the target is.
+SHORTCUTS = ("adjacent", "title_bar", "count", "position_prior")
+# The kinds whose cue is drawn in the cue colour (title_bar's colour names the slot; position_prior draws nothing).
+COLOURED_SHORTCUTS = ("adjacent", "count")
 # Cue colours by name (the presets' defaults are white for shortcut, magenta for gui). How salient the cue is
 # decides whether a model takes the shortcut: tiny Qwen3-VL models learn a magenta cue fast, a white one not.
 CUE_COLOURS = {"white": (255, 255, 255), "magenta": (255, 0, 255), "cyan": (0, 255, 255), "green": (0, 200, 0),
@@ -30,6 +39,18 @@ CUE_COLOURS = {"white": (255, 255, 255), "magenta": (255, 0, 255), "cyan": (0, 2
 _SHORTCUT_SCREEN = 256  # side of every `shortcut` screen in pixels
 # shortcut difficulty → (slots per side, position jitter as a fraction of the slot)
 _SHORTCUT_LEVELS = {1: (2, 0.0), 2: (2, 0.12), 3: (3, 0.0), 4: (4, 0.1)}
+# Height of the strip that title_bar (top of the screen) and count (bottom) keep free of the slot grid.
+_CUE_STRIP = 20
+# title_bar: the band's colour per slot index (difficulty 4 has 16 slots), none of them a square's colour
+# (red or a DISTRACTOR_COLOURS one) or the screen's grey.
+TITLE_BAR_COLOURS = ((255, 230, 0), (0, 200, 220), (0, 170, 60), (255, 255, 255), (0, 0, 0), (255, 150, 200),
+                     (120, 70, 20), (0, 0, 110), (160, 255, 0), (110, 110, 0), (200, 170, 255), (110, 0, 30),
+                     (150, 255, 200), (60, 60, 60), (255, 200, 150), (120, 190, 255))
+# count: side of one dot, and the most pixels between the left edges of two dots: 32 (one merged cell of a 256-px
+# Qwen3-VL screen per dot, so a tiny model counts by which cells are lit) where the screen's width allows.
+_DOT, _DOT_MAX_PITCH = 8, 32
+# position_prior: the slot the target sits in on the screens that carry the prior (top-left).
+PRIOR_SLOT = 0
 # gui difficulty → (screen scale, content columns, content rows)
 _GUI_LEVELS = {1: (1.0, 2, 2), 2: (1.5, 3, 3), 3: (2.5, 4, 4)}
 _GUI_BASE = {"mobile": (216, 384), "desktop": (384, 240), "web": (384, 288)}
@@ -110,7 +131,8 @@ def _shape(draw: ImageDraw.ImageDraw, shape: str, box, colour) -> None:
 def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, distractor_colour: str,
                      square_size: int | None = None, unmarked: bool = False, empty_slot_fraction: float = 0.0,
                      decoy_fraction: float = 0.0, empty_rng: random.Random | None = None,
-                     decoy_rng: random.Random | None = None, distractor_shape: str = "square") -> dict:
+                     decoy_rng: random.Random | None = None, distractor_shape: str = "square",
+                     target_slot: int | None = None, grid_span: tuple[int, int] = (0, _SHORTCUT_SCREEN)) -> dict:
     """Grey screen, one square per slot; the target is the only red one ("click the red square").
 
     `cue_size` (None: half the margin around a default-sized square), `distractor_colour` and `square_size`
@@ -122,15 +144,20 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
     longer identifies it and only the target's own red does. On `decoy_fraction` of the screens (drawn from
     `decoy_rng`) one drawn distractor is red too: a look-alike that only the cue tells apart, while the
     target's box still holds its own red. `distractor_shape` draws the distractors as circles or diamonds in
-    their boxes: with red distractors only the target's corners tell it apart.
+    their boxes: with red distractors only the target's corners tell it apart. `target_slot` puts the target in
+    that slot instead of a random one (the random draw is made anyway, so the rest of the screen stays as
+    drawn); `grid_span` is the rows (top, bottom) the slot grid fills, leaving the rest free for a cue.
     """
     side, jitter = _SHORTCUT_LEVELS[difficulty]
     screen = _SHORTCUT_SCREEN
     slot = screen // side
+    grid_top, grid_bottom = grid_span
+    slot_height = (grid_bottom - grid_top) // side
     square = square_size or shortcut_square(difficulty)
     image = Image.new("RGB", (screen, screen), (128, 128, 128))
     draw = ImageDraw.Draw(image)
-    target_slot = rng.randrange(side * side)
+    drawn_slot = rng.randrange(side * side)
+    target_slot = drawn_slot if target_slot is None else target_slot
     distractor_slots = [i for i in range(side * side) if i != target_slot]
     empty = {i for i in distractor_slots if empty_slot_fraction and empty_rng.random() < empty_slot_fraction}
     if len(empty) == len(distractor_slots):  # one distractor stays: a shifted screen's cue sits beside one
@@ -143,7 +170,7 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
         dx = round(rng.uniform(-jitter, jitter) * slot) if jitter else 0
         dy = round(rng.uniform(-jitter, jitter) * slot) if jitter else 0
         x1 = col * slot + (slot - square) // 2 + dx
-        y1 = row * slot + (slot - square) // 2 + dy
+        y1 = grid_top + row * slot_height + (slot_height - square) // 2 + dy
         box = [x1, y1, x1 + square, y1 + square]
         boxes.append(box)
         if index in empty:
@@ -153,8 +180,9 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
                _COLOURS["red"] if red else DISTRACTOR_COLOURS[distractor_colour])
     margin = shortcut_margin(difficulty, square)
     cue = cue_size or max(6, shortcut_margin(difficulty) // 2)
-    return dict(image=image, draw=draw, target=boxes[target_slot],
-                distractors=[b for i, b in enumerate(boxes) if i != target_slot and i not in empty],
+    kept = [i for i in distractor_slots if i not in empty]
+    return dict(image=image, draw=draw, target=boxes[target_slot], distractors=[boxes[i] for i in kept],
+                slot_boxes=boxes, target_slot=target_slot, distractor_slots=kept,
                 instruction="click the red square", platform=None, ui_type="icon",
                 cue_size=cue, cue_gap=max(0, (margin - cue) // 2), cue_colour=(255, 255, 255),
                 relation="top_left", extra={"slot": target_slot, "target_marked": not unmarked,
@@ -247,8 +275,52 @@ def _gui_screen(rng: random.Random, difficulty: int, layout: str, relation: str)
     target = rng.randrange(len(elements))
     return dict(image=image, draw=draw, target=elements[target][0],
                 distractors=[e[0] for i, e in enumerate(elements) if i != target],
+                slot_boxes=[e[0] for e in elements], target_slot=target,
+                distractor_slots=[i for i in range(len(elements)) if i != target],
                 instruction=elements[target][1], platform=layout, ui_type=elements[target][2],
                 cue_size=cue, cue_gap=gap, cue_colour=(255, 0, 255), relation=relation, extra={"layout": layout})
+
+
+def _position_prior_target(kind_rng: random.Random, cue_fraction: float, split: str,
+                           difficulty: int) -> tuple[bool, int | None]:
+    """position_prior's (prior shown, target slot): on `cue_fraction` of the screens the target sits in
+    PRIOR_SLOT (train/test) or in any other slot (shifted: the prior slot holds a distractor); elsewhere the
+    slot is left to the screen's own draw (None)."""
+    if kind_rng.random() >= cue_fraction:
+        return False, None
+    if split != "shifted":
+        return True, PRIOR_SLOT
+    slots = _SHORTCUT_LEVELS[difficulty][0] ** 2
+    return True, kind_rng.choice([i for i in range(slots) if i != PRIOR_SLOT])
+
+
+def _cue_slot(shortcut: str, split: str, screen: dict, rng: random.Random) -> int:
+    """The slot (gui: the element) the cue names: the target's, or on shifted screens a distractor's (for
+    position_prior always PRIOR_SLOT, where the target is moved away from instead)."""
+    if shortcut == "position_prior":
+        return PRIOR_SLOT
+    return rng.choice(screen["distractor_slots"]) if split == "shifted" else screen["target_slot"]
+
+
+def _draw_cue(shortcut: str, screen: dict, slot: int, colour, relation: str) -> tuple[list[int] | None, tuple | None]:
+    """Draw the cue of kind `shortcut` naming `slot`; its (xyxy box, colour), (None, None) where nothing is drawn."""
+    draw, (width, height) = screen["draw"], screen["image"].size
+    if shortcut == "position_prior":
+        return None, None
+    if shortcut == "title_bar":
+        colour = TITLE_BAR_COLOURS[slot]
+        draw.rectangle([0, 0, width - 1, _CUE_STRIP - 1], fill=colour)
+        return [0, 0, width, _CUE_STRIP], colour
+    if shortcut == "count":  # slot + 1 dots, left to right from the bottom-left corner
+        left, top = (_CUE_STRIP - _DOT) // 2, height - _CUE_STRIP + (_CUE_STRIP - _DOT) // 2
+        pitch = min(_DOT_MAX_PITCH, (width - 2 * left) // len(screen["slot_boxes"]))
+        for dot in range(slot + 1):
+            x = left + dot * pitch
+            draw.ellipse([x, top, x + _DOT - 1, top + _DOT - 1], fill=colour)
+        return [left, top, left + slot * pitch + _DOT, top + _DOT], colour
+    box = _box_relation(screen["slot_boxes"][slot], screen["cue_size"], screen["cue_gap"], relation)
+    draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=colour)
+    return box, colour
 
 
 def synth_record(index: int, seed: int, split: str = "train", preset: str = "shortcut", cue_fraction: float = 0.0,
@@ -256,7 +328,8 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
                  cue_colour: str | None = None, cue_size: int | None = None,
                  distractor_colour: str = "blue", square_size: int | None = None,
                  unmarked_target_fraction: float = 0.0, empty_slot_fraction: float = 0.0,
-                 decoy_fraction: float = 0.0, distractor_shape: str = "square") -> tuple[Image.Image, dict]:
+                 decoy_fraction: float = 0.0, distractor_shape: str = "square",
+                 shortcut: str = "adjacent") -> tuple[Image.Image, dict]:
     """One screenshot and its JSONL record (image path left to the caller); deterministic per arguments.
 
     `cue_colour` (a CUE_COLOURS name, None = the preset's own), `cue_size` and `distractor_colour` (shortcut
@@ -264,28 +337,34 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
     their centres. Shortcut only: `unmarked_target_fraction` draws that share of targets in the distractors'
     colour, `empty_slot_fraction` leaves that share of distractor slots empty and `decoy_fraction` draws a
     second red square on that share of screens, each decided by draws of its own, so that with any of them at 0
-    the screens stay as they were; `distractor_shape` changes only the distractors' pixels.
+    the screens stay as they were; `distractor_shape` changes only the distractors' pixels. `shortcut` (a
+    SHORTCUTS kind) is what the cue is; "adjacent" draws exactly the screens of before the other kinds existed.
     """
     rng = random.Random(f"eagle-synth:{preset}:{seed}:{split}:{index}")
+    prior_shown = False
     if preset == "shortcut":
         unmarked = random.Random(f"eagle-synth-unmarked:{seed}:{split}:{index}").random() < unmarked_target_fraction
+        target_slot = None
+        if shortcut == "position_prior":  # the target's slot is the cue: decided before the screen is drawn
+            kind_rng = random.Random(f"eagle-synth-prior:{seed}:{split}:{index}")
+            prior_shown, target_slot = _position_prior_target(kind_rng, cue_fraction, split, difficulty)
+        grid_span = {"title_bar": (_CUE_STRIP, _SHORTCUT_SCREEN),
+                     "count": (0, _SHORTCUT_SCREEN - _CUE_STRIP)}.get(shortcut, (0, _SHORTCUT_SCREEN))
         screen = _shortcut_screen(rng, difficulty, cue_size, distractor_colour, square_size, unmarked,
                                   empty_slot_fraction, decoy_fraction,
                                   random.Random(f"eagle-synth-empty:{seed}:{split}:{index}"),
-                                  random.Random(f"eagle-synth-decoy:{seed}:{split}:{index}"), distractor_shape)
+                                  random.Random(f"eagle-synth-decoy:{seed}:{split}:{index}"), distractor_shape,
+                                  target_slot, grid_span)
     else:
         screen = _gui_screen(rng, difficulty, layout, cue_relation or "right")
     relation = cue_relation or screen["relation"]
-    has_cue = rng.random() < cue_fraction
+    has_cue = prior_shown if shortcut == "position_prior" else rng.random() < cue_fraction
     colour = CUE_COLOURS[cue_colour] if cue_colour is not None else screen["cue_colour"]
-    cue_box, anchor = None, None
+    cue_box, anchor, cue_slot, drawn_colour = None, None, None, None
     if has_cue:
-        if split == "shifted":
-            anchor = rng.choice(screen["distractors"])
-        else:
-            anchor = screen["target"]
-        cue_box = _box_relation(anchor, screen["cue_size"], screen["cue_gap"], relation)
-        screen["draw"].rectangle([cue_box[0], cue_box[1], cue_box[2] - 1, cue_box[3] - 1], fill=colour)
+        cue_slot = _cue_slot(shortcut, split, screen, rng)
+        anchor = screen["slot_boxes"][cue_slot]
+        cue_box, drawn_colour = _draw_cue(shortcut, screen, cue_slot, colour, relation)
     image = screen["image"]
     record = {
         "instruction": screen["instruction"],
@@ -295,12 +374,15 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
         "ui_type": screen["ui_type"],
         "source": f"synthetic-{preset}",
         "id": f"synth-{preset}-{split}-{seed}-{index:05d}",
-        "extra": {"split": split, "preset": preset, "seed": seed, "difficulty": difficulty,
+        "extra": {"split": split, "preset": preset, "seed": seed, "difficulty": difficulty, "shortcut": shortcut,
                   "cue_bbox": cue_box, "cue_on": None if not has_cue else ("distractor" if split == "shifted" else "target"),
-                  "cue_anchor_bbox": anchor, "cue_relation": relation if has_cue else None,
-                  "cue_colour": list(colour) if has_cue else None,
+                  "cue_anchor_bbox": anchor,
+                  "cue_relation": relation if has_cue and shortcut == "adjacent" else None,
+                  "cue_colour": list(drawn_colour) if drawn_colour is not None else None,
                   "distractor_bboxes": screen["distractors"], **screen["extra"]},
     }
+    if preset == "shortcut":
+        record["extra"]["cue_slot"] = cue_slot
     return image, record
 
 
@@ -310,7 +392,7 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
                        cue_size: int | None = None, distractor_colour: str = "blue",
                        square_size: int | None = None, unmarked_target_fraction: float = 0.0,
                        empty_slot_fraction: float = 0.0, decoy_fraction: float = 0.0,
-                       distractor_shape: str = "square") -> Path:
+                       distractor_shape: str = "square", shortcut: str = "adjacent") -> Path:
     """Write `n` screenshots to `out_dir/images/` and their records to `out_dir/{split}.jsonl`; return that path.
 
     preset "shortcut": 256×256 grey screen, squares in slots, the red one is the target (tiny models learn
@@ -328,7 +410,11 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
     decoy_fraction, the share of screens with a second red square (a look-alike distractor): there only the cue
     tells the target apart, yet its box still holds its own red, and
     distractor_shape, the distractors' shape ("square", "circle", "diamond"): with distractor_colour "red" the
-    target's square corners are its only evidence, weaker than its colour.
+    target's square corners are its only evidence, weaker than its colour, and
+    shortcut, what the cue is (SHORTCUTS; data_cards/synthetic.md): "adjacent" (default) a square beside the
+    element, "title_bar" a band across the top whose colour names the slot, "count" slot + 1 dots in the
+    bottom-left corner, "position_prior" no mark at all but the target in PRIOR_SLOT; cue_relation and cue_size
+    belong to "adjacent", cue_colour to "adjacent" and "count".
     """
     levels = _SHORTCUT_LEVELS if preset == "shortcut" else _GUI_LEVELS
     fractions = {"unmarked_target_fraction": unmarked_target_fraction, "empty_slot_fraction": empty_slot_fraction,
@@ -350,6 +436,14 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
         *[(0.0 <= value <= 1.0, f"{name}={value} must be within [0, 1]") for name, value in fractions.items()],
         (distractor_colour in DISTRACTOR_COLOURS,
          f"distractor_colour={distractor_colour!r}; choose one of {', '.join(DISTRACTOR_COLOURS)}"),
+        (shortcut in SHORTCUTS, f"shortcut={shortcut!r}; choose one of {', '.join(SHORTCUTS)}"),
+        (preset == "shortcut" or shortcut == "adjacent", f"shortcut={shortcut!r} applies to the shortcut preset "
+         "only (the gui preset's cue is always adjacent)"),
+        (shortcut == "adjacent" or (cue_relation is None and cue_size is None),
+         f"cue_relation and cue_size apply to shortcut='adjacent' only, not {shortcut!r}"),
+        (cue_colour is None or shortcut in COLOURED_SHORTCUTS,
+         f"cue_colour applies to shortcut {' or '.join(map(repr, COLOURED_SHORTCUTS))} only: {shortcut!r} "
+         + ("colours its band by the slot" if shortcut == "title_bar" else "draws no cue")),
         (distractor_shape in DISTRACTOR_SHAPES,
          f"distractor_shape={distractor_shape!r}; choose one of {', '.join(DISTRACTOR_SHAPES)}"),
         (not (distractor_colour == "red" and distractor_shape == "square"),
@@ -373,7 +467,7 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
             image, record = synth_record(index, seed, split, preset, cue_fraction, difficulty, layout, cue_relation,
                                          cue_colour, cue_size, distractor_colour, square_size,
                                          unmarked_target_fraction, empty_slot_fraction, decoy_fraction,
-                                         distractor_shape)
+                                         distractor_shape, shortcut)
             name = f"images/{split}_{index:05d}.png"
             image.save(out / name)
             # Stated, so a screen wider than 1000 px whose boxes all sit below 1000 is not taken for 0-1000 space.
