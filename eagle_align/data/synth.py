@@ -281,17 +281,17 @@ def _gui_screen(rng: random.Random, difficulty: int, layout: str, relation: str)
                 cue_size=cue, cue_gap=gap, cue_colour=(255, 0, 255), relation=relation, extra={"layout": layout})
 
 
-def _position_prior_target(kind_rng: random.Random, cue_fraction: float, split: str,
+def _position_prior_target(prior_rng: random.Random, cue_fraction: float, split: str,
                            difficulty: int) -> tuple[bool, int | None]:
     """position_prior's (prior shown, target slot): on `cue_fraction` of the screens the target sits in
     PRIOR_SLOT (train/test) or in any other slot (shifted: the prior slot holds a distractor); elsewhere the
     slot is left to the screen's own draw (None)."""
-    if kind_rng.random() >= cue_fraction:
+    if prior_rng.random() >= cue_fraction:
         return False, None
     if split != "shifted":
         return True, PRIOR_SLOT
     slots = _SHORTCUT_LEVELS[difficulty][0] ** 2
-    return True, kind_rng.choice([i for i in range(slots) if i != PRIOR_SLOT])
+    return True, prior_rng.choice([i for i in range(slots) if i != PRIOR_SLOT])
 
 
 def _cue_slot(shortcut: str, split: str, screen: dict, rng: random.Random) -> int:
@@ -346,8 +346,8 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
         unmarked = random.Random(f"eagle-synth-unmarked:{seed}:{split}:{index}").random() < unmarked_target_fraction
         target_slot = None
         if shortcut == "position_prior":  # the target's slot is the cue: decided before the screen is drawn
-            kind_rng = random.Random(f"eagle-synth-prior:{seed}:{split}:{index}")
-            prior_shown, target_slot = _position_prior_target(kind_rng, cue_fraction, split, difficulty)
+            prior_rng = random.Random(f"eagle-synth-prior:{seed}:{split}:{index}")
+            prior_shown, target_slot = _position_prior_target(prior_rng, cue_fraction, split, difficulty)
         grid_span = {"title_bar": (_CUE_STRIP, _SHORTCUT_SCREEN),
                      "count": (0, _SHORTCUT_SCREEN - _CUE_STRIP)}.get(shortcut, (0, _SHORTCUT_SCREEN))
         screen = _shortcut_screen(rng, difficulty, cue_size, distractor_colour, square_size, unmarked,
