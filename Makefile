@@ -14,7 +14,7 @@ $(BIN)/python:
 # (constraints.txt: results are deterministic for fixed versions only).
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -c constraints.txt torch torchvision
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,quant,deepspeed,tensorboard]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,quant,deepspeed,tensorboard,grpo]'
 	touch $(STAMP)
 
 install: $(STAMP)
