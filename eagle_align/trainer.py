@@ -93,7 +93,7 @@ class AlignmentStats:
     examples: dict[str, float] = field(default_factory=dict)  # per loss kind
     loss_sums: dict[str, float] = field(default_factory=dict)  # per loss kind
     gates: dict[str, float] = field(default_factory=dict)  # per gate metric (dropped or flagged samples)
-    shares: dict[str, float] = field(default_factory=dict)  # the step's gate shares, already global
+    step_values: dict[str, float] = field(default_factory=dict)  # already global: gate shares, back-off interval
 
     _SCALARS = ("selected", "attributed", "no_box", "attribution_forwards", "loss_forwards", "nonfinite_terms",
                 "padded_passes", "point_hits", "box_hits", "attribution_seconds", "loss_seconds")
@@ -114,7 +114,7 @@ class AlignmentStats:
             ("gates", k) for k in self.gates]
         values = [getattr(self, name) for name in self._SCALARS] + [getattr(self, d)[k] for d, k in keyed]
         total = distributed.all_reduce_sum(values, device)
-        out = AlignmentStats(shares=dict(self.shares))
+        out = AlignmentStats(step_values=dict(self.step_values))
         for name, value in zip(self._SCALARS, total):
             setattr(out, name, value)
         for (d, k), value in zip(keyed, total[len(self._SCALARS):]):
@@ -131,7 +131,7 @@ class AlignmentStats:
         for kind, n in self.examples.items():
             if n:
                 metrics[f"align/loss_{kind}"] = self.loss_sums[kind] / n
-        metrics.update({f"align/{name}": value for name, value in self.shares.items()})
+        metrics.update({f"align/{name}": value for name, value in self.step_values.items()})
         if self.attributed:
             metrics["align/point_game"] = self.point_hits / self.attributed
             metrics[f"align/box_hit@{BOX_HIT_K}"] = self.box_hits / self.attributed
@@ -169,6 +169,9 @@ class PriorAlignmentMixin:
         self.ranked_regions = self.args.ranked_regions  # fixed by the config: not rebuilt every alignment step
         self._alignment_metrics: dict[str, list[float]] = defaultdict(list)
         self._last_aligned_step = -1
+        # Back-off schedule (max_align_every): the current interval and the step it next aligns on.
+        self._align_interval = self.args.align_every
+        self._next_aligned_step: int | None = None
         # Cumulative counts, saved with every checkpoint (alignment_state.json) and restored on resume;
         # wall-clock totals are kept apart (not state: they differ from run to run).
         self.alignment_state: dict[str, float] = defaultdict(float)
@@ -252,9 +255,23 @@ class PriorAlignmentMixin:
 
     # ----------------------------------------------------------------------------------------- schedule
     def is_alignment_step(self) -> bool:
-        """Alignment runs on optimizer steps align_every, 2·align_every, ... (1-based), after the warm-up."""
+        """Alignment runs on optimizer steps align_every, 2·align_every, ... (1-based), after the warm-up; under
+        back-off (`max_align_every`), on the step the last alignment step scheduled."""
         step = self.state.global_step
-        return self.args.alignment and step >= self.args.align_start_step and (step + 1) % self.args.align_every == 0
+        if not self.args.alignment or step < self.args.align_start_step:
+            return False
+        if self._next_aligned_step is not None:
+            return step >= self._next_aligned_step
+        return (step + 1) % self.args.align_every == 0
+
+    def _schedule_next(self, terms: float) -> None:
+        """Back-off: the interval to the next alignment step doubles after a step where no term fired (counted
+        over every rank, so all ranks agree) and returns to align_every when one does."""
+        most = getattr(self.args, "max_align_every", None)
+        if most is None:
+            return
+        self._align_interval = self.args.align_every if terms else min(2 * self._align_interval, most)
+        self._next_aligned_step = self.state.global_step + self._align_interval
 
     # ---------------------------------------------------------------------------------------- selection
     def _select(self, model: torch.nn.Module, inputs: dict, metas: list) -> tuple[list[int], dict[int, float]]:
@@ -329,7 +346,7 @@ class PriorAlignmentMixin:
                 if gate.flagged_metric:
                     stats.gates[gate.flagged_metric] += sum(verdicts.flagged)
                 if step_full > 0:
-                    stats.shares[gate.share_metric] = step_measured / step_full
+                    stats.step_values[gate.share_metric] = step_measured / step_full
                 keep = [a and b for a, b in zip(keep, verdicts.keep)]
             built = [(m.index, self._examples(samples, m)) for m, kept in zip(measured, keep)]
             for (_, examples), kept in zip(built, keep):
@@ -350,6 +367,9 @@ class PriorAlignmentMixin:
             weights[term.kind] = term.weight * distributed.world_size() / total if total else 0.0
         for k, plan in enumerate(plans):
             plan.agreed_chunks, plan.weights = int(counts[:, k, 0].max()), weights
+        self._schedule_next(float(counts[..., 1:].sum()))
+        if getattr(self.args, "max_align_every", None) is not None:
+            plans[0].stats.step_values["interval"] = float(self._align_interval)
         return plans
 
     def _examples(self, samples: _BatchSamples, m: _MeasuredSample) -> AlignmentExamples:
@@ -511,7 +531,8 @@ class PriorAlignmentMixin:
             self.create_model_card(output_dir=folder)
 
     def _write_alignment_state(self, folder: str) -> None:
-        state = {**self.alignment_state, "last_aligned_step": self._last_aligned_step}
+        state = {**self.alignment_state, "last_aligned_step": self._last_aligned_step,
+                 "align_interval": self._align_interval, "next_aligned_step": self._next_aligned_step}
         Path(folder).mkdir(parents=True, exist_ok=True)
         with open(os.path.join(folder, ALIGNMENT_STATE_FILE), "w") as handle:
             json.dump(state, handle, indent=2)
@@ -533,6 +554,8 @@ class PriorAlignmentMixin:
             with open(path) as handle:
                 saved = json.load(handle)
             self._last_aligned_step = int(saved.pop("last_aligned_step", -1))
+            self._align_interval = int(saved.pop("align_interval", self.args.align_every))
+            self._next_aligned_step = saved.pop("next_aligned_step", None)
             self.alignment_state = defaultdict(float, {k: float(v) for k, v in saved.items() if math.isfinite(v)})
         return super().train(resume_from_checkpoint, *args, **kwargs)
 

@@ -598,3 +598,23 @@ def test_point_only_samples_train_as_sft_and_are_counted_not_aligned(lora_setup,
     assert trainer.alignment_state["no_box"] == 4
     after = lora_state(model)
     assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_backoff_doubles_the_interval_while_nothing_fires_and_returns_when_a_term_does(lora_setup, tmp_path):
+    model, processor, collator = lora_setup
+    # Nothing can be selected (P ≥ 1 is impossible): every alignment step applies no term, so the schedule backs off.
+    idle = config(tmp_path, per_device_train_batch_size=2, max_steps=12, align_every=1, max_align_every=4,
+                  selection="confident_correct", min_confidence=1.0)
+    trainer = PriorAlignedTrainer(model=model, args=idle, train_dataset=examples(8), data_collator=collator)
+    trainer.train()
+    aligned = {h["step"]: h["align/interval"] for h in trainer.state.log_history if "align/interval" in h}
+    # Logged at step s + 1 for the alignment step at global step s: 0, then 0 + 2, 2 + 4, 6 + 4.
+    assert aligned == {1: 2.0, 3: 4.0, 7: 4.0, 11: 4.0}
+    assert trainer.alignment_state["alignment_steps"] == 4
+
+    busy = config(tmp_path, per_device_train_batch_size=2, max_steps=3, align_every=1, max_align_every=4)
+    trainer = PriorAlignedTrainer(model=model, args=busy, train_dataset=examples(6), data_collator=collator)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert all(h["align/deviation_examples"] + h["align/redundancy_examples"] > 0 for h in logs), logs
+    assert [h["align/interval"] for h in logs] == [1.0, 1.0, 1.0]

@@ -36,6 +36,10 @@ class ExperimentalAlignmentConfig(PriorAlignedConfig):
             (`step`) or each sample alone (`sample`).
         adaptive_beta (`float`, defaults to `2.0`): β of `loss_variant="adaptive_log"`.
         selection (`str`, defaults to `"confident_correct"`): `all` aligns every sample, right or wrong.
+        max_align_every (`int` or `None`, defaults to `None`): back off while nothing fires. After an alignment
+            step that applies no loss term (on any rank), the interval to the next one doubles, up to this many
+            optimizer steps; a step with a term returns it to `align_every`. Logged as `align/interval`. `None`
+            keeps the fixed schedule.
     """
 
     lambda_necessity: float = field(default=0.0, metadata={"help": "Weight of the necessity loss on P(x_¬B)."})
@@ -49,6 +53,9 @@ class ExperimentalAlignmentConfig(PriorAlignedConfig):
     blank_gate_scope: str = field(default="step", metadata={"help": "step | sample."})
     adaptive_beta: float = field(default=2.0, metadata={"help": "β of loss_variant adaptive_log."})
     selection: str = field(default="confident_correct", metadata={"help": "confident_correct | all."})
+    max_align_every: int | None = field(
+        default=None, metadata={"help": "Back-off: double the alignment interval after a step with no term, up to this."}
+    )
 
     @property
     def loss_variants(self) -> tuple[str, ...]:
@@ -71,6 +78,8 @@ class ExperimentalAlignmentConfig(PriorAlignedConfig):
                 raise ValueError(f"deviation_margin needs search=single_round (singleton scores), got {self.search!r}")
         if self.necessity_gate == "box_evidence" and self.min_box_sufficiency is None:
             raise ValueError("necessity_gate=box_evidence reads its share from min_box_sufficiency; set it (e.g. 0.5)")
+        if self.max_align_every is not None and self.max_align_every < self.align_every:
+            raise ValueError(f"max_align_every={self.max_align_every} must be at least align_every={self.align_every}")
         if not self.adaptive_beta > 0:
             raise ValueError(f"adaptive_beta={self.adaptive_beta} must be > 0")
 
