@@ -1,12 +1,14 @@
-"""Regenerate the results tables in method_comparison/README.md from results/<config>/seed<S>.json, and from
-nothing else, so the README shows exactly what the result files hold.
+"""Regenerate the results tables in method_comparison/README.md (and the project README's summary) from
+results/<kind>/<config>/seed<S>.json, and from nothing else, so the READMEs show exactly what the files hold.
 
-    python method_comparison/make_tables.py           # rewrite the tables between the README's markers
-    python method_comparison/make_tables.py --check   # exit 1 if the README's tables are out of date
+    python method_comparison/make_tables.py           # rewrite the tables between the READMEs' markers
+    python method_comparison/make_tables.py --check   # exit 1 if a README's tables are out of date
 
-One row per (config, seed), failed runs included (with their error), then one row per config with the mean over
-its successful full-length seeds. Quick runs (--quick: a pipeline check, not a measurement) are marked and left
-out of the means.
+Per shortcut kind: one row per (config, seed), failed runs included (with their error) and suite rows without a
+run shown as "not run"; then one row per (config, phase) with the means over its successful full-length seeds,
+development (suite.yaml's dev seeds) and evaluation seeds apart. Training time is also given as a ratio to the
+SFT row of the same kind and seed (the result's `reference_sft`). Quick runs (--quick: a pipeline check, not a
+measurement) are marked and left out of the means. suite.yaml gives only the row order and labels.
 """
 
 from __future__ import annotations
@@ -18,41 +20,83 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
 PROJECT_README = HERE.parent / "README.md"
+SUITE = HERE / "suite.yaml"
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
-# The project README's small table: the reference configs' full-length runs only.
 PROJECT_START, PROJECT_END = "<!-- readme-table:start -->", "<!-- readme-table:end -->"
-# Reference rows first, then the experiments alphabetically.
-FIRST = ("sft", "default", "paper")
 FIGURES = (("iid_click_pct", "iid %"), ("shifted_click_pct", "shifted %"), ("point_game_pct", "point game %"))
+# The earlier from-scratch paper-preset row stays in the project README's summary until the suite's paper row
+# (LoRA) has full-length results: (its short name, the suite row that replaces it).
+PROJECT_FALLBACK = {"paper": ("paper preset, scratch", "paper_lora")}
+
+
+def load_suite(path: Path = SUITE) -> dict[str, Any]:
+    """Row order, labels, kinds and seeds of each phase (presentation only: the figures come from results/)."""
+    suite = yaml.safe_load(path.read_text())
+    return {"rows": [row["config"] for row in suite["rows"]],
+            "labels": {row["config"]: row.get("label", row["config"]) for row in suite["rows"]},
+            "readme": {row["config"]: row["readme"] for row in suite["rows"] if "readme" in row},
+            "kinds": list(suite["shortcuts"]), "seeds": {phase: list(s) for phase, s in suite["seeds"].items()}}
 
 
 def load_results(folder: Path = RESULTS) -> list[dict[str, Any]]:
+    """Every result file; the kind and config come from its path where the file lacks them or is unreadable."""
     rows = []
-    for path in sorted(folder.glob("*/seed*.json")):
+    for path in sorted(folder.glob("*/*/seed*.json")):
+        kind, config, seed = path.parent.parent.name, path.parent.name, path.stem.removeprefix("seed")
         try:
             row = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:  # a broken file is a row too, not a crash
-            row = {"config": path.parent.name, "seed": path.stem.removeprefix("seed"), "status": "failed",
+            row = {"config": config, "seed": int(seed) if seed.isdigit() else seed, "status": "failed",
                    "error": f"unreadable result file: {error}"}
-        rows.append(row)
-
-    def order(row: dict[str, Any]) -> tuple:
-        config = row.get("config", "")
-        rank = FIRST.index(config) if config in FIRST else len(FIRST)
-        seed = row.get("seed")
-        return rank, config, seed if isinstance(seed, int) else 10**9, str(seed)
-
-    return sorted(rows, key=order)
+        rows.append({**row, "kind": row.get("kind") or kind})
+    return rows
 
 
-def _cell(value: Any) -> str:
+def phase(row: dict[str, Any], suite: dict[str, Any]) -> str:
+    """dev, eval or other: the suite the run was part of, else the phase its seed belongs to."""
+    if row.get("suite"):
+        return row["suite"]
+    return next((name for name, seeds in suite["seeds"].items() if row.get("seed") in seeds), "other")
+
+
+def reference(row: dict[str, Any]) -> str:
+    """The SFT row this row's training time is divided by."""
+    if row.get("reference_sft"):
+        return row["reference_sft"]
+    lora = (row.get("trained_config") or {}).get("finetuning") == "lora"
+    return "sft_lora" if lora else "sft"
+
+
+def time_ratio(row: dict[str, Any], rows: list[dict[str, Any]]) -> float | None:
+    """Training seconds over those of the reference SFT run of the same kind, seed and size (None if absent)."""
+    sft = next((other for other in rows if other.get("config") == reference(row) and other.get("status") == "ok"
+                and other.get("kind") == row.get("kind") and other.get("seed") == row.get("seed")
+                and bool(other.get("quick")) == bool(row.get("quick"))), None)
+    if row.get("status") != "ok" or sft is None or not sft.get("training_seconds"):
+        return None
+    return row["training_seconds"] / sft["training_seconds"]
+
+
+def _order(configs: set[str], suite: dict[str, Any]) -> list[str]:
+    """Suite rows in suite order, then the other configs alphabetically."""
+    return [c for c in suite["rows"] if c in configs] + sorted(configs - set(suite["rows"]))
+
+
+def _seed_key(row: dict[str, Any]) -> tuple:
+    seed = row.get("seed")
+    return (seed if isinstance(seed, int) else 10**9, str(seed))
+
+
+def _cell(value: Any, digits: int = 1) -> str:
     if value is None:
         return "–"
-    return f"{value:.1f}" if isinstance(value, float) else str(value)
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def _error_line(row: dict[str, Any]) -> str:
@@ -60,76 +104,129 @@ def _error_line(row: dict[str, Any]) -> str:
     return (error[:117] + "...") if len(error) > 120 else error
 
 
-def per_seed_table(rows: list[dict[str, Any]]) -> str:
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {spread:.1f}"
+
+
+def per_seed_table(kind_rows: list[dict[str, Any]], all_rows: list[dict[str, Any]], suite: dict[str, Any]) -> str:
     lines = ["| config | seed | status | " + " | ".join(label for _, label in FIGURES)
-             + " | deviation terms | training s | steps | eagle_align |",
-             "|---|---:|---|" + "---:|" * len(FIGURES) + "---:|---:|---:|---|"]
-    for row in rows:
-        ok = row.get("status") == "ok"
-        status = ("ok" + (" (quick)" if row.get("quick") else "")) if ok else f"**failed**: {_error_line(row)}"
-        figures = row.get("figures") or {}
-        cells = [_cell(figures.get(key)) for key, _ in FIGURES]
-        version = (row.get("versions") or {}).get("eagle_align")
-        lines.append(f"| {row.get('config')} | {row.get('seed')} | {status} | {' | '.join(cells)} | "
-                     f"{_cell(figures.get('deviation_terms'))} | {_cell(row.get('training_seconds'))} | "
-                     f"{_cell(row.get('steps'))} | {_cell(version)} |")
+             + " | training s | × SFT time | deviation terms | steps | eagle_align |",
+             "|---|---:|---|" + "---:|" * len(FIGURES) + "---:|---:|---:|---:|---|"]
+    blank = " | ".join(["–"] * (len(FIGURES) + 5))
+    configs = {row.get("config") for row in kind_rows} | set(suite["rows"])
+    for config in _order(configs, suite):
+        runs = sorted((row for row in kind_rows if row.get("config") == config), key=_seed_key)
+        if not runs:
+            lines.append(f"| {config} | – | not run | {blank} |")
+        for row in runs:
+            ok = row.get("status") == "ok"
+            status = ("ok" + (" (quick)" if row.get("quick") else "")) if ok else f"**failed**: {_error_line(row)}"
+            figures = row.get("figures") or {}
+            cells = [_cell(figures.get(key)) for key, _ in FIGURES]
+            version = (row.get("versions") or {}).get("eagle_align")
+            lines.append(f"| {config} | {row.get('seed')} | {status} | {' | '.join(cells)} | "
+                         f"{_cell(row.get('training_seconds'))} | {_cell(time_ratio(row, all_rows), 2)} | "
+                         f"{_cell(figures.get('deviation_terms'))} | {_cell(row.get('steps'))} | {_cell(version)} |")
     return "\n".join(lines)
 
 
-def mean_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| config | seeds (ok / run) | " + " | ".join(f"{label} mean ± std" for _, label in FIGURES) + " |",
-             "|---|---|" + "---:|" * len(FIGURES)]
-    configs = list(dict.fromkeys(row.get("config") for row in rows if not row.get("quick")))
-    for config in configs:
-        runs = [row for row in rows if row.get("config") == config and not row.get("quick")]
-        ok = [row for row in runs if row.get("status") == "ok"]
-        cells = []
-        for key, _ in FIGURES:
-            values = [row["figures"][key] for row in ok if row.get("figures", {}).get(key) is not None]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f}" if values else "–")
-        seeds = ", ".join(str(row.get("seed")) for row in ok) or "none"
-        lines.append(f"| {config} | {seeds} ({len(ok)} / {len(runs)}) | {' | '.join(cells)} |")
+def mean_table(kind_rows: list[dict[str, Any]], all_rows: list[dict[str, Any]], suite: dict[str, Any]) -> str:
+    lines = ["| config | seeds | ok / run | " + " | ".join(f"{label} mean ± std" for _, label in FIGURES)
+             + " | training s mean | × SFT time mean |",
+             "|---|---|---|" + "---:|" * len(FIGURES) + "---:|---:|"]
+    full = [row for row in kind_rows if not row.get("quick")]
+    for config in _order({row.get("config") for row in full}, suite):
+        for name in ("dev", "eval", "other"):
+            runs = [row for row in full if row.get("config") == config and phase(row, suite) == name]
+            if not runs:
+                continue
+            ok = sorted((row for row in runs if row.get("status") == "ok"), key=_seed_key)
+            cells = [_mean_std([row["figures"][key] for row in ok if row["figures"].get(key) is not None])
+                     for key, _ in FIGURES]
+            seconds = [row["training_seconds"] for row in ok if row.get("training_seconds") is not None]
+            ratios = [ratio for row in ok if (ratio := time_ratio(row, all_rows)) is not None]
+            seeds = ", ".join(str(row.get("seed")) for row in ok) or "none"
+            lines.append(f"| {config} | {name}: {seeds} | {len(ok)} / {len(runs)} | {' | '.join(cells)} | "
+                         f"{_cell(statistics.mean(seconds) if seconds else None)} | "
+                         f"{_cell(statistics.mean(ratios) if ratios else None, 2)} |")
     return "\n".join(lines)
 
 
-def tables(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "No results yet: run `python method_comparison/run.py`, then this script."
-    parts = ["Per seed (every run, failures included):", "", per_seed_table(rows)]
-    if any(not row.get("quick") for row in rows):
-        parts += ["", "Mean ± sample standard deviation over each config's successful full-length seeds:", "",
-                  mean_table(rows)]
-    return "\n".join(parts)
-
-
-def project_table(rows: list[dict[str, Any]]) -> str:
-    """The project README's table: SFT, the default method and the paper preset, per seed, as they came."""
-    chosen = [row for row in rows if row.get("config") in FIRST and not row.get("quick")]
-    if not chosen:
-        return "No full-length results yet (`python method_comparison/run.py --configs sft default paper`)."
-    names = {"sft": "SFT", "default": "prior-aligned (default)", "paper": "prior-aligned (`preset: paper`)"}
-    lines = ["| method | seed | iid | shifted | point game |", "|---|---:|---:|---:|---:|"]
-    for row in chosen:
-        figures = row.get("figures") or {}
-        if row.get("status") != "ok":
-            lines.append(f"| {names[row['config']]} | {row.get('seed')} | failed: {_error_line(row)} | | |")
+def tables(rows: list[dict[str, Any]], suite: dict[str, Any]) -> str:
+    kinds = suite["kinds"] + sorted({row["kind"] for row in rows} - set(suite["kinds"]))
+    parts = []
+    for kind in kinds:
+        kind_rows = [row for row in rows if row["kind"] == kind]
+        parts += [f"### Shortcut: {kind}", ""]
+        if not kind_rows:
+            parts += ["Not run yet.", ""]
             continue
-        lines.append(f"| {names[row['config']]} | {row.get('seed')} | "
-                     + " | ".join(_cell(figures.get(key)) for key, _ in FIGURES) + " |")
+        parts += ["Per seed (every run, failures included):", "", per_seed_table(kind_rows, rows, suite), ""]
+        if any(not row.get("quick") for row in kind_rows):
+            parts += ["Mean ± sample standard deviation over each config's successful full-length seeds, per "
+                      "phase:", "", mean_table(kind_rows, rows, suite), ""]
+    return "\n".join(parts).rstrip()
+
+
+def _seed_list(seeds: list[int]) -> str:
+    """Seeds as one token: 0–2, or 0,2 where they are not a run."""
+    ordered = sorted(set(seeds))
+    if len(ordered) > 2 and ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{ordered[0]}–{ordered[-1]}"
+    return ",".join(map(str, ordered))
+
+
+def project_table(rows: list[dict[str, Any]], suite: dict[str, Any]) -> str:
+    """The project README's summary: per method and shortcut kind, "iid/shifted/point game" (%), the evaluation
+    seeds' means where they ran, else the development seeds' (the seeds column says which). Compact, because
+    the README has a word budget: short names, one token per cell, a dash where a kind has not run."""
+    full = [row for row in rows if not row.get("quick")]
+    if not full:
+        return "No full-length results yet (`python method_comparison/run.py --suite dev`)."
+    kinds = [kind for kind in suite["kinds"] if any(row["kind"] == kind for row in full)]
+    kinds += sorted({row["kind"] for row in full} - set(kinds))
+    names = dict(suite["readme"])
+    for config, (name, replacement) in PROJECT_FALLBACK.items():
+        if not any(row.get("config") == replacement for row in full):
+            names[config] = name
+    lines = ["| method | seeds | " + " | ".join(kinds) + " | × SFT time |", "|---|---|" + "---|" * len(kinds) + "---:|"]
+    for config, name in names.items():
+        runs = [row for row in full if row.get("config") == config]
+        chosen = "eval" if any(phase(row, suite) == "eval" for row in runs) else "dev"
+        runs = [row for row in runs if phase(row, suite) == chosen]
+        if not runs:
+            continue
+        cells = []
+        for kind in kinds:
+            of_kind = [row for row in runs if row["kind"] == kind]
+            ok = [row for row in of_kind if row.get("status") == "ok"]
+            if not ok:
+                cells.append("failed" if of_kind else "–")
+                continue
+            means = [statistics.mean(values) if (values := [row["figures"][key] for row in ok
+                                                            if row["figures"].get(key) is not None]) else None
+                     for key, _ in FIGURES]
+            failed = len(of_kind) - len(ok)
+            cells.append("/".join(_cell(mean) for mean in means) + (f" ({failed} failed)" if failed else ""))
+        ratios = [ratio for row in runs if (ratio := time_ratio(row, rows)) is not None]
+        seeds = _seed_list([row["seed"] for row in runs if isinstance(row.get("seed"), int)])
+        ratio = f"{statistics.mean(ratios):.1f}×" if ratios else "–"
+        lines.append(f"| {name} | {chosen}:{seeds} | {' | '.join(cells)} | {ratio} |")
     return "\n".join(lines)
 
 
-def render(readme_text: str, rows: list[dict[str, Any]], markers: tuple[str, str] = (START, END),
-           make=tables, source: str = "results/") -> str:
-    """The README with the text between the markers replaced by the generated table(s)."""
+def render(readme_text: str, body: str, markers: tuple[str, str] = (START, END), source: str = "results/") -> str:
+    """The README with the text between the markers replaced by `body`."""
     start_marker, end_marker = markers
     head, start, rest = readme_text.partition(start_marker)
     _, end, tail = rest.partition(end_marker)
     if not start or not end:
         raise SystemExit(f"README has no {start_marker} ... {end_marker} markers")
     generated = f"<!-- generated by make_tables.py from {source}; do not edit by hand -->"
-    return f"{head}{start_marker}\n{generated}\n\n{make(rows)}\n\n{end_marker}{tail}"
+    return f"{head}{start_marker}\n{generated}\n\n{body}\n\n{end_marker}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,20 +234,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
     parser.add_argument("--readme", type=Path, default=README, help=f"README to update (default: {README})")
     parser.add_argument("--project-readme", type=Path, default=None,
-                        help=f"the project README whose small table is updated too (default: {PROJECT_README} "
+                        help=f"the project README whose summary is updated too (default: {PROJECT_README} "
                         "when --readme is the default one)")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the README's tables are out of date")
+    parser.add_argument("--suite", type=Path, default=SUITE, help=f"row order and labels (default: {SUITE})")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the READMEs' tables are out of date")
     args = parser.parse_args(argv)
-    rows = load_results(args.results)
-    targets = [(args.readme, lambda text: render(text, rows))]
+    rows, suite = load_results(args.results), load_suite(args.suite)
+    targets = [(args.readme, tables(rows, suite), (START, END), "results/")]
     project = args.project_readme or (PROJECT_README if args.readme == README else None)
     if project is not None:
-        targets.append((project, lambda text: render(
-            text, rows, (PROJECT_START, PROJECT_END), project_table, "method_comparison/results/")))
+        targets.append((project, project_table(rows, suite), (PROJECT_START, PROJECT_END),
+                        "method_comparison/results/"))
     stale = []
-    for path, update in targets:
+    for path, body, markers, source in targets:
         text = path.read_text(encoding="utf-8")
-        updated = update(text)
+        updated = render(text, body, markers, source)
         if updated != text:
             stale.append(path)
             if not args.check:

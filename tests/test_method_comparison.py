@@ -1,5 +1,7 @@
-"""method_comparison/: every config is one self-contained recipe the library loads, the table is made from the
-result files alone (failures shown like successes), and the library does not depend on the folder."""
+"""method_comparison/: every config is one self-contained recipe the library loads, the LoRA rows differ only in
+their method, the evaluation seeds run only on frozen settings, the tables are made from the result files alone
+(failures and missing rows shown), the placebo reproduces SFT exactly, and the library does not depend on the
+folder."""
 
 from __future__ import annotations
 
@@ -13,53 +15,263 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eagle_align.train import load_config, parse_config
+from eagle_align import demo
+from eagle_align.train import load_config, parse_config, valid_keys
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "method_comparison"
 CONFIGS = sorted((FOLDER / "configs").glob("*.yaml"))
 DEMO_RECIPE = REPO / "eagle_align" / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
+LORA_ROWS = ("sft_lora", "box_crop_lora", "default_lora", "paper_lora", "placebo_lora")
 
 
 def _script(name: str):
     spec = importlib.util.spec_from_file_location(f"method_comparison_{name}", FOLDER / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through the module's entry
     spec.loader.exec_module(module)
     return module
 
 
+run_script = _script("run")
+
+
 def test_the_reference_configs_and_the_experiments_are_there():
     names = {path.stem for path in CONFIGS}
-    assert {"default", "sft", "paper"} <= names
-    assert len(names) >= 38  # the three references and the 35 experiments moved from recipes/experiments
+    assert {"default", "sft", "paper", *LORA_ROWS} <= names
+    assert len(names) >= 43  # the 3 from-scratch references, 35 experiments and the 5 LoRA rows
     assert not (REPO / "eagle_align" / "recipes" / "experiments").exists()
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_every_config_loads_and_is_self_contained(config):
     assert "base" not in (yaml.safe_load(config.read_text()) or {})
-    parsed = parse_config(load_config(config))  # every key known and every value of the right type
+    row = run_script.read_row_config(str(config))
+    # A recipe key a library change is still adding is the only key the library may not know yet.
+    pending = {key for key in run_script.PENDING_RECIPE_KEYS if key not in valid_keys()}
+    recipe = {key: value for key, value in row.recipe.items() if key not in pending}
+    parsed = parse_config(load_config(None, recipe))  # every key known and every value of the right type
     assert parsed[0].model_name_or_path and parsed[1].train_data
 
 
 def test_reference_configs_are_the_demo_recipe():
-    demo = load_config(DEMO_RECIPE)
-    assert load_config(FOLDER / "configs" / "default.yaml") == demo
+    demo_recipe = load_config(DEMO_RECIPE)
+    assert load_config(FOLDER / "configs" / "default.yaml") == demo_recipe
     sft = load_config(FOLDER / "configs" / "sft.yaml")
-    assert sft == {**demo, "alignment": False}
+    assert sft == {**demo_recipe, "alignment": False}
     paper = load_config(FOLDER / "configs" / "paper.yaml")
-    assert paper == {**demo, "preset": "paper"}
+    assert paper == {**demo_recipe, "preset": "paper"}
 
 
 def test_experiments_are_the_demo_recipe_plus_their_own_keys():
-    demo = load_config(DEMO_RECIPE)
+    demo_recipe = load_config(DEMO_RECIPE)
     for path in CONFIGS:
-        if path.stem in ("default", "sft", "paper"):
+        if path.stem in ("default", "sft", "paper", *LORA_ROWS):
             continue
         config = load_config(path)
         # Of the demo's own keys, only the schedule may differ (a row keeps the steps it was measured with).
-        assert {k for k, v in demo.items() if config.get(k) != v} <= {"align_start_step", "max_steps"}, path.name
-        assert config != demo, f"{path.name} changes nothing"
+        assert {k for k, v in demo_recipe.items() if config.get(k) != v} <= {"align_start_step", "max_steps"}, path.name
+        assert config != demo_recipe, f"{path.name} changes nothing"
+
+
+def test_lora_rows_differ_from_sft_lora_only_in_their_method():
+    rows = {name: run_script.read_row_config(name) for name in LORA_ROWS}
+    sft = rows["sft_lora"]
+    assert sft.lora and not sft.alignment and sft.benchmark  # the shortcut data every LoRA row shares
+    assert all(row.benchmark == sft.benchmark and row.trainer == "prior_aligned" for row in rows.values())
+    assert rows["default_lora"].recipe == {**sft.recipe, "alignment": True}
+    assert rows["paper_lora"].recipe == {**sft.recipe, "alignment": True, "preset": "paper"}
+    assert rows["placebo_lora"].recipe == {**rows["default_lora"].recipe, "lambda_deviation": 0.0}
+    assert rows["box_crop_lora"].recipe == {
+        **sft.recipe, "augment": {"kind": "box_crop", "probability": 0.5, "scale": [0.5, 1.5]}}
+
+
+def test_the_suite_names_its_rows_seeds_and_kinds():
+    suite = run_script.load_suite()
+    configs = [row.config for row in suite.rows]
+    assert set(LORA_ROWS) | {"sft", "default"} == set(configs)
+    assert all(row.sft in configs for row in suite.rows)
+    assert suite.seeds == {"dev": [0, 1, 2], "eval": [10, 11, 12, 13, 14]}
+    assert suite.shortcuts[0] == "adjacent" and "position_prior" in suite.shortcuts
+    for name in configs:
+        run_script.config_file(name)  # exists
+    run_script.check_kinds(suite.shortcuts)  # every kind one the library draws
+    with pytest.raises(SystemExit, match="shortcut kind.s. titel_bar unknown; eagle_align draws adjacent"):
+        run_script.check_kinds(["adjacent", "titel_bar"])
+
+
+def test_runner_names_an_unknown_config_and_records_versions():
+    assert run_script.config_file("default") == FOLDER / "configs" / "default.yaml"
+    with pytest.raises(SystemExit, match="no config 'nope': choose from .*default"):
+        run_script.config_file("nope")
+    versions = run_script.package_versions()
+    assert {"torch", "transformers", "peft", "accelerate", "eagle_align"} <= set(versions)
+    assert versions["eagle_align"]
+
+
+def test_rows_the_library_cannot_run_yet_are_named(tmp_path, monkeypatch):
+    sft = run_script.read_row_config("sft_lora")
+    assert run_script.missing_features(sft, "adjacent") == []
+    monkeypatch.setattr(run_script, "shortcut_keyword_available", lambda: False)
+    assert "title_bar" in " ".join(run_script.missing_features(sft, "title_bar"))
+    grpo = tmp_path / "grpo_from_sft.yaml"
+    grpo.write_text(yaml.safe_dump({**yaml.safe_load((FOLDER / "configs" / "sft_lora.yaml").read_text()),
+                                    "trainer": "grpo", "init_from": "sft_lora"}))
+    row = run_script.read_row_config(str(grpo))
+    assert row.trainer == "grpo" and row.init_from == "sft_lora" and "trainer" not in row.recipe
+    assert any("trainer 'grpo'" in reason for reason in run_script.missing_features(row, "adjacent"))
+    box_crop = run_script.read_row_config("box_crop_lora")
+    assert bool(run_script.missing_features(box_crop, "adjacent")) == ("augment" not in valid_keys())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer: ppo\n")
+    with pytest.raises(SystemExit, match="trainer 'ppo'; choose one of prior_aligned, grpo"):
+        run_script.read_row_config(str(bad))
+
+
+def test_init_from_must_name_a_row_run_before_it(tmp_path):
+    grpo = tmp_path / "grpo_from_sft.yaml"
+    grpo.write_text("init_from: sft_lora\ntrainer: grpo\n")
+    rows = {"grpo_from_sft": run_script.read_row_config(str(grpo)), "sft_lora": run_script.read_row_config("sft_lora")}
+    with pytest.raises(SystemExit, match="init_from 'sft_lora' must be a config run before it"):
+        run_script.check_init_order(rows)
+    run_script.check_init_order(dict(reversed(rows.items())))
+
+
+def test_evaluation_seeds_run_only_on_frozen_settings(tmp_path, monkeypatch):
+    frozen = tmp_path / "FROZEN"
+    monkeypatch.setattr(run_script, "FROZEN", frozen)
+    suite = run_script.load_suite()
+    with pytest.raises(SystemExit, match="FROZEN is missing: choose settings on the development seeds"):
+        run_script.main(["--suite", "eval", "--results", str(tmp_path / "results")])
+    settings = run_script.write_frozen(suite)
+    assert run_script.check_frozen(suite) == settings
+    lines = frozen.read_text().splitlines()
+    assert any(line.endswith("  method_comparison/configs/placebo_lora.yaml") for line in lines)
+    assert any(line.endswith("  method_comparison/pretrain_base.yaml") for line in lines)
+    # A config edited after freezing: the evaluation suite refuses and names it.
+    frozen.write_text("\n".join("0" * 64 + line[64:] if line.endswith("sft_lora.yaml") else line
+                                for line in lines) + "\n")
+    with pytest.raises(SystemExit, match=r"settings changed since they were frozen \(method_comparison/configs/"
+                                         r"sft_lora.yaml\)"):
+        run_script.main(["--suite", "eval", "--results", str(tmp_path / "results")])
+    # Evaluation seeds never run outside the frozen suite, and the suite runs as it is.
+    with pytest.raises(SystemExit, match=r"seeds \[10\] are evaluation seeds"):
+        run_script.main(["--configs", "sft_lora", "--seeds", "0", "10"])
+    with pytest.raises(SystemExit, match="--suite eval runs the frozen suite as it is"):
+        run_script.main(["--suite", "eval", "--quick"])
+
+
+def test_evaluation_suite_runs_once_per_freeze(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_script, "FROZEN", tmp_path / "FROZEN")
+    monkeypatch.setattr(run_script, "missing_features", lambda row, kind: [])
+    suite = run_script.load_suite()
+    settings = run_script.write_frozen(suite)
+    results = tmp_path / "results"
+    assert run_script.evaluation_plan(suite, results) == settings
+    done = results / "adjacent" / "sft_lora" / "seed12.json"
+    done.parent.mkdir(parents=True)
+    done.write_text(json.dumps({"frozen": "an earlier freeze"}))
+    assert run_script.evaluation_plan(suite, results) == settings  # a changed freeze reruns every row
+    done.write_text(json.dumps({"frozen": settings}))
+    with pytest.raises(SystemExit, match="already ran on these frozen settings"):
+        run_script.evaluation_plan(suite, results)
+
+
+def _result(config: str, seed: int, figures: dict | None, status: str = "ok", kind: str = "adjacent",
+            seconds: float | None = 100.0, **extra) -> dict:
+    return {"config": config, "kind": kind, "seed": seed, "status": status, "quick": False, "figures": figures,
+            "training_seconds": seconds if figures else None, "steps": 300 if figures else None,
+            "versions": {"eagle_align": "0.1.0"}, **extra}
+
+
+def _figures(iid: float, shifted: float, point_game: float | None, terms: int | None = None) -> dict:
+    return {"iid_click_pct": iid, "shifted_click_pct": shifted, "point_game_pct": point_game,
+            "deviation_terms": terms}
+
+
+def test_tables_are_made_from_the_result_files_alone(tmp_path):
+    tables = _script("make_tables")
+    results = tmp_path / "results"
+    rows = [
+        _result("sft_lora", 0, _figures(100.0, 37.5, 40.0), reference_sft="sft_lora"),
+        _result("sft_lora", 1, _figures(100.0, 50.0, 50.0), seconds=200.0, reference_sft="sft_lora"),
+        _result("default_lora", 0, _figures(100.0, 87.5, 81.25, 12), seconds=150.0, reference_sft="sft_lora"),
+        _result("default_lora", 1, _figures(100.0, 100.0, 100.0, 7), seconds=500.0, reference_sft="sft_lora"),
+        _result("default_lora", 2, None, status="failed", error="RuntimeError: loss is nan\nat step 310",
+                reference_sft="sft_lora"),
+        _result("default_lora", 10, _figures(100.0, 96.0, 90.0, 5), suite="eval", reference_sft="sft_lora"),
+        _result("sft_lora", 10, _figures(100.0, 20.0, 30.0), suite="eval", seconds=50.0, reference_sft="sft_lora"),
+        _result("regions_32", 0, _figures(50.0, 25.0, None, 3), quick=True),
+        _result("sft_lora", 0, _figures(99.0, 45.0, 40.0), kind="title_bar", reference_sft="sft_lora"),
+    ]
+    for row in rows:
+        path = results / row["kind"] / row["config"] / f"seed{row['seed']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(row))
+    (results / "adjacent" / "broken").mkdir()
+    (results / "adjacent" / "broken" / "seed0.json").write_text("{not json")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\ntext\n\n{tables.START}\nold table\n{tables.END}\n\nafter\n")
+
+    args = ["--results", str(results), "--readme", str(readme)]
+    assert tables.main([*args, "--check"]) == 1
+    assert tables.main(args) == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\n\ntext\n\n") and text.endswith(f"{tables.END}\n\nafter\n")
+    assert "old table" not in text
+    adjacent = text[text.index("### Shortcut: adjacent"):text.index("### Shortcut: title_bar")]
+    lines = adjacent.splitlines()
+    # Suite rows in suite order, each seed on its own row, the ratio to SFT's seconds of the same seed.
+    configs = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and not line.startswith("| config")]
+    assert configs[:4] == ["sft_lora", "sft_lora", "sft_lora", "box_crop_lora"]
+    assert "| sft_lora | 0 | ok | 100.0 | 37.5 | 40.0 | 100.0 | 1.00 | – | 300 | 0.1.0 |" in lines
+    assert "| default_lora | 1 | ok | 100.0 | 100.0 | 100.0 | 500.0 | 2.50 | 7 | 300 | 0.1.0 |" in lines
+    assert ("| default_lora | 2 | **failed**: RuntimeError: loss is nan at step 310 | – | – | – | – | – | – | – "
+            "| 0.1.0 |") in lines
+    assert "| box_crop_lora | – | not run | – | – | – | – | – | – | – | – |" in lines
+    assert any(line.startswith("| broken | 0 | **failed**: unreadable result file") for line in lines)
+    assert "| regions_32 | 0 | ok (quick) | 50.0 | 25.0 | – |" in adjacent
+    # Means per phase: successful full-length seeds only; the failed seed counted as run, the quick run not at all.
+    assert "| default_lora | dev: 0, 1 | 2 / 3 | 100.0 ± 0.0 | 93.8 ± 8.8 | 90.6 ± 13.3 | 325.0 | 2.00 |" in lines
+    assert "| default_lora | eval: 10 | 1 / 1 | 100.0 ± 0.0 | 96.0 ± 0.0 | 90.0 ± 0.0 | 100.0 | 2.00 |" in lines
+    assert not any(line.startswith("| regions_32 | dev") for line in lines)
+    assert "### Shortcut: position_prior\n\nNot run yet." in text
+    assert tables.main([*args, "--check"]) == 0
+    # The project README's summary: evaluation means where they exist, else development means, per kind.
+    project = tmp_path / "PROJECT.md"
+    project.write_text(f"# eagle-align\n\n{tables.PROJECT_START}\n{tables.PROJECT_END}\n")
+    assert tables.main([*args, "--project-readme", str(project)]) == 0
+    table = [line for line in project.read_text().splitlines() if line.startswith("| ")]
+    assert table == ["| method | seeds | adjacent | title_bar | × SFT time |",
+                     "| SFT, LoRA | eval:10 | 100.0/20.0/30.0 | – | 1.0× |",
+                     "| aligned, LoRA | eval:10 | 100.0/96.0/90.0 | – | 2.0× |"]
+
+
+def test_the_committed_table_matches_the_committed_results():
+    tables = _script("make_tables")
+    assert tables.main(["--check"]) == 0, "run python method_comparison/make_tables.py"
+
+
+def test_the_placebo_reproduces_sft_exactly(tmp_path, monkeypatch):
+    """Alignment with lambda_deviation 0 attributes (alignment steps, attribution forwards) but adds nothing to
+    the gradient: every click on every test screen equals SFT's, answer for answer. Quick base, tiny sizes."""
+    monkeypatch.setitem(demo.SIZES, "quick", {
+        "train": 64, "iid": 16, "shifted": 16, "attribution_samples": 0,
+        "overrides": {"max_steps": 24, "align_start_step": 4, "align_every": 4, "max_aligned_per_step": 2,
+                      "per_device_train_batch_size": 8}})
+    results = tmp_path / "results"
+    written = run_script.run(["sft_lora", "placebo_lora"], [0], ["adjacent"], quick=True, results=results,
+                             work=tmp_path / "work")
+    sft, placebo = (json.loads(path.read_text()) for path in written)
+    assert sft["status"] == placebo["status"] == "ok", (sft.get("traceback"), placebo.get("traceback"))
+    assert placebo["trained_config"]["alignment"] is True and placebo["trained_config"]["lambda_deviation"] == 0.0
+    assert placebo["alignment_state"]["alignment_steps"] > 0
+    assert placebo["alignment_state"]["selected"] > 0 and placebo["alignment_state"]["attribution_forwards"] > 0
+    for split in ("iid", "shifted"):
+        answers = [[json.loads(line)["answer"] for line in Path(row["evaluation"]["predictions"][split]).open()]
+                   for row in (sft, placebo)]
+        assert len(answers[0]) == 16 and answers[0] == answers[1], split
+    assert sft["figures"]["iid_click_pct"] == placebo["figures"]["iid_click_pct"]
 
 
 def test_the_library_does_not_import_method_comparison():
@@ -68,92 +280,23 @@ def test_the_library_does_not_import_method_comparison():
     assert not offenders
 
 
-def test_runner_names_an_unknown_config_and_records_versions():
-    run = _script("run")
-    assert run.config_file("default") == FOLDER / "configs" / "default.yaml"
-    with pytest.raises(SystemExit, match="no config 'nope': choose from .*default"):
-        run.config_file("nope")
-    versions = run.package_versions()
-    assert {"torch", "transformers", "peft", "accelerate", "eagle_align"} <= set(versions)
-    assert versions["eagle_align"]
-
-
-def _result(config: str, seed: int, figures: dict | None, status: str = "ok", **extra) -> dict:
-    return {"config": config, "seed": seed, "status": status, "quick": False, "figures": figures,
-            "training_seconds": 301.5 if figures else None, "steps": 600 if figures else None,
-            "versions": {"eagle_align": "0.1.0"}, **extra}
-
-
-def test_tables_are_made_from_the_result_files_alone(tmp_path):
-    tables = _script("make_tables")
-    results = tmp_path / "results"
-    rows = [
-        _result("default", 0, {"iid_click_pct": 100.0, "shifted_click_pct": 87.5, "point_game_pct": 81.25,
-                               "deviation_terms": 12}),
-        _result("default", 1, {"iid_click_pct": 100.0, "shifted_click_pct": 100.0, "point_game_pct": 100.0,
-                               "deviation_terms": 7}),
-        _result("default", 2, None, status="failed", error="RuntimeError: loss is nan\nat step 310"),
-        _result("sft", 0, {"iid_click_pct": 100.0, "shifted_click_pct": 0.0, "point_game_pct": 0.0,
-                           "deviation_terms": None}),
-        _result("regions_32", 0, {"iid_click_pct": 50.0, "shifted_click_pct": 25.0, "point_game_pct": None,
-                                  "deviation_terms": 3}, quick=True),
-    ]
-    for row in rows:
-        path = results / row["config"] / f"seed{row['seed']}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(row))
-    (results / "broken").mkdir()
-    (results / "broken" / "seed0.json").write_text("{not json")
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# Title\n\ntext\n\n{tables.START}\nold table\n{tables.END}\n\nafter\n")
-
-    assert tables.main(["--results", str(results), "--readme", str(readme), "--check"]) == 1
-    assert tables.main(["--results", str(results), "--readme", str(readme)]) == 0
-    text = readme.read_text()
-    assert text.startswith("# Title\n\ntext\n\n") and text.endswith(f"{tables.END}\n\nafter\n")
-    assert "old table" not in text
-    lines = text.splitlines()
-    # Reference rows first (sft, default), then the experiments; every seed on its own row.
-    configs = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and "seed" not in line
-               and "seeds" not in line]
-    assert configs[:4] == ["sft", "default", "default", "default"]
-    assert "| default | 0 | ok | 100.0 | 87.5 | 81.2 | 12 | 301.5 | 600 | 0.1.0 |" in lines
-    assert "| default | 2 | **failed**: RuntimeError: loss is nan at step 310 | – | – | – | – | – | – | 0.1.0 |" in lines
-    assert any(line.startswith("| broken | 0 | **failed**: unreadable result file") for line in lines)
-    assert "| regions_32 | 0 | ok (quick) | 50.0 | 25.0 | – | 3 |" in text
-    # Means: successful full-length seeds only; the failed seed is counted as run, the quick run not at all.
-    assert "| default | 0, 1 (2 / 3) | 100.0 ± 0.0 | 93.8 ± 8.8 | 90.6 ± 13.3 |" in lines
-    assert not any(line.startswith("| regions_32 | 0 (") for line in lines)
-    assert tables.main(["--results", str(results), "--readme", str(readme), "--check"]) == 0
-    # The project README's small table: the reference configs' full-length runs, per seed, failures as rows.
-    project = tmp_path / "PROJECT.md"
-    project.write_text(f"# eagle-align\n\n{tables.PROJECT_START}\n{tables.PROJECT_END}\n")
-    assert tables.main(["--results", str(results), "--readme", str(readme), "--project-readme", str(project)]) == 0
-    table = [line for line in project.read_text().splitlines() if line.startswith("| ")]
-    assert table[1:] == ["| SFT | 0 | 100.0 | 0.0 | 0.0 |", "| prior-aligned (default) | 0 | 100.0 | 87.5 | 81.2 |",
-                         "| prior-aligned (default) | 1 | 100.0 | 100.0 | 100.0 |",
-                         "| prior-aligned (default) | 2 | failed: RuntimeError: loss is nan at step 310 | | |"]
-
-
-def test_the_committed_table_matches_the_committed_results():
-    tables = _script("make_tables")
-    assert tables.main(["--check"]) == 0, "run python method_comparison/make_tables.py"
-
-
 @pytest.mark.slow
 def test_runner_quick_end_to_end(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, str(FOLDER / "run.py"), "--configs", "default", "sft", "--seeds", "0", "--quick",
+    cmd = [sys.executable, str(FOLDER / "run.py"), "--configs", "default_lora", "sft", "--seeds", "0", "--quick",
            "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work")]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for name, aligned in (("default", True), ("sft", False)):
-        row = json.loads((tmp_path / "results" / name / "seed0.json").read_text())
-        assert row["status"] == "ok" and row["seed"] == 0 and row["quick"] is True
-        assert row["config_file"] == f"method_comparison/configs/{name}.yaml"
+    for name, aligned, start in (("default_lora", True, "pretrained base"), ("sft", False, "random tiny")):
+        row = json.loads((tmp_path / "results" / "adjacent" / name / "seed0.json").read_text())
+        assert row["status"] == "ok" and row["seed"] == 0 and row["quick"] is True and row["kind"] == "adjacent"
+        assert row["config_file"] == f"method_comparison/configs/{name}.yaml" and row["start"].startswith(start)
         assert row["trained_config"]["alignment"] is aligned and row["trained_config"]["seed"] == 0
         assert row["steps"] == 60 and any(fields.get("max_steps") == 60 for fields in row["resolved_config"].values())
         assert set(row["versions"]) >= {"torch", "transformers", "peft", "accelerate", "eagle_align"}
+        assert row["code"]["git_commit"] and row["reference_sft"] == ("sft_lora" if aligned else "sft")
         assert all(0 <= row["figures"][key] <= 100 for key in ("iid_click_pct", "shifted_click_pct"))
         assert row["training_seconds"] > 0 and "--quick" in row["command"]
         assert (row["figures"]["deviation_terms"] is None) == (not aligned)
+    base = json.loads((tmp_path / "work" / "base" / "qwen3_vl-seed0-quick" / "base.json").read_text())
+    assert base["key"]["quick"] is True and 0 <= base["clean_click_pct"]["all"] <= 100
