@@ -13,13 +13,11 @@ splits and the point game on the shifted one. Where a row starts from:
   cached under outputs/method_comparison/base/);
 - `finetuning: full`: the seed's random tiny checkpoint (the from-scratch benchmark);
 - `init_from: <config>` (a runner key, never passed to the library): the model that config trained for the same
-  kind and seed in this invocation, LoRA adapters merged into their base first. Meant for the GRPO rows, which
-  start from SFT.
+  kind and seed in this invocation, LoRA adapters merged into their base first. Meant for the GRPO rows
+  (`trainer: grpo`, a recipe key the library's run_training reads), which start from SFT.
 
-`trainer:` (a runner key) picks the trainer: `prior_aligned` (default; the library's run_training, SFT when
-alignment is off) or `grpo` (declared for the GRPO rows; until a GRPO trainer is wired into TRAINERS, its rows
-are skipped in development runs and block the evaluation suite, like a shortcut kind or recipe key the
-installed library lacks).
+A row the installed library cannot run (a shortcut kind it does not draw, a recipe key or trainer it lacks) is
+skipped in development runs with a message and blocks the evaluation suite.
 
 The result goes to results/<kind>/<config>/seed<S>.json with everything needed to read it later without the code
 that made it: the config as trained and every resolved field, package versions and the code's commit, the
@@ -33,9 +31,11 @@ import argparse
 import dataclasses
 import gc
 import hashlib
+import importlib.util
 import inspect
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -61,8 +61,7 @@ SPLITS = ("iid", "shifted")
 # The kind of shortcut every result had before synthetic_split took `shortcut=`: the cue beside the target.
 DEFAULT_KIND = "adjacent"
 # Keys the runner reads and removes before the library sees the recipe.
-RUNNER_KEYS = ("trainer", "init_from", "benchmark")
-KNOWN_TRAINERS = ("prior_aligned", "grpo")
+RUNNER_KEYS = ("init_from", "benchmark")
 # Recipe keys that a library change is adding; a config using one is skipped (not failed) until it lands.
 PENDING_RECIPE_KEYS = ("augment",)
 
@@ -105,21 +104,19 @@ class RowConfig:
     name: str
     path: Path
     recipe: dict[str, Any]
-    trainer: str = "prior_aligned"
     init_from: str | None = None
     benchmark: dict[str, Any] = dataclasses.field(default_factory=dict)  # over the family's demo benchmark
+
+    @property
+    def trainer(self) -> str:
+        """The recipe's `trainer:` (the library's: sft, its default, or grpo)."""
+        return self.recipe.get("trainer", "sft")
 
     @property
     def lora(self) -> bool:
         from eagle_align.train import ModelArguments
 
         return self.recipe.get("finetuning", _library_default(ModelArguments, "finetuning")) == "lora"
-
-    @property
-    def alignment(self) -> bool:
-        from eagle_align.config import PriorAlignedConfig
-
-        return bool(self.recipe.get("alignment", _library_default(PriorAlignedConfig, "alignment")))
 
 
 def read_row_config(name: str) -> RowConfig:
@@ -128,22 +125,18 @@ def read_row_config(name: str) -> RowConfig:
     path = config_file(name)
     recipe = yaml.safe_load(path.read_text()) or {}
     runner = {key: recipe.pop(key) for key in RUNNER_KEYS if key in recipe}
-    trainer = runner.get("trainer", "prior_aligned")
-    if trainer not in KNOWN_TRAINERS:
-        raise SystemExit(f"{_shown(path)}: trainer {trainer!r}; choose one of {', '.join(KNOWN_TRAINERS)}")
     benchmark = runner.get("benchmark") or {}
     unknown = sorted(set(benchmark) - set(demo.BENCHMARK_KEYS))
     if unknown:
         raise SystemExit(f"{_shown(path)}: benchmark setting(s) {', '.join(unknown)} unknown; choose from "
                          f"{', '.join(demo.BENCHMARK_KEYS)}")
-    return RowConfig(Path(name).stem, path, recipe, trainer, runner.get("init_from"), benchmark)
+    return RowConfig(Path(name).stem, path, recipe, runner.get("init_from"), benchmark)
 
 
 @dataclasses.dataclass(frozen=True)
 class SuiteRow:
     config: str
     sft: str  # the row whose training seconds this row's are compared with
-    label: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,8 +149,7 @@ class Suite:
 
 def load_suite(path: Path = SUITE) -> Suite:
     raw = yaml.safe_load(path.read_text())
-    rows = [SuiteRow(row["config"], row.get("sft", row["config"]), row.get("label", row["config"]))
-            for row in raw["rows"]]
+    rows = [SuiteRow(row["config"], row.get("sft", row["config"])) for row in raw["rows"]]
     return Suite(raw["family"], {phase: list(seeds) for phase, seeds in raw["seeds"].items()},
                  list(raw["shortcuts"]), rows)
 
@@ -188,8 +180,9 @@ def check_kinds(kinds: list[str]) -> None:
         raise SystemExit(f"shortcut kind(s) {', '.join(unknown)} unknown; eagle_align draws {', '.join(known)}")
 
 
-def _train_with_library(config: dict[str, Any]) -> dict[str, Any]:
-    """Train with eagle_align's run_training (SFT, or prior-aligned with alignment on)."""
+def train(config: dict[str, Any]) -> dict[str, Any]:
+    """Train with eagle_align's run_training (its `trainer:` SFT or GRPO, prior-aligned with alignment on):
+    training seconds, steps and the alignment counters."""
     from eagle_align.train import run_training
 
     trainer = run_training(config)
@@ -204,25 +197,21 @@ def _train_with_library(config: dict[str, Any]) -> dict[str, Any]:
     return outcome
 
 
-# The trainers a config's `trainer:` may name, and how each is run. A trainer takes the flat recipe (its
-# model_name_or_path already the row's start: base, random checkpoint or init_from's model), writes the trained
-# model (an adapter for LoRA) to its output_dir and returns training_seconds, steps and alignment_state. GRPO is
-# declared (KNOWN_TRAINERS) but not wired in: add its function here when the library's GRPO trainer lands.
-TRAINERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"prior_aligned": _train_with_library}
-
-
 def missing_features(row: RowConfig, kind: str) -> list[str]:
     """What the installed library (or this runner) lacks to run `row` on `kind`: [] when it can run."""
-    from eagle_align.train import valid_keys
+    from eagle_align import train as library_train
 
     missing = []
     if kind != DEFAULT_KIND and not shortcut_keyword_available():
         missing.append(f"shortcut kind {kind!r} (eagle_align.demo.synthetic_split has no shortcut= keyword yet)")
-    known = set(valid_keys())
+    known = set(library_train.valid_keys())
     missing += [f"recipe key {key!r} (not in this eagle_align yet)" for key in PENDING_RECIPE_KEYS
                 if key in row.recipe and key not in known]
-    if row.trainer not in TRAINERS:
-        missing.append(f"trainer {row.trainer!r} (not wired into run.py's TRAINERS yet)")
+    trainers = getattr(library_train, "TRAINERS", ("sft",))
+    if row.trainer not in trainers:
+        missing.append(f"trainer {row.trainer!r} (this eagle_align trains with {', '.join(trainers)})")
+    elif row.trainer == "grpo" and importlib.util.find_spec("trl") is None:
+        missing.append('trainer grpo needs TRL (pip install "eagle-align[grpo]")')
     return missing
 
 
@@ -329,17 +318,19 @@ class Trained:
 
 
 def merged_start(source: Trained, folder: Path) -> Path:
-    """A full checkpoint of `source`: itself, or its adapter merged into its start (cached in `folder`)."""
+    """A full checkpoint of `source`: itself, or its adapter merged into its start, written to `folder` afresh
+    (a merge left there by an earlier invocation is of another training of the source)."""
     if not source.adapter:
         return source.output
     from eagle_align.hub import merge_adapter
 
-    if not (folder / "config.json").is_file():
-        merge_adapter(str(source.start), source.output, folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    merge_adapter(str(source.start), source.output, folder)
     return folder
 
 
-def trained_config(row: RowConfig, start: Path, train: Path, out: Path, seed: int, family: str,
+def trained_config(row: RowConfig, start: Path, train_data: Path, out: Path, seed: int, family: str,
                    quick: bool) -> dict[str, Any]:
     """The row's recipe as run: its start, the seed's data, seed, output folder, the family's pixel limits and
     answer format, and the demo's size overrides (quick sizes for every row; a full run's family schedule for
@@ -353,7 +344,7 @@ def trained_config(row: RowConfig, start: Path, train: Path, out: Path, seed: in
         **row.recipe,
         **(demo.run_overrides(family, quick) if quick or not row.lora else {}),
         "model_name_or_path": str(start),
-        "train_data": str(train),
+        "train_data": str(train_data),
         "output_dir": str(out / "model"),
         "seed": seed,
         "min_pixels": pixels,
@@ -373,7 +364,7 @@ def run_one(row: RowConfig, start: Start, seed: int, family: str, quick: bool, s
     size = demo.SIZES["quick" if quick else "full"]
     config = trained_config(row, start.model, splits["train"], out, seed, family, quick)
     resolved = resolved_config(config)
-    outcome = TRAINERS[row.trainer](config)
+    outcome = train(config)
     trained = Trained(start.model, out / "model", row.lora)
 
     pixels = demo.FAMILIES[family]["pixels"]
