@@ -63,7 +63,6 @@ DEFAULT_KIND = "adjacent"
 # Keys the runner reads and removes before the library sees the recipe.
 RUNNER_KEYS = ("init_from", "benchmark")
 # Recipe keys that a library change is adding; a config using one is skipped (not failed) until it lands.
-PENDING_RECIPE_KEYS = ("augment",)
 
 
 def available_configs() -> list[str]:
@@ -204,9 +203,6 @@ def missing_features(row: RowConfig, kind: str) -> list[str]:
     missing = []
     if kind != DEFAULT_KIND and not shortcut_keyword_available():
         missing.append(f"shortcut kind {kind!r} (eagle_align.demo.synthetic_split has no shortcut= keyword yet)")
-    known = set(library_train.valid_keys())
-    missing += [f"recipe key {key!r} (not in this eagle_align yet)" for key in PENDING_RECIPE_KEYS
-                if key in row.recipe and key not in known]
     trainers = getattr(library_train, "TRAINERS", ("sft",))
     if row.trainer not in trainers:
         missing.append(f"trainer {row.trainer!r} (this eagle_align trains with {', '.join(trainers)})")

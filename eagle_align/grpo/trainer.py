@@ -17,6 +17,7 @@ import torch
 from transformers import Trainer
 from trl import GRPOTrainer
 
+from eagle_align import distributed
 from eagle_align.data.collator import GroundingCollator
 from eagle_align.data.schema import GroundingExample
 from eagle_align.eval.scoring import point_in_box
@@ -135,7 +136,8 @@ class PriorAlignedGRPOTrainer(PriorAlignmentMixin, GRPOTrainer):
         """
         examples, no_box = self.sampled_clicks(rows, completion_ids, completion_mask)
         examples = examples[: self.args.per_device_train_batch_size]
-        self._metrics["train"]["align/correct_samples"].append(float(len(examples)))
+        correct = distributed.all_reduce_sum([len(examples)], self.accelerator.device)[0]  # every rank is here
+        self._metrics["train"]["align/correct_samples"].append(correct)
         if not examples:
             first = self.grounding_examples[rows[0]["example_index"]]
             examples = [dataclasses.replace(first, bbox=None)]
