@@ -85,6 +85,19 @@ def test_every_family_takes_grpo_steps_from_the_recipe(family_name, tiny_checkpo
     assert "grpo" in card and "click_in_box" in card
 
 
+def test_qlora_grpo_from_the_recipe(tiny_checkpoints, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    train = generate_synthetic(tmp_path / "data", 8, seed=0, preset="shortcut", cue_fraction=1.0, split="train")
+    out = tmp_path / "out"
+    trainer = run_training(load_config("tiny_grpo_cpu", dict(
+        model_name_or_path=tiny_checkpoints["qwen3_vl"], train_data=str(train), output_dir=str(out),
+        quantization="4bit", dtype="bfloat16", min_pixels=64 * 64, max_pixels=128 * 128, max_steps=2,
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=8, lora_targets="q_proj,v_proj")))
+    assert trainer.state.global_step == 2
+    assert "Linear4bit" in {type(m).__name__ for m in trainer.model.modules()}
+    assert json.loads((out / "eagle_align.json").read_text())["finetuning"] == "qlora"
+
+
 def test_alignment_off_is_exactly_plain_trl_grpo(grounded, tmp_path):
     model, processor = load_model_and_processor(grounded, dtype="float32")
     reference = copy.deepcopy(model)
