@@ -387,6 +387,11 @@ def _check_training_arguments(training_args, config: dict[str, Any]) -> None:
         value = getattr(training_args, name)
         if value < 1:
             raise UsageError(f"{name}={value} must be at least 1")
+    rewards = getattr(training_args, "rewards", None)  # trainer: grpo
+    if rewards is not None and training_args.reward_weights is not None and len(training_args.reward_weights) != len(
+            rewards):
+        raise UsageError(f"reward_weights has {len(training_args.reward_weights)} values for {len(rewards)} rewards "
+                         f"({', '.join(rewards)})")
     if training_args.max_steps == 0 or training_args.max_steps < -1:
         raise UsageError(f"max_steps={training_args.max_steps} must be a positive number of steps, or -1 to train "
                          "for num_train_epochs")

@@ -192,7 +192,11 @@ def _train_recipe(path: Path, model: str, synth: Path, out: Path, **keys) -> Pat
     (["--loss_chunk_size", "3"], "loss_chunk_size=3"),
     (["--resume_from_checkpoint", "true"], "resume_from_checkpoint: true, but"),
     (["--resume_from_checkpoint", "{dir}/nowhere"], "resume_from_checkpoint='{dir}/nowhere': no such checkpoint"),
-], ids=lambda v: v[0] if isinstance(v, list) else None)
+    (["--trainer", "ppo"], "trainer='ppo'; choose one of sft, grpo"),
+    (["--trainer", "grpo", "--bf16", "false", "--rewards", "[click_in_bbox]"], "reward 'click_in_bbox' is not one"),
+    (["--trainer", "grpo", "--bf16", "false", "--reward_weights", "[0.8, 0.1, 0.1]"],
+     "reward_weights has 3 values for 2 rewards (click_in_box, answer_format)"),
+], ids=lambda v: " ".join(v[:2] + v[-2:-1]) if isinstance(v, list) else None)
 def test_train_options_fail_on_their_value_alone(override, words, synth, tmp_path, capsys):
     # The model folder is empty: these must be reported before anything tries to read it.
     empty = tmp_path / "empty-model"

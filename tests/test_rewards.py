@@ -240,6 +240,24 @@ def test_a_missing_column_is_a_one_line_usage_error(missing):
         assert "\n" not in str(raised.value) and "grounding_prompts" in str(raised.value)
 
 
+def test_box_rewards_need_the_bbox_column_and_the_format_reward_does_not():
+    cols = columns("qwen3_vl", [BOX])
+    del cols["bbox"]
+    answer = render("qwen3_vl", CENTRE)
+    for reward in BOX_REWARDS:  # without the column every reward would be None, silently
+        with pytest.raises(UsageError, match="bbox"):
+            reward([answer], **cols)
+    assert answer_format([answer], **cols) == [1.0]
+
+
+@pytest.mark.parametrize(("fmt_name", "written"), [
+    ("qwen3_vl", '{"action": "click", "coordinate": [120.5, 375]}'),  # decimals in an integer format
+    ("pyautogui", "pyautogui.click(x=0.4, y=0.500)"),  # fewer decimals than the format writes
+])
+def test_the_format_reward_wants_numbers_written_as_the_format_writes_them(fmt_name, written):
+    assert answer_format([written], **columns(fmt_name, [BOX])) == [0.0]
+
+
 def test_get_reward_by_name_or_function_and_unknown_names_list_the_choices():
     assert set(REWARDS) == {"click_in_box", "click_distance", "gaussian_point", "answer_format"}
     for name, reward in REWARDS.items():
@@ -279,13 +297,7 @@ def _agreement_cases(fmt_name: str) -> list[tuple[str, tuple[float, ...]]]:
     return cases
 
 
-@pytest.mark.parametrize("fmt_name", [
-    pytest.param(name, marks=pytest.mark.xfail(
-        strict=True, reason="click_in_box judges the parsed point unrounded; eval rounds it to 1/1000 px first, so "
-        "pyautogui's 0.14 · 300 = 42.00000000000001 hits a box ending at 42 in eval and misses it in GRPO"))
-    if name == "pyautogui" else name
-    for name in FORMATS
-])
+@pytest.mark.parametrize("fmt_name", FORMATS)
 def test_rewards_give_the_eval_harness_verdict_for_the_same_answer(fmt_name):
     """click_in_box is 1 exactly when eval counts a hit; click_distance is 0 exactly when eval finds no click on
     the image (wrong format or out of range), and the Gaussian is 0 then too."""

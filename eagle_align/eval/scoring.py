@@ -35,6 +35,12 @@ def point_in_box(point: Sequence[float], bbox: Sequence[float]) -> bool:
     return x1 <= x <= x2 and y1 <= y <= y2
 
 
+def judged_point(point: Sequence[float]) -> tuple[float, float]:
+    """A click rounded to 1/1000 px, as every verdict reads it: the stored point re-scores to the same verdict,
+    and float noise from mapping coordinates back (e.g. 98 · 100/140) cannot push an edge-exact click off the box."""
+    return round(float(point[0]), 3), round(float(point[1]), 3)
+
+
 def centre_distance(point: Sequence[float], bbox: Sequence[float], image_size: Sequence[float]) -> float:
     """Distance from the box centre in 0–1000 units of each image side, so screens of any size compare."""
     width, height = image_size
@@ -70,9 +76,7 @@ def score_sample(example: Any, point: Sequence[float] | None, answer: str | None
         raw = [round(float(v), 3) for v in point]
         record.update(miss, wrong_format=False, out_of_range=True, missing=False, raw_point=raw)
     else:
-        # Rounded to 1/1000 px before judging: the stored point re-scores to the same verdict, and float noise
-        # from mapping coordinates back (e.g. 98 · 100/140) cannot push an edge-exact click off the box.
-        x, y = (round(float(v), 3) for v in point)
+        x, y = judged_point(point)
         record.update(
             point=[x, y],
             hit=point_in_box((x, y), bbox),

@@ -52,9 +52,6 @@ class PriorAlignedGRPOConfig(GRPOConfig, PriorAlignedConfig):
             raise ValueError("rewards is empty; name at least one (e.g. click_in_box)")
         for name in self.rewards:
             get_reward(name)
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
-            raise ValueError(f"reward_weights has {len(self.reward_weights)} values for {len(self.rewards)} rewards "
-                             f"({', '.join(self.rewards)})")
 
     @classmethod
     def method_fields(cls) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from eagle_align.answer_formats import ActionFormat, get_action_format, point_in_image
 from eagle_align.errors import UsageError
-from eagle_align.eval.scoring import point_in_box
+from eagle_align.eval.scoring import judged_point, point_in_box
 
 RewardFunction = Callable[..., list[float | None]]
 _SPECIAL = re.compile(r"<\|[^|>]*\|>")  # <|box_start|> and the like: TRL decodes without them
@@ -42,17 +42,21 @@ def completion_text(completion: Any) -> str:
 
 def parse_click(completion: Any, action_format: str | ActionFormat, image_size: Sequence[float],
                 resized_size: Sequence[float]) -> tuple[float, float] | None:
-    """The completion's click in original pixels; None when it has none or it lies off the image."""
+    """The completion's click in original pixels, rounded as eval's verdicts read it (`judged_point`), so a reward
+    and the reported click accuracy never disagree; None when it has none or it lies off the image."""
     fmt = get_action_format(action_format)
     size = (int(image_size[0]), int(image_size[1]))
     point = fmt.parse(completion_text(completion), size, (int(resized_size[0]), int(resized_size[1])))
     if point is None or not point_in_image(point, size):
         return None
-    return point
+    return judged_point(point)
 
 
-def _rows(completions: Sequence[Any], columns: dict[str, Sequence[Any]]) -> list[tuple[Any, ...]]:
-    missing = [name for name in ("action_format", "image_size", "resized_size") if name not in columns]
+def _rows(completions: Sequence[Any], columns: dict[str, Sequence[Any]], box: bool = True) -> list[tuple[Any, ...]]:
+    """(completion, action_format, image_size, resized_size, bbox) per row; a missing column fails, naming it
+    (without a `bbox` column every box reward would be None, silently)."""
+    needed = ("action_format", "image_size", "resized_size") + (("bbox",) if box else ())
+    missing = [name for name in needed if name not in columns]
     if missing:
         raise UsageError(f"click rewards need the dataset columns {', '.join(missing)} "
                          "(rows of eagle_align.grpo.grounding_prompts)")
@@ -111,18 +115,20 @@ def gaussian_point(completions: Sequence[Any], **columns: Any) -> list[float | N
 
 
 def answer_format(completions: Sequence[Any], **columns: Any) -> list[float | None]:
-    """1 when the completion is exactly one click in the row's answer format with its coordinates in the
-    format's range (special tokens such as <|box_start|> aside), else 0 — the format reward of GUI-R1 and
+    """1 when the completion is exactly one click in the row's answer format, written as the format writes it
+    (spacing and decimals) with its coordinates in range (special tokens such as <|box_start|> aside), else 0 — the format reward of GUI-R1 and
     UI-R1. Scores every row, with or without a box."""
     rewards: list[float | None] = []
-    for completion, fmt_name, size, resized, _ in _rows(completions, columns):
+    for completion, fmt_name, size, resized, _ in _rows(completions, columns, box=False):
         fmt = get_action_format(fmt_name)
         text = _SPECIAL.sub("", completion_text(completion)).strip()
         match = fmt.pattern.search(text)
         if match is None:
             rewards.append(0.0)
             continue
-        expected = _SPECIAL.sub("", fmt.template.format(x=match.group("x"), y=match.group("y"))).strip()
+        # The numbers as the format writes them (its decimals), so 120.5 in an integer format is not a click in it.
+        x, y = (f"{float(match.group(axis)):.{fmt.decimals}f}" for axis in ("x", "y"))
+        expected = _SPECIAL.sub("", fmt.template.format(x=x, y=y)).strip()
         point = parse_click(text, fmt, size, resized)
         rewards.append(float(text == expected and point is not None))
     return rewards
