@@ -64,60 +64,53 @@ def _rows(completions: Sequence[Any], columns: dict[str, Sequence[Any]], box: bo
                     columns.get("bbox", [None] * len(completions))))
 
 
+def _box_reward(completions: Sequence[Any], columns: dict[str, Sequence[Any]],
+                score: Callable[[tuple[float, float], Sequence[float], Sequence[float]], float],
+                no_click: float = 0.0) -> list[float | None]:
+    """`score(point, bbox, image_size)` of each row's click; `no_click` without a click on the image, None for a
+    row without a box."""
+    rewards: list[float | None] = []
+    for completion, fmt, size, resized, bbox in _rows(completions, columns):
+        point = None if bbox is None else parse_click(completion, fmt, size, resized)
+        rewards.append(None if bbox is None else no_click if point is None else score(point, bbox, size))
+    return rewards
+
+
 def click_in_box(completions: Sequence[Any], **columns: Any) -> list[float | None]:
     """1 when the click lies inside the target box (edges included), else 0 — the accuracy reward of GUI-R1
     and UI-R1 (arXiv 2504.10458, 2503.21620), and what click accuracy counts."""
-    rewards: list[float | None] = []
-    for completion, fmt, size, resized, bbox in _rows(completions, columns):
-        if bbox is None:
-            rewards.append(None)
-            continue
-        point = parse_click(completion, fmt, size, resized)
-        rewards.append(float(point is not None and point_in_box(point, bbox)))
-    return rewards
+    return _box_reward(completions, columns, lambda point, bbox, size: float(point_in_box(point, bbox)))
 
 
 def click_distance(completions: Sequence[Any], **columns: Any) -> list[float | None]:
     """1 − (distance from the click to the box centre) / (the image's diagonal), 0 without a click on the image:
     a dense signal toward the target's centre, after SE-GUI's centre-distance reward (arXiv 2505.12370);
     the diagonal normalisation is ours, so the reward reads the same on any screen size."""
-    rewards: list[float | None] = []
-    for completion, fmt, size, resized, bbox in _rows(completions, columns):
-        if bbox is None:
-            rewards.append(None)
-            continue
-        point = parse_click(completion, fmt, size, resized)
-        if point is None:
-            rewards.append(0.0)
-            continue
+
+    def score(point, bbox, size) -> float:
         cx, cy = (bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2
-        rewards.append(max(0.0, 1.0 - math.hypot(point[0] - cx, point[1] - cy) / math.hypot(*size[:2])))
-    return rewards
+        return max(0.0, 1.0 - math.hypot(point[0] - cx, point[1] - cy) / math.hypot(size[0], size[1]))
+
+    return _box_reward(completions, columns, score)
 
 
 def gaussian_point(completions: Sequence[Any], **columns: Any) -> list[float | None]:
     """GUI-G²'s Gaussian point reward (arXiv 2507.15846): exp(−½((x − cx)²/σx² + (y − cy)²/σy²)) around the box
-    centre, with σ half the box's width and height (the issue's and GUI-G²'s size-adaptive σ), so a click on the
-    box's edge along one axis earns e^−½ ≈ 0.61, and the reward's reach scales with the element. 0 without a click on the image."""
-    rewards: list[float | None] = []
-    for completion, fmt, size, resized, bbox in _rows(completions, columns):
-        if bbox is None:
-            rewards.append(None)
-            continue
-        point = parse_click(completion, fmt, size, resized)
-        if point is None:
-            rewards.append(0.0)
-            continue
+    centre, with σ half the box's width and height (GUI-G²'s size-adaptive σ), so a click on the box's edge
+    along one axis earns e^−½ ≈ 0.61 and the reward's reach scales with the element. 0 without a click."""
+
+    def score(point, bbox, size) -> float:
         cx, cy = (bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2
         sx, sy = max((bbox[2] - bbox[0]) / 2, 1e-6), max((bbox[3] - bbox[1]) / 2, 1e-6)
-        rewards.append(math.exp(-0.5 * (((point[0] - cx) / sx) ** 2 + ((point[1] - cy) / sy) ** 2)))
-    return rewards
+        return math.exp(-0.5 * (((point[0] - cx) / sx) ** 2 + ((point[1] - cy) / sy) ** 2))
+
+    return _box_reward(completions, columns, score)
 
 
 def answer_format(completions: Sequence[Any], **columns: Any) -> list[float | None]:
     """1 when the completion is exactly one click in the row's answer format, written as the format writes it
-    (spacing and decimals) with its coordinates in range (special tokens such as <|box_start|> aside), else 0 — the format reward of GUI-R1 and
-    UI-R1. Scores every row, with or without a box."""
+    (spacing and decimals) with its coordinates in range (special tokens such as <|box_start|> aside), else 0:
+    the format reward of GUI-R1 and UI-R1. Scores every row, with or without a box."""
     rewards: list[float | None] = []
     for completion, fmt_name, size, resized, _ in _rows(completions, columns, box=False):
         fmt = get_action_format(fmt_name)
