@@ -207,8 +207,11 @@ def _argument_classes(experimental: bool = True, trainer: str = "sft"):
     if trainer == "grpo":
         try:
             from eagle_align.grpo.config import PriorAlignedGRPOConfig as training_class
-        except ImportError as error:
-            raise UsageError(f"trainer: grpo needs TRL ({error})", hint='pip install "eagle-align[grpo]"') from None
+        except ModuleNotFoundError as error:
+            if error.name != "trl":
+                raise
+            raise UsageError("trainer: grpo needs TRL, which is not installed",
+                             hint='pip install "eagle-align[grpo]"') from None
     elif experimental:
         from eagle_align.experimental import ExperimentalAlignmentConfig as training_class
     else:

@@ -144,13 +144,23 @@ class Suite:
     seeds: dict[str, list[int]]
     shortcuts: list[str]
     rows: list[SuiteRow]
+    base_seed: int = 0  # stage 1 runs once per family: every seed's LoRA rows start from this base
+    parts: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=dict)
+
+    def part(self, name: str) -> Suite:
+        """The suite cut to one of its named parts (its rows and shortcut kinds; seeds as the suite's)."""
+        if name not in self.parts:
+            raise SystemExit(f"suite.yaml has no part {name!r}; it has {', '.join(self.parts) or 'none'}")
+        part = self.parts[name]
+        rows = [row for row in self.rows if row.config in part["rows"]]
+        return dataclasses.replace(self, rows=rows, shortcuts=list(part.get("shortcuts", self.shortcuts)))
 
 
 def load_suite(path: Path = SUITE) -> Suite:
     raw = yaml.safe_load(path.read_text())
     rows = [SuiteRow(row["config"], row.get("sft", row["config"])) for row in raw["rows"]]
     return Suite(raw["family"], {phase: list(seeds) for phase, seeds in raw["seeds"].items()},
-                 list(raw["shortcuts"]), rows)
+                 list(raw["shortcuts"]), rows, int(raw.get("base_seed", 0)), dict(raw.get("parts") or {}))
 
 
 def reference_sft(row: RowConfig, suite: Suite) -> str:
@@ -257,14 +267,14 @@ def check_frozen(suite: Suite, path: Path | None = None) -> str:
         raise SystemExit(f"{_shown(path)} is missing: choose settings on the development seeds, then "
                          "`python method_comparison/run.py --freeze` before running the evaluation seeds")
     frozen = "".join(line + "\n" for line in path.read_text().splitlines() if line and not line.startswith("#"))
-    current = freeze_manifest(suite)
-    if frozen != current:
-        old, new = _manifest_entries(frozen), _manifest_entries(current)
-        changed = sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
+    old, new = _manifest_entries(frozen), _manifest_entries(freeze_manifest(suite))
+    # A part of the suite checks its own files against the freeze of the whole (and runs under its hash).
+    changed = sorted(name for name in new if old.get(name) != new[name])
+    if changed:
         raise SystemExit(f"settings changed since they were frozen ({', '.join(changed)}): the evaluation seeds "
                          "run only on frozen settings. Choose on the development seeds, then run --freeze again "
                          "(the evaluation suite then reruns every row)")
-    return manifest_hash(current)
+    return manifest_hash(frozen)
 
 
 # --------------------------------------------------------------------------------------------- one run
@@ -476,6 +486,17 @@ def run(configs: list[str], seeds: list[int], kinds: list[str], quick: bool = Fa
                     print(f"[method_comparison] {name} {kind} seed {seed}: not run, needs {'; '.join(missing)}",
                           flush=True)
                     continue
+                target = results / kind / name / f"seed{seed}.json"
+                if ran_on(target, frozen):
+                    # Ran once on these frozen settings (e.g. as a part of the suite): kept as it came; its model,
+                    # where the work folder still holds it, is what a later row's init_from starts from.
+                    print(f"[method_comparison] {name} {kind} seed {seed}: ran on these frozen settings, kept",
+                          flush=True)
+                    kept = seed_work / kind / name / "model"
+                    base = json.loads(target.read_text()).get("base", {}).get("model_dir")
+                    if kept.is_dir() and (base or not row.lora):
+                        trained[name] = Trained(Path(base) if base else kept, kept, row.lora)
+                    continue
                 print(f"[method_comparison] {name} {kind} seed {seed}{' (quick)' if quick else ''}", flush=True)
                 result: dict[str, Any] = {
                     "config": name, "config_file": _shown(row.path), "config_sha256": _sha256(row.path),
@@ -496,9 +517,9 @@ def run(configs: list[str], seeds: list[int], kinds: list[str], quick: bool = Fa
                         start = Start(merged_start(trained[row.init_from], seed_work / kind / name / "start"),
                                       f"init_from {row.init_from}")
                     elif row.lora:
-                        record = setup.get("base", partial(pretrained_base, family, seed, quick, work))
-                        result["base"] = {key: record[key] for key in ("key_hash", "clean_click_pct",
-                                                                      "training_seconds", "model_dir")}
+                        record = setup.get("base", partial(pretrained_base, family, suite.base_seed, quick, work))
+                        result["base"] = {"seed": suite.base_seed, **{key: record[key] for key in (
+                            "key_hash", "clean_click_pct", "training_seconds", "model_dir")}}
                         start = Start(Path(record["model_dir"]), "pretrained base (stage 1)")
                     else:
                         checkpoint = setup.get("checkpoint", partial(
@@ -515,7 +536,6 @@ def run(configs: list[str], seeds: list[int], kinds: list[str], quick: bool = Fa
                     result["traceback"] = traceback.format_exc()
                     print(f"[method_comparison] {name} {kind} seed {seed} FAILED: {result['error']}", flush=True)
                 result["wall_seconds"] = round(time.perf_counter() - start_time, 2)
-                target = results / kind / name / f"seed{seed}.json"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(json.dumps(result, indent=2, default=str) + "\n")
                 written.append(target)
@@ -534,13 +554,17 @@ def evaluation_plan(suite: Suite, results: Path) -> str:
     if unavailable:
         raise SystemExit("the evaluation suite runs every row on every kind, and these cannot run yet:\n  "
                          + "\n  ".join(unavailable))
-    done = [path for row in suite.rows for kind in suite.shortcuts for seed in suite.seeds["eval"]
-            if (path := results / kind / row.config / f"seed{seed}.json").is_file()
-            and json.loads(path.read_text()).get("frozen") == frozen]
-    if done:
-        raise SystemExit(f"the evaluation seeds already ran on these frozen settings ({len(done)} result files, "
-                         f"e.g. {_shown(done[0])}): they run once and are reported as they came")
+    planned = [results / kind / row.config / f"seed{seed}.json" for row in suite.rows for kind in suite.shortcuts
+               for seed in suite.seeds["eval"]]
+    if all(ran_on(path, frozen) for path in planned):
+        raise SystemExit(f"the evaluation seeds already ran on these frozen settings ({len(planned)} result files, "
+                         f"e.g. {_shown(planned[0])}): they run once and are reported as they came")
     return frozen
+
+
+def ran_on(path: Path, frozen: str | None) -> bool:
+    """Whether this result file is a run on the frozen settings `frozen` (an evaluation run is never repeated)."""
+    return frozen is not None and path.is_file() and json.loads(path.read_text()).get("frozen") == frozen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -548,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=("dev", "eval"),
                         help="run suite.yaml's rows on every shortcut kind and its dev or eval seeds")
+    parser.add_argument("--part", default=None,
+                        help="with --suite: only one named part of suite.yaml (its rows and kinds), e.g. grpo")
     parser.add_argument("--freeze", action="store_true",
                         help="write FROZEN (hashes of suite.yaml, pretrain_base.yaml and the suite's configs)")
     parser.add_argument("--configs", nargs="+", default=None,
@@ -570,6 +596,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[method_comparison] wrote {_shown(FROZEN)} (settings {write_frozen(suite)})")
         return 0
     frozen = None
+    if args.part:
+        if not args.suite:
+            raise SystemExit("--part names a part of the suite: use it with --suite dev or --suite eval")
+        suite = suite.part(args.part)
     if args.suite == "eval":
         if args.configs or args.seeds or args.kinds or args.quick or args.family:
             raise SystemExit("--suite eval runs the frozen suite as it is: no --configs, --seeds, --kinds, "

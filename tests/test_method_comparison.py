@@ -182,8 +182,39 @@ def test_evaluation_suite_runs_once_per_freeze(tmp_path, monkeypatch):
     done.write_text(json.dumps({"frozen": "an earlier freeze"}))
     assert run_script.evaluation_plan(suite, results) == settings  # a changed freeze reruns every row
     done.write_text(json.dumps({"frozen": settings}))
+    assert run_script.evaluation_plan(suite, results) == settings  # the rest of the suite still runs, once
+    for row in suite.rows:
+        for kind in suite.shortcuts:
+            for seed in suite.seeds["eval"]:
+                path = results / kind / row.config / f"seed{seed}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps({"frozen": settings}))
     with pytest.raises(SystemExit, match="already ran on these frozen settings"):
         run_script.evaluation_plan(suite, results)
+
+
+def test_a_part_of_the_suite_runs_its_rows_and_kinds_and_a_later_full_run_keeps_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_script, "FROZEN", tmp_path / "FROZEN")
+    monkeypatch.setattr(run_script, "missing_features", lambda row, kind: [])
+    suite = run_script.load_suite()
+    grpo = suite.part("grpo")
+    assert [row.config for row in grpo.rows] == ["sft_lora", *GRPO_ROWS] and grpo.shortcuts == ["adjacent"]
+    assert grpo.seeds == suite.seeds and grpo.base_seed == suite.base_seed == 0
+    with pytest.raises(SystemExit, match="no part 'nope'"):
+        suite.part("nope")
+    with pytest.raises(SystemExit, match="use it with --suite"):
+        run_script.main(["--part", "grpo"])
+    settings = run_script.write_frozen(suite)
+    results = tmp_path / "results"
+    ran = []
+    monkeypatch.setattr(run_script, "run", lambda configs, seeds, kinds, **kw: ran.append((configs, seeds, kinds))
+                        or [])
+    assert run_script.main(["--suite", "eval", "--part", "grpo", "--results", str(results)]) == 0
+    assert ran == [(["sft_lora", *GRPO_ROWS], [10, 11, 12, 13, 14], ["adjacent"])]
+    kept = results / "adjacent" / "sft_lora" / "seed10.json"
+    kept.parent.mkdir(parents=True)
+    kept.write_text(json.dumps({"frozen": settings}))
+    assert run_script.ran_on(kept, settings) and not run_script.ran_on(kept, "another freeze")
 
 
 def _result(config: str, seed: int, figures: dict | None, status: str = "ok", kind: str = "adjacent",
