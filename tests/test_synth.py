@@ -369,15 +369,21 @@ def test_title_bar_colour_names_the_target_slot_and_a_distractor_slot_when_shift
             assert extra["cue_bbox"] == [0, 0, 256, 20]
             assert (band == TITLE_BAR_COLOURS[extra["cue_slot"]]).all()  # the full band, in the slot's colour
             assert extra["cue_colour"] == list(TITLE_BAR_COLOURS[extra["cue_slot"]])
-            if split == "shifted":
-                assert extra["cue_on"] == "distractor" and extra["cue_slot"] != extra["slot"]
-                assert extra["cue_anchor_bbox"] in extra["distractor_bboxes"]
-            else:
-                assert extra["cue_on"] == "target" and extra["cue_slot"] == extra["slot"]
-                assert extra["cue_anchor_bbox"] == rec["bbox"]
+            _check_cue_names_the_right_slot(rec, split)
         assert 12 <= shown < 24
     palette = [tuple(c) for c in TITLE_BAR_COLOURS]
     assert len(set(palette)) == 16 and not {(128, 128, 128), (220, 50, 47), *DISTRACTOR_COLOURS.values()} & set(palette)
+
+
+def _check_cue_names_the_right_slot(rec: dict, split: str) -> None:
+    """On train/test screens the cue names the target's slot; on shifted ones a distractor's."""
+    extra = rec["extra"]
+    if split == "shifted":
+        assert extra["cue_on"] == "distractor" and extra["cue_slot"] != extra["slot"]
+        assert extra["cue_anchor_bbox"] in extra["distractor_bboxes"]
+    else:
+        assert extra["cue_on"] == "target" and extra["cue_slot"] == extra["slot"]
+        assert extra["cue_anchor_bbox"] == rec["bbox"]
 
 
 def _lit_dots(pixels: np.ndarray, colour, pitch: int) -> int:
@@ -407,12 +413,7 @@ def test_count_cue_shows_slot_plus_one_dots_in_the_bottom_left_corner(tmp_path, 
             x1, y1, x2, y2 = extra["cue_bbox"]
             assert (x1, y1, y2) == (6, 242, 250) and x2 == 6 + extra["cue_slot"] * pitch + 8
             assert (pixels[236:, x2:] == 128).all()  # nothing right of the last dot
-            if split == "shifted":
-                assert extra["cue_on"] == "distractor" and extra["cue_slot"] != extra["slot"]
-                assert extra["cue_anchor_bbox"] in extra["distractor_bboxes"]
-            else:
-                assert extra["cue_on"] == "target" and extra["cue_slot"] == extra["slot"]
-                assert extra["cue_anchor_bbox"] == rec["bbox"]
+            _check_cue_names_the_right_slot(rec, split)
         assert 12 <= shown < 24
 
 
