@@ -264,14 +264,15 @@ class PriorAlignmentMixin:
             return step >= self._next_aligned_step
         return (step + 1) % self.args.align_every == 0
 
-    def _schedule_next(self, terms: float) -> None:
+    def _schedule_next(self, terms: float) -> bool:
         """Back-off: the interval to the next alignment step doubles after a step where no term fired (counted
-        over every rank, so all ranks agree) and returns to align_every when one does."""
+        over every rank, so all ranks agree) and returns to align_every when one does. False: no back-off."""
         most = getattr(self.args, "max_align_every", None)
         if most is None:
-            return
+            return False
         self._align_interval = self.args.align_every if terms else min(2 * self._align_interval, most)
         self._next_aligned_step = self.state.global_step + self._align_interval
+        return True
 
     # ---------------------------------------------------------------------------------------- selection
     def _select(self, model: torch.nn.Module, inputs: dict, metas: list) -> tuple[list[int], dict[int, float]]:
@@ -367,8 +368,7 @@ class PriorAlignmentMixin:
             weights[term.kind] = term.weight * distributed.world_size() / total if total else 0.0
         for k, plan in enumerate(plans):
             plan.agreed_chunks, plan.weights = int(counts[:, k, 0].max()), weights
-        self._schedule_next(float(counts[..., 1:].sum()))
-        if getattr(self.args, "max_align_every", None) is not None:
+        if self._schedule_next(float(counts[..., 1:].sum())):
             plans[0].stats.step_values["interval"] = float(self._align_interval)
         return plans
 

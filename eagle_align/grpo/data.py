@@ -43,7 +43,8 @@ def grounding_prompts(examples: Sequence[GroundingExample], collator: GroundingC
     so a large dataset costs no memory up front."""
 
     def rows(batch: dict[str, list]) -> dict[str, list]:
-        built = [prompt_row(examples[index], index, collator) for index in batch["example_index"]]
-        return {column: [row[column] for row in built] for column in PROMPT_COLUMNS}
+        # TRL's sampler repeats each prompt num_generations times in a batch: load and resize its image once.
+        built = {index: prompt_row(examples[index], index, collator) for index in dict.fromkeys(batch["example_index"])}
+        return {column: [built[index][column] for index in batch["example_index"]] for column in PROMPT_COLUMNS}
 
     return Dataset.from_dict({"example_index": list(range(len(examples)))}).with_transform(rows)
