@@ -33,25 +33,26 @@ FAMILY = "qwen3_vl"
 # learn a white cue here (so SFT would have no shortcut to take). Orange distractors, not blue: the red target
 # stands out less, so SFT leans on the cue (Qwen3-VL seed 1: shifted 68.0 % with blue, 32.0 % with orange).
 # unmarked_train_fraction: share of training targets drawn like the distractors (0: none);
-# empty_train_slot_fraction and decoy_train_fraction (empty distractor slots, second red squares): 0 by default.
+# empty_train_slot_fraction and decoy_train_fraction (empty distractor slots, second red squares): 0 by default;
+# target_colour (the target square's colour, every split): red.
 # full_run_schedule: recipe keys a full run overrides for this family (the recipe's own: 600 steps). The tiny
 # Qwen2-VL's SFT loss sits on a long plateau (one coordinate still guessed), so it trains 600 steps even under
 # a recipe with fewer.
 FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3_vl": {"pixels": 256 * 256, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
                  "distractor_shape": "square", "square_size": None, "unmarked_train_fraction": 0.0,
-                 "empty_train_slot_fraction": 0.0, "decoy_train_fraction": 0.0, "full_run_schedule": {}},
+                 "empty_train_slot_fraction": 0.0, "decoy_train_fraction": 0.0, "target_colour": "red", "full_run_schedule": {}},
     "qwen2_5_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
                    "distractor_shape": "square", "square_size": None, "unmarked_train_fraction": 0.0,
-                   "empty_train_slot_fraction": 0.0, "decoy_train_fraction": 0.0, "full_run_schedule": {}},
+                   "empty_train_slot_fraction": 0.0, "decoy_train_fraction": 0.0, "target_colour": "red", "full_run_schedule": {}},
     "qwen2_vl": {"pixels": 252 * 252, "cue_colour": "magenta", "cue_size": None, "distractor_colour": "orange",
                  "distractor_shape": "square", "square_size": None, "unmarked_train_fraction": 0.4,
-                 "empty_train_slot_fraction": 0.0, "decoy_train_fraction": 0.0,
+                 "empty_train_slot_fraction": 0.0, "decoy_train_fraction": 0.0, "target_colour": "red",
                  "full_run_schedule": {"max_steps": 600}},
 }
 # The data settings of a family's benchmark (its other keys are the model's pixels and the run's schedule).
 BENCHMARK_KEYS = ("cue_colour", "cue_size", "distractor_colour", "distractor_shape", "square_size",
-                  "unmarked_train_fraction", "empty_train_slot_fraction", "decoy_train_fraction")
+                  "unmarked_train_fraction", "empty_train_slot_fraction", "decoy_train_fraction", "target_colour")
 PIXELS = FAMILIES[FAMILY]["pixels"]
 RECIPE = recipe_path("tiny_synthetic_cpu", "train")
 SPLITS = ("iid", "shifted")
@@ -104,7 +105,8 @@ def synthetic_split(out: Path, split: str, n: int, seed: int, cue_fraction: floa
                               square_size=bench["square_size"],
                               unmarked_target_fraction=train_only("unmarked_train_fraction"),
                               empty_slot_fraction=train_only("empty_train_slot_fraction"),
-                              decoy_fraction=train_only("decoy_train_fraction"))
+                              decoy_fraction=train_only("decoy_train_fraction"),
+                              target_colour=bench["target_colour"])
 
 
 def run_overrides(family: str, quick: bool) -> dict[str, Any]:

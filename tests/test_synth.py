@@ -194,7 +194,7 @@ def test_cue_size_and_distractor_colour(tmp_path):
         assert tuple(pixels[(d[1] + d[3]) // 2, (d[0] + d[2]) // 2]) == (240, 140, 20)  # orange
     with pytest.raises(ValueError, match=r"cue_size=33 must be within \[1, 32\]"):
         generate_synthetic(tmp_path, 2, cue_size=33)
-    with pytest.raises(ValueError, match="distractor_colour='red' needs a distractor_shape"):
+    with pytest.raises(ValueError, match="distractor_colour='red' is the target's colour: it needs a distractor_shape"):
         generate_synthetic(tmp_path, 2, distractor_colour="red")
     with pytest.raises(ValueError, match="shortcut preset only"):
         generate_synthetic(tmp_path, 2, preset="gui", cue_size=8)
@@ -311,6 +311,25 @@ def test_distractor_shape_redraws_only_the_distractors_so_red_ones_differ_from_t
         generate_synthetic(tmp_path, 2, distractor_shape="star")
     with pytest.raises(ValueError, match="shortcut preset only"):
         generate_synthetic(tmp_path, 2, preset="gui", distractor_shape="circle")
+
+
+def test_target_colour_redraws_only_the_target_and_names_it_in_the_instruction(tmp_path):
+    """A teal target: the instruction names teal, the target's box is teal where it was red, and every pixel
+    outside it (cue, distractors, background) is the default data's."""
+    for a, b, old, new in _paired_screens(tmp_path, 12, 6, ["--target-colour", "teal"]):
+        assert a["instruction"] == "click the red square" and b["instruction"] == "click the teal square"
+        x1, y1, x2, y2 = b["bbox"]
+        assert tuple(old[(y1 + y2) // 2, (x1 + x2) // 2]) == (220, 50, 47)
+        assert tuple(new[(y1 + y2) // 2, (x1 + x2) // 2]) == (20, 150, 150)
+        outside = np.ones(old.shape[:2], dtype=bool)
+        outside[y1:y2, x1:x2] = False
+        assert np.array_equal(old[outside], new[outside])
+    with pytest.raises(ValueError, match="target_colour='pink'; choose one of red, green, teal"):
+        generate_synthetic(tmp_path, 2, target_colour="pink")
+    with pytest.raises(ValueError, match="distractor_colour='orange' is the target's colour"):
+        generate_synthetic(tmp_path, 2, target_colour="orange", distractor_colour="orange")
+    with pytest.raises(ValueError, match="target_colour applies to the shortcut preset only"):
+        generate_synthetic(tmp_path, 2, preset="gui", target_colour="teal")
 
 
 def _pixel_hash(n: int, seed: int, **options) -> str:

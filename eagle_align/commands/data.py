@@ -20,6 +20,7 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
         RELATIONS,
         SHORTCUTS,
         SPLITS,
+        TARGET_COLOURS,
     )
 
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -68,6 +69,8 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--distractor-colour", default="blue", choices=list(DISTRACTOR_COLOURS),
                        help="shortcut preset: colour of the non-target squares (default blue; red needs "
                             "--distractor-shape circle or diamond)")
+    synth.add_argument("--target-colour", default="red", choices=list(TARGET_COLOURS),
+                       help="shortcut preset: colour of the target square, named by the instruction (default red)")
     synth.add_argument("--distractor-shape", default="square", choices=list(DISTRACTOR_SHAPES),
                        help="shortcut preset: shape of the non-target items (default square, like the target)")
     synth.add_argument("--square-size", type=int, default=None,
@@ -104,7 +107,8 @@ def data_command(args: argparse.Namespace) -> int:
                                   distractor_colour=args.distractor_colour, square_size=args.square_size,
                                   unmarked_target_fraction=args.unmarked_target_fraction,
                                   empty_slot_fraction=args.empty_slot_fraction, decoy_fraction=args.decoy_fraction,
-                                  distractor_shape=args.distractor_shape, shortcut=args.shortcut)
+                                  distractor_shape=args.distractor_shape, shortcut=args.shortcut,
+                                  target_colour=args.target_colour)
         print(f"wrote {args.n} {args.preset} samples ({args.split}) to {path}")
         return 0
     from eagle_align.data.importers import check_columns, write_jsonl

@@ -66,6 +66,9 @@ _SHAPES = ("circle", "square", "triangle", "diamond", "plus")
 # the target apart.
 DISTRACTOR_COLOURS = {"blue": _COLOURS["blue"], "purple": _COLOURS["purple"], "orange": _COLOURS["orange"],
                       "pumpkin": (235, 118, 28), "vermilion": (230, 95, 35), "red": _COLOURS["red"]}
+# Colours the shortcut preset's target square may take (`target_colour`, default red): a colour a pretrained
+# grounding model never saw as the target makes fine-tuning teach the target anew, as a new domain does.
+TARGET_COLOURS = {name: _COLOURS[name] for name in ("red", "green", "teal", "blue", "purple", "orange")}
 # Shapes of the shortcut preset's non-target items (the target is always a square, "click the red square").
 DISTRACTOR_SHAPES = ("square", "circle", "diamond")
 
@@ -132,8 +135,9 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
                      square_size: int | None = None, unmarked: bool = False, empty_slot_fraction: float = 0.0,
                      decoy_fraction: float = 0.0, empty_rng: random.Random | None = None,
                      decoy_rng: random.Random | None = None, distractor_shape: str = "square",
-                     target_slot: int | None = None, grid_span: tuple[int, int] = (0, _SHORTCUT_SCREEN)) -> dict:
-    """Grey screen, one square per slot; the target is the only red one ("click the red square").
+                     target_slot: int | None = None, grid_span: tuple[int, int] = (0, _SHORTCUT_SCREEN),
+                     target_colour: str = "red") -> dict:
+    """Grey screen, one square per slot; the target is the only one in `target_colour` ("click the red square").
 
     `cue_size` (None: half the margin around a default-sized square), `distractor_colour` and `square_size`
     (None: half a slot) set how salient the cue is against the target's own evidence (a red square of that side
@@ -175,15 +179,15 @@ def _shortcut_screen(rng: random.Random, difficulty: int, cue_size: int | None, 
         boxes.append(box)
         if index in empty:
             continue
-        red = (index == target_slot and not unmarked) or index == decoy
+        in_target_colour = (index == target_slot and not unmarked) or index == decoy
         _shape(draw, "square" if index in (target_slot, decoy) else distractor_shape, box,
-               _COLOURS["red"] if red else DISTRACTOR_COLOURS[distractor_colour])
+               TARGET_COLOURS[target_colour] if in_target_colour else DISTRACTOR_COLOURS[distractor_colour])
     margin = shortcut_margin(difficulty, square)
     cue = cue_size or max(6, shortcut_margin(difficulty) // 2)
     kept = [i for i in distractor_slots if i not in empty]
     return dict(image=image, draw=draw, target=boxes[target_slot], distractors=[boxes[i] for i in kept],
                 slot_boxes=boxes, target_slot=target_slot, distractor_slots=kept,
-                instruction="click the red square", platform=None, ui_type="icon",
+                instruction=f"click the {target_colour} square", platform=None, ui_type="icon",
                 cue_size=cue, cue_gap=max(0, (margin - cue) // 2), cue_colour=(255, 255, 255),
                 relation="top_left", extra={"slot": target_slot, "target_marked": not unmarked,
                                             "empty_slots": sorted(empty), "decoy_slot": decoy})
@@ -329,7 +333,7 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
                  distractor_colour: str = "blue", square_size: int | None = None,
                  unmarked_target_fraction: float = 0.0, empty_slot_fraction: float = 0.0,
                  decoy_fraction: float = 0.0, distractor_shape: str = "square",
-                 shortcut: str = "adjacent") -> tuple[Image.Image, dict]:
+                 shortcut: str = "adjacent", target_colour: str = "red") -> tuple[Image.Image, dict]:
     """One screenshot and its JSONL record (image path left to the caller); deterministic per arguments.
 
     `cue_colour` (a CUE_COLOURS name, None = the preset's own), `cue_size` and `distractor_colour` (shortcut
@@ -337,7 +341,8 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
     their centres. Shortcut only: `unmarked_target_fraction` draws that share of targets in the distractors'
     colour, `empty_slot_fraction` leaves that share of distractor slots empty and `decoy_fraction` draws a
     second red square on that share of screens, each decided by draws of its own, so that with any of them at 0
-    the screens stay as they were; `distractor_shape` changes only the distractors' pixels. `shortcut` (a
+    the screens stay as they were; `distractor_shape` changes only the distractors' pixels and `target_colour`
+    only the target's (and a decoy's) pixels and the instruction's colour word. `shortcut` (a
     SHORTCUTS kind) is what the cue is; "adjacent" draws exactly the screens of before the other kinds existed.
     """
     rng = random.Random(f"eagle-synth:{preset}:{seed}:{split}:{index}")
@@ -354,7 +359,7 @@ def synth_record(index: int, seed: int, split: str = "train", preset: str = "sho
                                   empty_slot_fraction, decoy_fraction,
                                   random.Random(f"eagle-synth-empty:{seed}:{split}:{index}"),
                                   random.Random(f"eagle-synth-decoy:{seed}:{split}:{index}"), distractor_shape,
-                                  target_slot, grid_span)
+                                  target_slot, grid_span, target_colour)
     else:
         screen = _gui_screen(rng, difficulty, layout, cue_relation or "right")
     relation = cue_relation or screen["relation"]
@@ -392,7 +397,8 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
                        cue_size: int | None = None, distractor_colour: str = "blue",
                        square_size: int | None = None, unmarked_target_fraction: float = 0.0,
                        empty_slot_fraction: float = 0.0, decoy_fraction: float = 0.0,
-                       distractor_shape: str = "square", shortcut: str = "adjacent") -> Path:
+                       distractor_shape: str = "square", shortcut: str = "adjacent",
+                       target_colour: str = "red") -> Path:
     """Write `n` screenshots to `out_dir/images/` and their records to `out_dir/{split}.jsonl`; return that path.
 
     preset "shortcut": 256×256 grey screen, squares in slots, the red one is the target (tiny models learn
@@ -414,7 +420,9 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
     shortcut, what the cue is (SHORTCUTS; data_cards/synthetic.md): "adjacent" (default) a square beside the
     element, "title_bar" a band across the top whose colour names the slot, "count" slot + 1 dots in the
     bottom-left corner, "position_prior" no mark at all but the target in PRIOR_SLOT; cue_relation and cue_size
-    belong to "adjacent", cue_colour to "adjacent" and "count".
+    belong to "adjacent", cue_colour to "adjacent" and "count", and
+    target_colour, the target square's colour (TARGET_COLOURS, default "red"; the instruction names it): a colour
+    a pretrained model never saw as the target makes fine-tuning learn the target anew.
     """
     levels = _SHORTCUT_LEVELS if preset == "shortcut" else _GUI_LEVELS
     fractions = {"unmarked_target_fraction": unmarked_target_fraction, "empty_slot_fraction": empty_slot_fraction,
@@ -446,8 +454,13 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
          + ("colours its band by the slot" if shortcut == "title_bar" else "draws no cue")),
         (distractor_shape in DISTRACTOR_SHAPES,
          f"distractor_shape={distractor_shape!r}; choose one of {', '.join(DISTRACTOR_SHAPES)}"),
-        (not (distractor_colour == "red" and distractor_shape == "square"),
-         "distractor_colour='red' needs a distractor_shape other than 'square' (the target is the red square)"),
+        (target_colour in TARGET_COLOURS,
+         f"target_colour={target_colour!r}; choose one of {', '.join(TARGET_COLOURS)}"),
+        (preset == "shortcut" or target_colour == "red", "target_colour applies to the shortcut preset only"),
+        (not (DISTRACTOR_COLOURS.get(distractor_colour) == TARGET_COLOURS.get(target_colour)
+              and distractor_shape == "square"),
+         f"distractor_colour={distractor_colour!r} is the target's colour: it needs a distractor_shape other than "
+         "'square' (the target is the square of that colour)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -467,7 +480,7 @@ def generate_synthetic(out_dir: str | Path, n: int, seed: int = 0, preset: str =
             image, record = synth_record(index, seed, split, preset, cue_fraction, difficulty, layout, cue_relation,
                                          cue_colour, cue_size, distractor_colour, square_size,
                                          unmarked_target_fraction, empty_slot_fraction, decoy_fraction,
-                                         distractor_shape, shortcut)
+                                         distractor_shape, shortcut, target_colour)
             name = f"images/{split}_{index:05d}.png"
             image.save(out / name)
             # Stated, so a screen wider than 1000 px whose boxes all sit below 1000 is not taken for 0-1000 space.
