@@ -41,7 +41,8 @@ def load_suite(path: Path = SUITE) -> dict[str, Any]:
     return {"rows": [row["config"] for row in suite["rows"]],
             "labels": {row["config"]: row.get("label", row["config"]) for row in suite["rows"]},
             "readme": {row["config"]: row["readme"] for row in suite["rows"] if "readme" in row},
-            "kinds": list(suite["shortcuts"]), "seeds": {phase: list(s) for phase, s in suite["seeds"].items()}}
+            "kinds": list(suite["shortcuts"]), "seeds": {phase: list(s) for phase, s in suite["seeds"].items()},
+            "row_kinds": {row["config"]: list(row.get("shortcuts", suite["shortcuts"])) for row in suite["rows"]}}
 
 
 def load_results(folder: Path = RESULTS) -> list[dict[str, Any]]:
@@ -111,12 +112,14 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {spread:.1f}"
 
 
-def per_seed_table(kind_rows: list[dict[str, Any]], all_rows: list[dict[str, Any]], suite: dict[str, Any]) -> str:
+def per_seed_table(kind: str, kind_rows: list[dict[str, Any]], all_rows: list[dict[str, Any]],
+                   suite: dict[str, Any]) -> str:
     lines = ["| config | seed | status | " + " | ".join(label for _, label in FIGURES)
              + " | training s | × SFT time | deviation terms | steps | eagle_align |",
              "|---|---:|---|" + "---:|" * len(FIGURES) + "---:|---:|---:|---:|---|"]
     blank = " | ".join(["–"] * (len(FIGURES) + 5))
-    configs = {row.get("config") for row in kind_rows} | set(suite["rows"])
+    configs = {row.get("config") for row in kind_rows} | {config for config in suite["rows"]
+                                                          if kind in suite["row_kinds"][config]}
     for config in _order(configs, suite):
         runs = sorted((row for row in kind_rows if row.get("config") == config), key=_seed_key)
         if not runs:
@@ -164,7 +167,7 @@ def tables(rows: list[dict[str, Any]], suite: dict[str, Any]) -> str:
         if not kind_rows:
             parts += ["Not run yet.", ""]
             continue
-        parts += ["Per seed (every run, failures included):", "", per_seed_table(kind_rows, rows, suite), ""]
+        parts += ["Per seed (every run, failures included):", "", per_seed_table(kind, kind_rows, rows, suite), ""]
         if any(not row.get("quick") for row in kind_rows):
             parts += ["Mean ± sample standard deviation over each config's successful full-length seeds, per "
                       "phase:", "", mean_table(kind_rows, rows, suite), ""]

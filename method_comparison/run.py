@@ -136,6 +136,7 @@ def read_row_config(name: str) -> RowConfig:
 class SuiteRow:
     config: str
     sft: str  # the row whose training seconds this row's are compared with
+    shortcuts: tuple[str, ...] | None = None  # the kinds this row runs on (None: every kind of the suite)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,9 +159,17 @@ class Suite:
 
 def load_suite(path: Path = SUITE) -> Suite:
     raw = yaml.safe_load(path.read_text())
-    rows = [SuiteRow(row["config"], row.get("sft", row["config"])) for row in raw["rows"]]
+    rows = [SuiteRow(row["config"], row.get("sft", row["config"]),
+                     tuple(row["shortcuts"]) if "shortcuts" in row else None) for row in raw["rows"]]
     return Suite(raw["family"], {phase: list(seeds) for phase, seeds in raw["seeds"].items()},
                  list(raw["shortcuts"]), rows, int(raw.get("base_seed", 0)), dict(raw.get("parts") or {}))
+
+
+def runs_on(suite: Suite, config: str, kind: str) -> bool:
+    """Whether the suite runs `config` on `kind` (a row may name its own kinds; configs outside the suite run
+    wherever they are asked to)."""
+    row = next((row for row in suite.rows if row.config == config), None)
+    return row is None or row.shortcuts is None or kind in row.shortcuts
 
 
 def reference_sft(row: RowConfig, suite: Suite) -> str:
@@ -481,6 +490,8 @@ def run(configs: list[str], seeds: list[int], kinds: list[str], quick: bool = Fa
         for kind in kinds:
             trained: dict[str, Trained] = {}
             for name, row in rows.items():
+                if suite_name and not runs_on(suite, name, kind):
+                    continue
                 missing = missing_features(row, kind)
                 if missing:
                     print(f"[method_comparison] {name} {kind} seed {seed}: not run, needs {'; '.join(missing)}",
@@ -550,12 +561,13 @@ def evaluation_plan(suite: Suite, results: Path) -> str:
     """The frozen hash the evaluation suite runs under, after every check that it may run now."""
     frozen = check_frozen(suite)
     unavailable = [f"{row.config} on {kind}: {'; '.join(missing)}" for row in suite.rows for kind in suite.shortcuts
-                   if (missing := missing_features(read_row_config(row.config), kind))]
+                   if runs_on(suite, row.config, kind)
+                   and (missing := missing_features(read_row_config(row.config), kind))]
     if unavailable:
         raise SystemExit("the evaluation suite runs every row on every kind, and these cannot run yet:\n  "
                          + "\n  ".join(unavailable))
     planned = [results / kind / row.config / f"seed{seed}.json" for row in suite.rows for kind in suite.shortcuts
-               for seed in suite.seeds["eval"]]
+               if runs_on(suite, row.config, kind) for seed in suite.seeds["eval"]]
     if all(ran_on(path, frozen) for path in planned):
         raise SystemExit(f"the evaluation seeds already ran on these frozen settings ({len(planned)} result files, "
                          f"e.g. {_shown(planned[0])}): they run once and are reported as they came")

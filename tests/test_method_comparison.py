@@ -217,6 +217,40 @@ def test_a_part_of_the_suite_runs_its_rows_and_kinds_and_a_later_full_run_keeps_
     assert run_script.ran_on(kept, settings) and not run_script.ran_on(kept, "another freeze")
 
 
+def test_a_row_that_names_its_kinds_runs_and_is_planned_on_those_only(tmp_path, monkeypatch):
+    suite_file = tmp_path / "suite.yaml"
+    raw = yaml.safe_load(run_script.SUITE.read_text())
+    raw["shortcuts"] = ["adjacent", "count"]
+    raw["rows"] = [{"config": "sft_lora"}, {"config": "sft", "shortcuts": ["adjacent"]}]
+    suite_file.write_text(yaml.safe_dump(raw))
+    suite = run_script.load_suite(suite_file)
+    assert [row.shortcuts for row in suite.rows] == [None, ("adjacent",)]
+    assert run_script.runs_on(suite, "sft_lora", "count") and not run_script.runs_on(suite, "sft", "count")
+    assert run_script.runs_on(suite, "paper", "count")  # a config outside the suite runs where it is asked to
+    monkeypatch.setattr(run_script, "FROZEN", tmp_path / "FROZEN")
+    monkeypatch.setattr(run_script, "SUITE", suite_file)
+    monkeypatch.setattr(run_script, "missing_features", lambda row, kind: [])
+    settings = run_script.write_frozen(suite)
+    results = tmp_path / "results"
+    for kind, config in (("adjacent", "sft_lora"), ("count", "sft_lora"), ("adjacent", "sft")):
+        for seed in suite.seeds["eval"]:
+            path = results / kind / config / f"seed{seed}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"frozen": settings}))
+    with pytest.raises(SystemExit, match="already ran on these frozen settings"):  # nothing planned for sft on count
+        run_script.evaluation_plan(suite, results)
+    trained = []
+    monkeypatch.setattr(run_script, "run_one", lambda row, start, seed, family, quick, splits, out: trained.append(
+        (row.name, out.parent.name)) or ({"figures": {}}, run_script.Trained(out, out, row.lora)))
+    monkeypatch.setattr(run_script, "shortcut_splits", lambda *args: {})
+    monkeypatch.setattr(run_script, "pretrained_base", lambda *args: {
+        "model_dir": str(tmp_path), "key_hash": "", "clean_click_pct": {}, "training_seconds": 0})
+    monkeypatch.setattr("eagle_align.families.build_tiny_checkpoint", lambda *args, **kwargs: tmp_path)
+    run_script.run(["sft_lora", "sft"], [0], ["adjacent", "count"], results=tmp_path / "dev", work=tmp_path / "w",
+                   suite_name="dev", suite=suite)
+    assert trained == [("sft_lora", "adjacent"), ("sft", "adjacent"), ("sft_lora", "count")]
+
+
 def _result(config: str, seed: int, figures: dict | None, status: str = "ok", kind: str = "adjacent",
             seconds: float | None = 100.0, **extra) -> dict:
     return {"config": config, "kind": kind, "seed": seed, "status": status, "quick": False, "figures": figures,
