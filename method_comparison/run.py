@@ -149,11 +149,12 @@ class Suite:
     parts: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=dict)
 
     def part(self, name: str) -> Suite:
-        """The suite cut to one of its named parts (its rows and shortcut kinds; seeds as the suite's)."""
+        """The suite cut to one of its named parts (its rows and shortcut kinds, each the suite's where the part
+        names none; seeds as the suite's)."""
         if name not in self.parts:
             raise SystemExit(f"suite.yaml has no part {name!r}; it has {', '.join(self.parts) or 'none'}")
         part = self.parts[name]
-        rows = [row for row in self.rows if row.config in part["rows"]]
+        rows = [row for row in self.rows if "rows" not in part or row.config in part["rows"]]
         return dataclasses.replace(self, rows=rows, shortcuts=list(part.get("shortcuts", self.shortcuts)))
 
 

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "method_comparison"
 CONFIGS = sorted((FOLDER / "configs").glob("*.yaml"))
 DEMO_RECIPE = REPO / "eagle_align" / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
-LORA_ROWS = ("sft_lora", "box_crop_lora", "default_lora", "paper_lora", "placebo_lora")
+LORA_ROWS = ("sft_lora", "box_crop_lora", "default_lora", "backoff_lora", "paper_lora", "placebo_lora")
 GRPO_ROWS = ("grpo_task_lora", "grpo_aligned_lora")
 
 
@@ -76,8 +76,11 @@ def test_lora_rows_differ_from_sft_lora_only_in_their_method():
     rows = {name: run_script.read_row_config(name) for name in LORA_ROWS}
     sft = rows["sft_lora"]
     assert sft.lora and sft.recipe["alignment"] is False and sft.benchmark  # the data every LoRA row shares
+    # The fine-tuning target is one the base was not trained to click, and every training target shows it.
+    assert sft.benchmark["target_colour"] != "red" and not sft.benchmark.get("unmarked_train_fraction")
     assert all(row.benchmark == sft.benchmark and row.trainer == "sft" for row in rows.values())
     assert rows["default_lora"].recipe == {**sft.recipe, "alignment": True}
+    assert rows["backoff_lora"].recipe == {**rows["default_lora"].recipe, "max_align_every": 40}
     assert rows["paper_lora"].recipe == {**sft.recipe, "alignment": True, "preset": "paper"}
     assert rows["placebo_lora"].recipe == {**rows["default_lora"].recipe, "lambda_deviation": 0.0}
     assert rows["box_crop_lora"].recipe == {
