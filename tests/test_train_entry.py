@@ -75,8 +75,11 @@ def test_every_recipe_parses(recipe):
     assert model_args.model_name_or_path and data_args.train_data
     if recipe in REAL_RECIPES:
         assert model_args.model_name_or_path.startswith("Qwen/")
-        assert training_args.align_every == 5 and training_args.alignment
         assert model_args.max_pixels and model_args.min_pixels
+        if "box_crop" in recipe.name:  # the baseline: SFT with box-guided crops, no alignment
+            assert not training_args.alignment and data_args.augment["kind"] == "box_crop"
+        else:
+            assert training_args.align_every == 5 and training_args.alignment
 
 
 @pytest.mark.parametrize("recipe", REAL_RECIPES, ids=lambda p: p.name)
@@ -262,11 +265,15 @@ def test_recipe_base_is_read_first_relative_to_the_recipe_and_refuses_loops(tmp_
 
 @pytest.mark.parametrize("recipe", REAL_RECIPES, ids=lambda p: p.name)
 def test_real_recipes_run_the_default_method(recipe):
-    """The demo's method, not a preset: the recipes set throughput keys only."""
+    """The demo's method, not a preset: the recipes set throughput keys only (the box-crop baseline turns
+    alignment off and nothing else)."""
     training_args = parse_config(load_config(recipe, {} if torch.cuda.is_available() else {"bf16": False}))[3]
     assert training_args.preset_description() == "none (eagle-align's defaults)"
     defaults = PriorAlignedConfig(output_dir="unused", report_to="none")
     throughput = {"max_aligned_per_step", "attribution_batch_size", "loss_chunk_size"}
+    if "box_crop" in recipe.name:
+        assert training_args.alignment is False
+        throughput.add("alignment")
     assert {k: v for k, v in training_args.method_settings().items() if k not in throughput} == {
         k: v for k, v in defaults.method_settings().items() if k not in throughput}
 
