@@ -24,6 +24,7 @@ CONFIGS = sorted((FOLDER / "configs").glob("*.yaml"))
 DEMO_RECIPE = REPO / "eagle_align" / "recipes" / "train" / "tiny_synthetic_cpu.yaml"
 LORA_ROWS = ("sft_lora", "box_crop_lora", "default_lora", "backoff_lora", "paper_lora", "placebo_lora")
 GRPO_ROWS = ("grpo_task_lora", "grpo_aligned_lora")
+LORA_CANDIDATES = ("lambda_8_lora",)  # development candidates for the default method, not suite rows
 
 
 def _script(name: str):
@@ -64,12 +65,20 @@ def test_reference_configs_are_the_demo_recipe():
 def test_experiments_are_the_demo_recipe_plus_their_own_keys():
     demo_recipe = load_config(DEMO_RECIPE)
     for path in CONFIGS:
-        if path.stem in ("default", "sft", "paper", *LORA_ROWS, *GRPO_ROWS):
+        if path.stem in ("default", "sft", "paper", *LORA_ROWS, *GRPO_ROWS, *LORA_CANDIDATES):
             continue
         config = load_config(path)
         # Of the demo's own keys, only the schedule may differ (a row keeps the steps it was measured with).
         assert {k for k, v in demo_recipe.items() if config.get(k) != v} <= {"align_start_step", "max_steps"}, path.name
         assert config != demo_recipe, f"{path.name} changes nothing"
+
+
+def test_lora_candidates_are_default_lora_plus_their_own_keys():
+    default = run_script.read_row_config("default_lora")
+    for name in LORA_CANDIDATES:
+        candidate = run_script.read_row_config(name)
+        assert candidate.benchmark == default.benchmark and candidate.recipe != default.recipe
+        assert {k for k, v in default.recipe.items() if candidate.recipe.get(k) != v} <= {"lambda_deviation"}
 
 
 def test_lora_rows_differ_from_sft_lora_only_in_their_method():
