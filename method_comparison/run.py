@@ -62,6 +62,9 @@ SPLITS = ("iid", "shifted")
 DEFAULT_KIND = "adjacent"
 # Keys the runner reads and removes before the library sees the recipe.
 RUNNER_KEYS = ("init_from", "benchmark")
+# A `benchmark:` key of the runner's own beside the demo's: the share of training (and iid test) screens with
+# the cue, the demo's TRAIN_CUE_FRACTION (1.0) unless set; 0 trains on screens without any cue (a ceiling).
+TRAIN_CUE_KEY = "train_cue_fraction"
 # Recipe keys that a library change is adding; a config using one is skipped (not failed) until it lands.
 
 
@@ -125,10 +128,10 @@ def read_row_config(name: str) -> RowConfig:
     recipe = yaml.safe_load(path.read_text()) or {}
     runner = {key: recipe.pop(key) for key in RUNNER_KEYS if key in recipe}
     benchmark = runner.get("benchmark") or {}
-    unknown = sorted(set(benchmark) - set(demo.BENCHMARK_KEYS))
+    unknown = sorted(set(benchmark) - {*demo.BENCHMARK_KEYS, TRAIN_CUE_KEY})
     if unknown:
         raise SystemExit(f"{_shown(path)}: benchmark setting(s) {', '.join(unknown)} unknown; choose from "
-                         f"{', '.join(demo.BENCHMARK_KEYS)}")
+                         f"{', '.join([*demo.BENCHMARK_KEYS, TRAIN_CUE_KEY])}")
     return RowConfig(Path(name).stem, path, recipe, runner.get("init_from"), benchmark)
 
 
@@ -309,10 +312,11 @@ def shortcut_splits(folder: Path, seed: int, family: str, kind: str, quick: bool
 
     size = demo.SIZES["quick" if quick else "full"]
     extra = {"shortcut": kind} if shortcut_keyword_available() else {}
-    cue = demo.TRAIN_CUE_FRACTION
+    cue = benchmark.get(TRAIN_CUE_KEY, demo.TRAIN_CUE_FRACTION)
     data = folder / (f"data-{hashlib.sha256(json.dumps(benchmark, sort_keys=True).encode()).hexdigest()[:8]}"
                      if benchmark else "data")
-    return {split: demo.synthetic_split(data, name, size[split], seed, fraction, family, benchmark, **extra)
+    settings = {key: value for key, value in benchmark.items() if key != TRAIN_CUE_KEY}
+    return {split: demo.synthetic_split(data, name, size[split], seed, fraction, family, settings, **extra)
             for split, name, fraction in (("train", "train", cue), ("iid", "test", cue), ("shifted", "shifted", 1.0))}
 
 
@@ -516,6 +520,7 @@ def run(configs: list[str], seeds: list[int], kinds: list[str], quick: bool = Fa
                     "quick": quick, "trainer": row.trainer, "init_from": row.init_from,
                     "reference_sft": reference_sft(row, suite),
                     "benchmark": {**{key: demo.FAMILIES[family][key] for key in demo.BENCHMARK_KEYS},
+                                  TRAIN_CUE_KEY: demo.TRAIN_CUE_FRACTION,
                                   **row.benchmark},
                     "command": command, "versions": versions, "code": code,
                 }

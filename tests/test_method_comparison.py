@@ -25,6 +25,7 @@ DEMO_RECIPE = REPO / "eagle_align" / "recipes" / "train" / "tiny_synthetic_cpu.y
 LORA_ROWS = ("sft_lora", "box_crop_lora", "default_lora", "backoff_lora", "paper_lora", "placebo_lora")
 GRPO_ROWS = ("grpo_task_lora", "grpo_aligned_lora")
 LORA_CANDIDATES = ("lambda_8_lora",)  # development candidates for the default method, not suite rows
+CEILING_ROWS = ("cue_free_lora",)
 
 
 def _script(name: str):
@@ -65,7 +66,7 @@ def test_reference_configs_are_the_demo_recipe():
 def test_experiments_are_the_demo_recipe_plus_their_own_keys():
     demo_recipe = load_config(DEMO_RECIPE)
     for path in CONFIGS:
-        if path.stem in ("default", "sft", "paper", *LORA_ROWS, *GRPO_ROWS, *LORA_CANDIDATES):
+        if path.stem in ("default", "sft", "paper", *LORA_ROWS, *GRPO_ROWS, *LORA_CANDIDATES, *CEILING_ROWS):
             continue
         config = load_config(path)
         # Of the demo's own keys, only the schedule may differ (a row keeps the steps it was measured with).
@@ -79,6 +80,23 @@ def test_lora_candidates_are_default_lora_plus_their_own_keys():
         candidate = run_script.read_row_config(name)
         assert candidate.benchmark == default.benchmark and candidate.recipe != default.recipe
         assert {k for k, v in default.recipe.items() if candidate.recipe.get(k) != v} <= {"lambda_deviation"}
+
+
+def test_the_cue_free_ceiling_trains_sft_lora_on_the_same_screens_without_a_cue(tmp_path):
+    sft, ceiling = run_script.read_row_config("sft_lora"), run_script.read_row_config("cue_free_lora")
+    assert ceiling.recipe == sft.recipe and ceiling.benchmark == {**sft.benchmark, "train_cue_fraction": 0.0}
+    splits = run_script.shortcut_splits(tmp_path, 0, "qwen3_vl", "adjacent", True, ceiling.benchmark)
+    with_cue = run_script.shortcut_splits(tmp_path, 0, "qwen3_vl", "adjacent", True, sft.benchmark)
+    records = {name: [json.loads(line) for line in path.read_text().splitlines()] for name, path in splits.items()}
+    assert not any(r["extra"]["cue_bbox"] for r in records["train"] + records["iid"])
+    assert all(r["extra"]["cue_on"] == "distractor" for r in records["shifted"])
+    assert all(json.loads(line)["extra"]["cue_on"] == "target" for line in with_cue["train"].read_text().splitlines())
+    assert all("teal" in r["instruction"] for r in records["train"])
+    with pytest.raises(SystemExit, match="benchmark setting.s. cue_fraction unknown; choose from .*train_cue_fraction"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(run_script.config_file("sft_lora").read_text().replace(
+            "benchmark: {", "benchmark: {cue_fraction: 0.5, "))
+        run_script.read_row_config(str(bad))
 
 
 def test_lora_rows_differ_from_sft_lora_only_in_their_method():
