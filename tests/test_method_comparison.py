@@ -127,7 +127,7 @@ def test_grpo_rows_start_from_sft_and_differ_only_in_alignment():
 def test_the_suite_names_its_rows_seeds_and_kinds():
     suite = run_script.load_suite()
     configs = [row.config for row in suite.rows]
-    assert set(LORA_ROWS) | set(GRPO_ROWS) | {"sft", "default"} == set(configs)
+    assert set(LORA_ROWS) | set(GRPO_ROWS) | set(CEILING_ROWS) | {"sft", "default"} == set(configs)
     assert all(row.sft in configs for row in suite.rows)
     assert suite.seeds == {"dev": [0, 1, 2], "eval": [10, 11, 12, 13, 14]}
     assert suite.shortcuts[0] == "adjacent" and "position_prior" in suite.shortcuts
