@@ -327,7 +327,7 @@ def test_tables_are_made_from_the_result_files_alone(tmp_path):
     lines = adjacent.splitlines()
     # Suite rows in suite order, each seed on its own row, the ratio to SFT's seconds of the same seed.
     configs = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and not line.startswith("| config")]
-    assert configs[:4] == ["sft_lora", "sft_lora", "sft_lora", "box_crop_lora"]
+    assert configs[:5] == ["sft_lora", "sft_lora", "sft_lora", "cue_free_lora", "box_crop_lora"]
     assert "| sft_lora | 0 | ok | 100.0 | 37.5 | 40.0 | 100.0 | 1.00 | – | 300 | 0.1.0 |" in lines
     assert "| default_lora | 1 | ok | 100.0 | 100.0 | 100.0 | 500.0 | 2.50 | 7 | 300 | 0.1.0 |" in lines
     assert ("| default_lora | 2 | **failed**: RuntimeError: loss is nan at step 310 | – | – | – | – | – | – | – "
