@@ -141,6 +141,9 @@ class SuiteRow:
     sft: str  # the row whose training seconds this row's are compared with
     shortcuts: tuple[str, ...] | None = None  # the kinds this row runs on (None: every kind of the suite)
 
+    def runs_on(self, kind: str) -> bool:
+        return self.shortcuts is None or kind in self.shortcuts
+
 
 @dataclasses.dataclass(frozen=True)
 class Suite:
@@ -160,6 +163,10 @@ class Suite:
         rows = [row for row in self.rows if "rows" not in part or row.config in part["rows"]]
         return dataclasses.replace(self, rows=rows, shortcuts=list(part.get("shortcuts", self.shortcuts)))
 
+    def row(self, config: str) -> SuiteRow | None:
+        """The suite's row of `config` (None: a config outside the suite)."""
+        return next((row for row in self.rows if row.config == config), None)
+
 
 def load_suite(path: Path = SUITE) -> Suite:
     raw = yaml.safe_load(path.read_text())
@@ -172,15 +179,15 @@ def load_suite(path: Path = SUITE) -> Suite:
 def runs_on(suite: Suite, config: str, kind: str) -> bool:
     """Whether the suite runs `config` on `kind` (a row may name its own kinds; configs outside the suite run
     wherever they are asked to)."""
-    row = next((row for row in suite.rows if row.config == config), None)
-    return row is None or row.shortcuts is None or kind in row.shortcuts
+    row = suite.row(config)
+    return row is None or row.runs_on(kind)
 
 
 def reference_sft(row: RowConfig, suite: Suite) -> str:
     """The SFT row a row's training time is divided by: the suite's, else SFT of the same fine-tuning."""
-    for suite_row in suite.rows:
-        if suite_row.config == row.name:
-            return suite_row.sft
+    suite_row = suite.row(row.name)
+    if suite_row is not None:
+        return suite_row.sft
     return "sft_lora" if row.lora else "sft"
 
 
@@ -567,13 +574,12 @@ def evaluation_plan(suite: Suite, results: Path) -> str:
     """The frozen hash the evaluation suite runs under, after every check that it may run now."""
     frozen = check_frozen(suite)
     unavailable = [f"{row.config} on {kind}: {'; '.join(missing)}" for row in suite.rows for kind in suite.shortcuts
-                   if runs_on(suite, row.config, kind)
-                   and (missing := missing_features(read_row_config(row.config), kind))]
+                   if row.runs_on(kind) and (missing := missing_features(read_row_config(row.config), kind))]
     if unavailable:
         raise SystemExit("the evaluation suite runs every row on every kind, and these cannot run yet:\n  "
                          + "\n  ".join(unavailable))
     planned = [results / kind / row.config / f"seed{seed}.json" for row in suite.rows for kind in suite.shortcuts
-               if runs_on(suite, row.config, kind) for seed in suite.seeds["eval"]]
+               if row.runs_on(kind) for seed in suite.seeds["eval"]]
     if all(ran_on(path, frozen) for path in planned):
         raise SystemExit(f"the evaluation seeds already ran on these frozen settings ({len(planned)} result files, "
                          f"e.g. {_shown(planned[0])}): they run once and are reported as they came")
