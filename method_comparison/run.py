@@ -95,6 +95,13 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def clicks_digest(predictions: Path) -> str:
+    """sha256 of every example's id and answer text, in file order: two runs with equal digests gave the same
+    answer, so the same click, on every example (the placebo's check against SFT); paths and timings left out."""
+    answers = [(record["id"], record["answer"]) for record in map(json.loads, predictions.read_text().splitlines())]
+    return hashlib.sha256(json.dumps(answers).encode()).hexdigest()
+
+
 def _library_default(cls: type, name: str) -> Any:
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
@@ -430,6 +437,8 @@ def run_one(row: RowConfig, start: Start, seed: int, family: str, quick: bool, s
         "evaluation": {"iid_examples": size["iid"], "shifted_examples": size["shifted"],
                        "point_game_samples": size["attribution_samples"],
                        "predictions": {split: str(out / "eval" / split / "predictions.jsonl") for split in SPLITS},
+                       "clicks_sha256": {split: clicks_digest(out / "eval" / split / "predictions.jsonl")
+                                         for split in SPLITS},
                        "point_game_attribution": metrics["shifted"].get("attribution", {}).get("settings")},
     }
     return result, trained

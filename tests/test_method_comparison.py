@@ -351,6 +351,61 @@ def test_tables_are_made_from_the_result_files_alone(tmp_path):
                      "| aligned, LoRA | eval:10 | 100.0/96.0/90.0 | – | 2.0× |"]
 
 
+def test_the_evaluation_seeds_are_judged_by_the_pass_marks_fixed_before_they_ran():
+    tables = _script("make_tables")
+    suite = tables.load_suite()
+    clicks = {"iid": "a", "shifted": "b"}
+    eval_row = {"suite": "eval", "reference_sft": "sft_lora"}
+    rows = [
+        # adjacent, seed 10: the default gains 19.9 points (one short of 20) and keeps every other mark.
+        _result("sft_lora", 10, _figures(100.0, 30.0, 20.0), seconds=100.0, evaluation={"clicks_sha256": clicks},
+                **eval_row),
+        _result("default_lora", 10, _figures(100.0, 49.9, 85.0), seconds=130.0, **eval_row),
+        _result("box_crop_lora", 10, _figures(100.0, 60.0, 30.0), **eval_row),
+        _result("placebo_lora", 10, _figures(100.0, 30.0, 20.0), evaluation={"clicks_sha256": clicks}, **eval_row),
+        # adjacent, seed 11: every mark met; SFT at or above 80 % asks no gain, only no loss beyond 2 points.
+        _result("sft_lora", 11, _figures(100.0, 90.0, 50.0), evaluation={"clicks_sha256": {**clicks, "iid": "c"}},
+                **eval_row),
+        _result("default_lora", 11, _figures(99.0, 88.3, 80.0), seconds=140.0, **eval_row),
+        _result("placebo_lora", 11, _figures(100.0, 30.0, 20.0), evaluation={"clicks_sha256": clicks}, **eval_row),
+        # position prior: no off-box evidence, so only "within 2 points of SFT" counts.
+        _result("sft_lora", 10, _figures(100.0, 5.0, 10.0), kind="position_prior", **eval_row),
+        _result("default_lora", 10, _figures(100.0, 8.0, 10.0), kind="position_prior", **eval_row),
+        # a development run is not judged
+        _result("default_lora", 0, _figures(100.0, 0.0, 0.0), **{**eval_row, "suite": "dev"}),
+    ]
+    text = tables.criteria_tables(rows, suite)
+    lines = text.splitlines()
+    assert "| adjacent | 10 | 100.0/30.0/20.0 | 100.0/49.9/85.0 | gain +19.9 < +20 |" in lines
+    assert "| adjacent | 11 | 100.0/90.0/50.0 | 99.0/88.3/80.0 | none |" in lines
+    assert "| position_prior | 10 | 100.0/5.0/10.0 | 100.0/8.0/10.0 | shifted 8.0 not within 2 of SFT's 5.0 |" in lines
+    assert not any(line.startswith("| adjacent | 0 |") for line in lines)
+    summary = next(line for line in lines if line.startswith("| adjacent | 10,11 |"))
+    cells = [cell.strip() for cell in summary.split("|")[1:-1]]
+    # seeds meeting every mark; means of the default, box-crop and paper preset; the default's time ratio
+    assert cells[2:7] == ["11", "69.1 (2)", "60.0 (1)", "–", "1.35"]
+    # the placebo clicked as SFT on seed 10 (equal digests); seed 11's digests differ, whatever the figures say
+    assert cells[7] == "10: same clicks as SFT; 11: **clicks differ from SFT's**"
+    assert tables.shortfalls(rows[1], {"figures": _figures(100.0, 52.0, 0.0)}, "adjacent") == [
+        "gain -2.1 < +20", "below SFT by 2.1"]
+    assert tables.placebo_verdict({"figures": _figures(100.0, 30.0, 20.0)}, rows[0]) == (
+        "same figures as SFT (clicks not recorded)")
+
+
+def test_the_clicks_digest_sees_answers_only(tmp_path):
+    def predictions(name: str, answers: list[str], image: str) -> Path:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"id": f"x{i}", "answer": answer, "image": image, "seconds": i * 0.1})
+                                + "\n" for i, answer in enumerate(answers)))
+        return path
+
+    clicks = ['{"action": "click", "coordinate": [10, 20]}', '{"action": "click", "coordinate": [30, 40]}']
+    first = run_script.clicks_digest(predictions("a.jsonl", clicks, "/one/image.png"))
+    assert first == run_script.clicks_digest(predictions("b.jsonl", clicks, "/another/image.png"))
+    moved = [clicks[0], '{"action": "click", "coordinate": [30, 41]}']
+    assert first != run_script.clicks_digest(predictions("c.jsonl", moved, "/one/image.png"))
+
+
 def test_the_committed_table_matches_the_committed_results():
     tables = _script("make_tables")
     assert tables.main(["--check"]) == 0, "run python method_comparison/make_tables.py"
@@ -375,6 +430,7 @@ def test_the_placebo_reproduces_sft_exactly(tmp_path, monkeypatch):
         answers = [[json.loads(line)["answer"] for line in Path(row["evaluation"]["predictions"][split]).open()]
                    for row in (sft, placebo)]
         assert len(answers[0]) == 16 and answers[0] == answers[1], split
+    assert sft["evaluation"]["clicks_sha256"] == placebo["evaluation"]["clicks_sha256"]
     assert sft["figures"]["iid_click_pct"] == placebo["figures"]["iid_click_pct"]
 
 
