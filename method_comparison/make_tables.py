@@ -162,7 +162,7 @@ def mean_table(kind_rows: list[dict[str, Any]], all_rows: list[dict[str, Any]], 
 # method against SFT on every seed, against box-crop on the mean, and the placebo against SFT.
 CRITERIA = {"method": "default_lora", "sft": "sft_lora", "baseline": "box_crop_lora", "placebo": "placebo_lora",
             "paper": "paper_lora", "gain": 20.0, "gain_where_sft_below": 80.0, "margin": 2.0, "iid": 98.0,
-            "point_game": 80.0, "time_ratio": 1.5}
+            "point_game": 80.0, "time_ratio": 1.5, "sft_cue_below": 60.0}
 # Kinds whose training screens hold no off-box evidence: there the method must only do no harm.
 NO_OFF_BOX_KINDS = ("position_prior",)
 
@@ -213,8 +213,8 @@ def criteria_tables(rows: list[dict[str, Any]], suite: dict[str, Any]) -> str:
     runs = [row for row in rows if phase(row, suite) == "eval" and not row.get("quick")]
     if not any(row.get("config") == c["method"] for row in runs):
         return "No evaluation run of the default method yet."
-    lines = ["| kind | seed | SFT iid / shifted / point game | default iid / shifted / point game | "
-             "pass marks missed |", "|---|---:|---|---|---|"]
+    lines = ["| kind | seed | SFT iid / shifted / point game | SFT took the cue | default iid / shifted / point game "
+             "| pass marks missed |", "|---|---:|---|---|---|---|"]
     summary = ["| kind | seeds judged | seeds meeting every mark | default shifted mean | box-crop shifted mean | "
                "paper preset shifted mean | default × SFT time | placebo |", "|---|---|---|---:|---:|---:|---:|---|"]
     for kind in suite["kinds"]:
@@ -227,7 +227,10 @@ def criteria_tables(rows: list[dict[str, Any]], suite: dict[str, Any]) -> str:
             judged.append(seed)
             met += [seed] if not missed else []
             triple = ["/".join(_cell(run["figures"].get(key)) for key, _ in FIGURES) for run in (sft, method)]
-            lines.append(f"| {kind} | {seed} | {triple[0]} | {triple[1]} | {'; '.join(missed) or 'none'} |")
+            took = (sft["figures"]["shifted_click_pct"] < c["sft_cue_below"]
+                    and sft["figures"]["iid_click_pct"] >= c["iid"])
+            lines.append(f"| {kind} | {seed} | {triple[0]} | {'yes' if took else '**no**'} | {triple[1]} | "
+                         f"{'; '.join(missed) or 'none'} |")
         if not judged:
             continue
         ratios = [ratio for seed in judged if (ratio := time_ratio(_run(runs, c["method"], kind, seed), rows))]
@@ -242,7 +245,9 @@ def criteria_tables(rows: list[dict[str, Any]], suite: dict[str, Any]) -> str:
              f"iid ≥ {c['iid']:g} %, point game ≥ {c['point_game']:g} %, and its mean at least box-crop's; on "
              f"{', '.join(NO_OFF_BOX_KINDS)} (no off-box evidence) within {c['margin']:g} points of SFT; its "
              f"training time at most {c['time_ratio']:g}× SFT's; the placebo clicking as SFT on every example")
-    return "\n".join([f"Pass marks, fixed before the evaluation seeds ran: {marks}.", "", *lines, "",
+    benchmark = (f"The benchmark's own mark: SFT takes the cue (shifted < {c['sft_cue_below']:g} %, "
+                 f"iid ≥ {c['iid']:g} %) on every seed.")
+    return "\n".join([f"Pass marks, fixed before the evaluation seeds ran: {marks}. {benchmark}", "", *lines, "",
                       "Per kind (means over the seeds judged; in brackets, how many runs a mean covers):", "",
                       *summary])
 

@@ -376,9 +376,9 @@ def test_the_evaluation_seeds_are_judged_by_the_pass_marks_fixed_before_they_ran
     ]
     text = tables.criteria_tables(rows, suite)
     lines = text.splitlines()
-    assert "| adjacent | 10 | 100.0/30.0/20.0 | 100.0/49.9/85.0 | gain +19.9 < +20 |" in lines
-    assert "| adjacent | 11 | 100.0/90.0/50.0 | 99.0/88.3/80.0 | none |" in lines
-    assert "| position_prior | 10 | 100.0/5.0/10.0 | 100.0/8.0/10.0 | shifted 8.0 not within 2 of SFT's 5.0 |" in lines
+    assert "| adjacent | 10 | 100.0/30.0/20.0 | yes | 100.0/49.9/85.0 | gain +19.9 < +20 |" in lines
+    assert "| adjacent | 11 | 100.0/90.0/50.0 | **no** | 99.0/88.3/80.0 | none |" in lines
+    assert ("| position_prior | 10 | 100.0/5.0/10.0 | yes | 100.0/8.0/10.0 | shifted 8.0 not within 2 of SFT's 5.0 |") in lines
     assert not any(line.startswith("| adjacent | 0 |") for line in lines)
     summary = next(line for line in lines if line.startswith("| adjacent | 10,11 |"))
     cells = [cell.strip() for cell in summary.split("|")[1:-1]]
