@@ -296,6 +296,7 @@ def project_table(rows: list[dict[str, Any]], suite: dict[str, Any]) -> str:
         runs = [row for row in runs if phase(row, suite) == chosen]
         if not runs:
             continue
+        seeds = [row["seed"] for row in runs if isinstance(row.get("seed"), int)]
         cells = []
         for kind in kinds:
             of_kind = [row for row in runs if row["kind"] == kind]
@@ -307,11 +308,13 @@ def project_table(rows: list[dict[str, Any]], suite: dict[str, Any]) -> str:
                                                             if row["figures"].get(key) is not None]) else None
                      for key, _ in FIGURES]
             failed = len(of_kind) - len(ok)
-            cells.append("/".join(_cell(mean) for mean in means) + (f" ({failed} failed)" if failed else ""))
+            # a kind that has not run every seed of the row says which it covers
+            covered = [row["seed"] for row in ok if isinstance(row.get("seed"), int)]
+            partial = f" (seeds {_seed_list(covered)})" if set(covered) != set(seeds) else ""
+            cells.append("/".join(_cell(mean) for mean in means) + partial + (f" ({failed} failed)" if failed else ""))
         ratios = [ratio for row in runs if (ratio := time_ratio(row, rows)) is not None]
-        seeds = _seed_list([row["seed"] for row in runs if isinstance(row.get("seed"), int)])
         ratio = f"{statistics.mean(ratios):.1f}×" if ratios else "–"
-        lines.append(f"| {name} | {chosen}:{seeds} | {' | '.join(cells)} | {ratio} |")
+        lines.append(f"| {name} | {chosen}:{_seed_list(seeds)} | {' | '.join(cells)} | {ratio} |")
     return "\n".join(lines)
 
 
