@@ -218,13 +218,11 @@ def criteria_tables(rows: list[dict[str, Any]], suite: dict[str, Any]) -> str:
     summary = ["| kind | seeds judged | seeds meeting every mark | default shifted mean | box-crop shifted mean | "
                "paper preset shifted mean | default × SFT time | placebo |", "|---|---|---|---:|---:|---:|---:|---|"]
     for kind in suite["kinds"]:
-        judged, met = [], []
-        for seed in suite["seeds"]["eval"]:
-            method, sft = _run(runs, c["method"], kind, seed), _run(runs, c["sft"], kind, seed)
-            if method is None or sft is None:
-                continue
+        pairs = {seed: (method, sft) for seed in suite["seeds"]["eval"]
+                 if (method := _run(runs, c["method"], kind, seed)) and (sft := _run(runs, c["sft"], kind, seed))}
+        judged, met = list(pairs), []
+        for seed, (method, sft) in pairs.items():
             missed = shortfalls(method, sft, kind)
-            judged.append(seed)
             met += [seed] if not missed else []
             triple = ["/".join(_cell(run["figures"].get(key)) for key, _ in FIGURES) for run in (sft, method)]
             took = (sft["figures"]["shifted_click_pct"] < c["sft_cue_below"]
@@ -233,8 +231,8 @@ def criteria_tables(rows: list[dict[str, Any]], suite: dict[str, Any]) -> str:
                          f"{'; '.join(missed) or 'none'} |")
         if not judged:
             continue
-        ratios = [ratio for seed in judged if (ratio := time_ratio(_run(runs, c["method"], kind, seed), rows))]
-        placebos = [f"{seed}: {placebo_verdict(placebo, _run(runs, c['sft'], kind, seed))}" for seed in judged
+        ratios = [ratio for method, _ in pairs.values() if (ratio := time_ratio(method, rows))]
+        placebos = [f"{seed}: {placebo_verdict(placebo, sft)}" for seed, (_, sft) in pairs.items()
                     if (placebo := _run(runs, c["placebo"], kind, seed)) is not None]
         ratio = f"{statistics.mean(ratios):.2f}" if ratios else "–"
         summary.append(f"| {kind} | {_seed_list(judged)} | {_seed_list(met) if met else 'none'} | "
