@@ -382,10 +382,16 @@ def test_the_evaluation_seeds_are_judged_by_the_pass_marks_fixed_before_they_ran
     assert not any(line.startswith("| adjacent | 0 |") for line in lines)
     summary = next(line for line in lines if line.startswith("| adjacent | 10,11 |"))
     cells = [cell.strip() for cell in summary.split("|")[1:-1]]
-    # seeds meeting every mark; means of the default, box-crop and paper preset; the default's time ratio
+    # seeds meeting every per-seed mark; means of the default, box-crop and paper preset; the default's time ratio
     assert cells[2:7] == ["11", "69.1 (2)", "60.0 (1)", "–", "1.35"]
     # the placebo clicked as SFT on seed 10 (equal digests); seed 11's digests differ, whatever the figures say
     assert cells[7] == "10: same clicks as SFT; 11: **clicks differ from SFT's**"
+    # over the seeds: the mean beats box-crop's and the time is within 1.5×, but the placebo differs
+    assert cells[8] == "placebo differs from SFT"
+    assert tables.kind_shortfalls("adjacent", [0.0, 10.0], [40.0, 50.0], 2.2, False) == [
+        "mean 5.0 < box-crop's 45.0", "time 2.20× > 1.5×"]
+    # without off-box evidence the method only has to do no harm: box-crop's mean is no mark there
+    assert tables.kind_shortfalls("position_prior", [0.0], [40.0], 1.5, False) == []
     assert tables.shortfalls(rows[1], {"figures": _figures(100.0, 52.0, 0.0)}, "adjacent") == [
         "gain -2.1 < +20", "below SFT by 2.1"]
     assert tables.placebo_verdict({"figures": _figures(100.0, 30.0, 20.0)}, rows[0]) == (
