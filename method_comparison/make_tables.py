@@ -215,13 +215,15 @@ def kind_shortfalls(kind: str, method: list[float], baseline: list[float], ratio
     return missed
 
 
-def placebo_verdict(placebo: dict[str, Any], sft: dict[str, Any]) -> str:
-    """Whether the placebo clicked as SFT: on every example where both recorded their clicks' digest."""
+def placebo_verdict(placebo: dict[str, Any], sft: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the placebo clicked as SFT, and how that is known: by the clicks' digests where both runs
+    recorded them (every example), else by the figures alone."""
     digests = [(run.get("evaluation") or {}).get("clicks_sha256") for run in (placebo, sft)]
     if all(digests):
-        return "same clicks as SFT" if digests[0] == digests[1] else "**clicks differ from SFT's**"
+        same = digests[0] == digests[1]
+        return same, "same clicks as SFT" if same else "**clicks differ from SFT's**"
     same = all(placebo["figures"].get(key) == sft["figures"].get(key) for key, _ in FIGURES)
-    return ("same figures as SFT (clicks not recorded)" if same else "**figures differ from SFT's**")
+    return same, "same figures as SFT (clicks not recorded)" if same else "**figures differ from SFT's**"
 
 
 def criteria_tables(rows: list[dict[str, Any]], suite: dict[str, Any]) -> str:
@@ -255,10 +257,10 @@ def criteria_tables(rows: list[dict[str, Any]], suite: dict[str, Any]) -> str:
         ratio = statistics.mean(ratios) if ratios else None
         means = {row: _shifted(runs, c[row], kind, judged) for row in ("method", "baseline", "paper")}
         missed = kind_shortfalls(kind, means["method"], means["baseline"], ratio,
-                                 any(verdict.startswith("**") for verdict in verdicts.values()))
+                                 not all(same for same, _ in verdicts.values()))
         summary.append(f"| {kind} | {_seed_list(judged)} | {_seed_list(met) if met else 'none'} | "
                        f"{' | '.join(_mean_cell(values) for values in means.values())} | "
-                       f"{_cell(ratio, 2)} | {'; '.join(f'{seed}: {v}' for seed, v in verdicts.items()) or '–'} | "
+                       f"{_cell(ratio, 2)} | {'; '.join(f'{seed}: {words}' for seed, (_, words) in verdicts.items()) or '–'} | "
                        f"{'; '.join(missed) or 'none'} |")
     marks = (f"on every kind with a cue, the default method's shifted accuracy at least SFT's + {c['gain']:g} "
              f"points where SFT's is below {c['gain_where_sft_below']:g} %, never below SFT's − {c['margin']:g}, "

@@ -395,7 +395,7 @@ def test_the_evaluation_seeds_are_judged_by_the_pass_marks_fixed_before_they_ran
     assert tables.shortfalls(rows[1], {"figures": _figures(100.0, 52.0, 0.0)}, "adjacent") == [
         "gain -2.1 < +20", "below SFT by 2.1"]
     assert tables.placebo_verdict({"figures": _figures(100.0, 30.0, 20.0)}, rows[0]) == (
-        "same figures as SFT (clicks not recorded)")
+        True, "same figures as SFT (clicks not recorded)")
     # The project README's summary says which seeds a kind covers where it has not run all of the row's.
     summary_rows = tables.project_table(rows, suite).splitlines()
     assert "| SFT, LoRA | eval:10,11 | 100.0/60.0/35.0 | 100.0/5.0/10.0 (seeds 10) | 1.0× |" in summary_rows
