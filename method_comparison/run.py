@@ -65,7 +65,6 @@ RUNNER_KEYS = ("init_from", "benchmark")
 # A `benchmark:` key of the runner's own beside the demo's: the share of training (and iid test) screens with
 # the cue, the demo's TRAIN_CUE_FRACTION (1.0) unless set; 0 trains on screens without any cue (a ceiling).
 TRAIN_CUE_KEY = "train_cue_fraction"
-# Recipe keys that a library change is adding; a config using one is skipped (not failed) until it lands.
 
 
 def available_configs() -> list[str]:
