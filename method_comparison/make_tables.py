@@ -79,7 +79,12 @@ def time_ratio(row: dict[str, Any], rows: list[dict[str, Any]]) -> float | None:
     sft = next((other for other in rows if other.get("config") == reference(row) and other.get("status") == "ok"
                 and other.get("kind") == row.get("kind") and other.get("seed") == row.get("seed")
                 and bool(other.get("quick")) == bool(row.get("quick"))), None)
-    if row.get("status") != "ok" or sft is None or not sft.get("training_seconds"):
+    return None if sft is None else seconds_ratio(row, sft)
+
+
+def seconds_ratio(row: dict[str, Any], sft: dict[str, Any]) -> float | None:
+    """Training seconds of a run over those of the SFT run it is compared with (None if either lacks them)."""
+    if row.get("status") != "ok" or not sft.get("training_seconds"):
         return None
     return row["training_seconds"] / sft["training_seconds"]
 
@@ -253,7 +258,7 @@ def criteria_tables(rows: list[dict[str, Any]], suite: dict[str, Any]) -> str:
                          f"{'; '.join(missed) or 'none'} |")
         if not judged:
             continue
-        ratios = [ratio for method, _ in pairs.values() if (ratio := time_ratio(method, rows))]
+        ratios = [ratio for method, sft in pairs.values() if (ratio := seconds_ratio(method, sft)) is not None]
         verdicts = {seed: placebo_verdict(placebo, sft) for seed, (_, sft) in pairs.items()
                     if (placebo := _run(runs, c["placebo"], kind, seed)) is not None}
         ratio = statistics.mean(ratios) if ratios else None
